@@ -1,0 +1,81 @@
+//! `cognito-gateway reset`: the client a person or a script uses. It prints the outcome on one
+//! readable line (status, reason, message, request id) and exits non-zero on error.
+
+use std::{fmt::Write as _, process::ExitCode, time::Duration};
+
+use tonic::{Status, transport::Endpoint};
+use tonic_types::StatusExt as _;
+
+use crate::{
+    config::ResetArgs,
+    proto::{ResetUserPasswordRequest, user_admin_service_client::UserAdminServiceClient},
+    status::code_name,
+};
+
+/// Calls the gateway and prints the outcome: stdout on success, stderr on failure.
+pub async fn run(args: ResetArgs) -> ExitCode {
+    match call(&args).await {
+        Ok(request_id) => {
+            println!(
+                "OK: password reset (Cognito request id: {})",
+                or_none(&request_id)
+            );
+            ExitCode::SUCCESS
+        }
+        Err(status) => {
+            eprintln!("{}", describe(&status));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn call(args: &ResetArgs) -> Result<String, Status> {
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let endpoint = Endpoint::from_shared(args.addr.clone())
+        .map_err(|e| Status::invalid_argument(format!("bad --addr {:?}: {e}", args.addr)))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = endpoint.connect().await.map_err(|e| {
+        Status::unavailable(format!(
+            "cannot connect to the gateway at {}: {e}",
+            args.addr
+        ))
+    })?;
+    let mut client = UserAdminServiceClient::new(channel);
+    let request = ResetUserPasswordRequest {
+        user_pool_id: args.user_pool_id.clone(),
+        username: args.username.clone(),
+        client_metadata: args.client_metadata.iter().cloned().collect(),
+    };
+    let response = client.reset_user_password(request).await?;
+    Ok(response.into_inner().cognito_request_id)
+}
+
+/// One line a person can read: `CODE REASON: message [details]`.
+pub fn describe(status: &Status) -> String {
+    let details = status.get_error_details();
+    let mut line = code_name(status.code()).to_owned();
+    if let Some(info) = details.error_info() {
+        let _ = write!(line, " {}", info.reason);
+    }
+    let _ = write!(line, ": {}", status.message());
+    if let Some(bad) = details.bad_request() {
+        for v in &bad.field_violations {
+            let _ = write!(line, "\n  field {}: {}", v.field, v.description);
+        }
+    }
+    if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
+        let _ = write!(line, "\n  retry after {retry:?}");
+    }
+    if let Some(exception) = details.error_info().and_then(|i| i.metadata.get("exception")) {
+        let _ = write!(line, "\n  Cognito exception: {exception}");
+    }
+    if let Some(request) = details.request_info() {
+        let _ = write!(line, "\n  request id: {}", or_none(&request.request_id));
+    }
+    line
+}
+
+fn or_none(id: &str) -> &str {
+    if id.is_empty() { "none" } else { id }
+}

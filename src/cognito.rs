@@ -1,0 +1,396 @@
+//! The Cognito backend: a narrow trait with the one operation the gateway uses, and its
+//! implementation on the official AWS SDK.
+//!
+//! Two decisions live here:
+//! - **Which region.** A user pool lives in one region and its id says which (`<region>_<id>`).
+//!   Asking another region answers a misleading `ResourceNotFoundException`, so the region comes from
+//!   the pool id and the SDK's region (`AWS_REGION`) is only a fallback. One client per region is
+//!   built on first use and reused.
+//! - **What may be retried.** Each send of `AdminResetUserPassword` may e-mail the user a new code,
+//!   so [`SafeRetryClassifier`] retries only what certainly did not reach Cognito's business logic:
+//!   throttling and failures to connect. Never HTTP 500, `LimitExceededException`, or a timeout
+//!   after the request was written.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    future::Future,
+    sync::{LazyLock, RwLock},
+    time::Duration,
+};
+
+use aws_config::{
+    BehaviorVersion, SdkConfig, environment::region::EnvironmentVariableRegionProvider,
+    meta::region::RegionProviderChain, profile::ProfileFileRegionProvider,
+};
+use aws_sdk_cognitoidentityprovider::{
+    Client,
+    config::{
+        Region,
+        retry::{ClassifyRetry, RetryAction, RetryConfig},
+        timeout::TimeoutConfig,
+    },
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    operation::{RequestId, admin_reset_user_password::AdminResetUserPasswordError},
+};
+use aws_smithy_runtime_api::client::{
+    dns::ResolveDnsError, interceptors::context::InterceptorContext,
+    retries::classifiers::RetryClassifierPriority,
+};
+use regex::Regex;
+
+use crate::{config::CognitoSettings, domain::ResetRequest};
+
+/// What a successful reset tells the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResetOutcome {
+    /// Cognito's `x-amzn-RequestId`, where it sent one.
+    pub request_id: Option<String>,
+}
+
+/// An error Cognito itself returned: its exception name, message and request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CognitoFailure {
+    /// The exception name, without namespace (`UserNotFoundException`); `""` when Cognito sent none.
+    pub code: String,
+    /// Cognito's message, which may quote the request; never logged at a level that leaks it.
+    pub message: String,
+    /// Cognito's `x-amzn-RequestId`.
+    pub request_id: Option<String>,
+    /// The HTTP status of the reply.
+    pub http_status: u16,
+}
+
+/// Why a call to Cognito did not succeed. Sorting into these is the backend's job; turning them into
+/// gRPC statuses is [`crate::status`]'s.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// Cognito answered with an error.
+    #[error("Cognito returned {} (HTTP {}): {}", .0.code, .0.http_status, .0.message)]
+    Cognito(CognitoFailure),
+    /// No answer in time. The request may have reached Cognito.
+    #[error("no answer from Cognito within {0:?}")]
+    Timeout(Duration),
+    /// Cognito could not be reached (connect refused, DNS, TLS, connection lost).
+    #[error("Cognito unreachable: {0}")]
+    Unreachable(String),
+    /// The request could not be built: no credentials, no region, bad endpoint.
+    #[error("Cognito client misconfigured: {0}")]
+    Misconfigured(String),
+    /// Cognito's reply could not be understood.
+    #[error("unparseable reply from Cognito: {detail}")]
+    BadResponse {
+        /// The request id, where the reply had one.
+        request_id: Option<String>,
+        /// What went wrong.
+        detail: String,
+    },
+    /// The pool's region is not one this gateway serves.
+    #[error("region {region:?} is not served by this gateway: {why}")]
+    RegionNotAllowed {
+        /// The region derived from the pool id.
+        region: String,
+        /// Which rule refused it.
+        why: String,
+    },
+}
+
+/// The operations the gateway needs from Cognito. One method per operation used.
+pub trait Backend: Send + Sync + 'static {
+    /// `AdminResetUserPassword`, bounded by `timeout` (the caller's deadline or the configured cap).
+    fn reset_user_password(
+        &self,
+        request: &ResetRequest,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ResetOutcome, BackendError>> + Send;
+}
+
+/// The production backend: the AWS SDK, one client per region.
+#[derive(Debug)]
+pub struct SdkBackend {
+    base: SdkConfig,
+    settings: CognitoSettings,
+    clients: RwLock<HashMap<String, Client>>,
+}
+
+/// A region name's shape (`us-east-1`, `us-gov-west-1`, `local-1`): lower-case words joined by
+/// hyphens, ending in a number. Anything else in a pool id's prefix is not taken for a region.
+static REGION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z]{2,}(-[a-z0-9]+)*-[0-9]{1,3}$").expect("the pattern is a valid literal")
+});
+
+impl SdkBackend {
+    /// Loads the standard AWS chain (credentials, `AWS_ENDPOINT_URL*`, profile). The fallback region
+    /// is read from the environment and profile only, never from IMDS: a pod's IMDS can hang for
+    /// seconds, and the pool id names the region anyway.
+    pub async fn from_env(settings: CognitoSettings) -> Self {
+        let region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+            .or_else(ProfileFileRegionProvider::new());
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .load()
+            .await;
+        Self::new(base, settings)
+    }
+
+    /// A backend that sends everything to `endpoint_url` with fixed, fake credentials: the local
+    /// Cognito, moto and test fakes. `fallback_region` stands in for `AWS_REGION`.
+    pub async fn with_endpoint(
+        endpoint_url: &str,
+        fallback_region: &str,
+        settings: CognitoSettings,
+    ) -> Self {
+        let credentials = aws_sdk_cognitoidentityprovider::config::Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "cognito-gateway-fixed",
+        );
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(fallback_region.to_owned()))
+            .credentials_provider(credentials)
+            .endpoint_url(endpoint_url)
+            .load()
+            .await;
+        Self::new(base, settings)
+    }
+
+    /// A backend on an already loaded SDK configuration.
+    pub fn new(base: SdkConfig, settings: CognitoSettings) -> Self {
+        Self {
+            base,
+            settings,
+            clients: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn region_for(&self, request: &ResetRequest) -> Result<String, BackendError> {
+        let prefix = request.user_pool_id.region_prefix();
+        let region = if REGION.is_match(prefix) {
+            prefix.to_owned()
+        } else if let Some(fallback) = self.base.region() {
+            fallback.to_string()
+        } else {
+            return Err(BackendError::Misconfigured(
+                "the pool id names no region and no fallback region is set (AWS_REGION)".into(),
+            ));
+        };
+        if let Some(allowed) = &self.settings.allowed_regions
+            && !allowed.contains(&region)
+        {
+            return Err(BackendError::RegionNotAllowed {
+                region,
+                why: "not in cognito.allowed_regions".into(),
+            });
+        }
+        Ok(region)
+    }
+
+    fn client_for(&self, region: String) -> Result<Client, BackendError> {
+        if let Some(client) = self.read_clients().get(&region) {
+            return Ok(client.clone());
+        }
+        let mut clients = self
+            .clients
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(client) = clients.get(&region) {
+            return Ok(client.clone());
+        }
+        // Without an allow-list, any region-shaped prefix is accepted; the cap keeps callers from
+        // growing this map (and its connection pools) without bound.
+        if clients.len() >= self.settings.max_regions {
+            return Err(BackendError::RegionNotAllowed {
+                region,
+                why: format!(
+                    "cognito.max_regions ({}) already in use",
+                    self.settings.max_regions
+                ),
+            });
+        }
+        let client = Client::from_conf(client_config(&self.base, &self.settings, &region));
+        tracing::info!(%region, "created Cognito client");
+        clients.insert(region, client.clone());
+        Ok(client)
+    }
+
+    fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Client>> {
+        // A panic while holding the lock cannot leave the map half-written: insert is the only write.
+        self.clients
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+fn client_config(
+    base: &SdkConfig,
+    settings: &CognitoSettings,
+    region: &str,
+) -> aws_sdk_cognitoidentityprovider::Config {
+    let retry = RetryConfig::standard()
+        .with_max_attempts(settings.max_attempts)
+        .with_initial_backoff(settings.initial_backoff)
+        .with_max_backoff(settings.max_backoff);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .operation_timeout(settings.operation_timeout)
+        .build();
+    aws_sdk_cognitoidentityprovider::config::Builder::from(base)
+        .region(Region::new(region.to_owned()))
+        .retry_config(retry)
+        .timeout_config(timeouts)
+        .retry_classifier(SafeRetryClassifier)
+        .build()
+}
+
+impl Backend for SdkBackend {
+    async fn reset_user_password(
+        &self,
+        request: &ResetRequest,
+        timeout: Duration,
+    ) -> Result<ResetOutcome, BackendError> {
+        let region = self.region_for(request)?;
+        let client = self.client_for(region)?;
+        let metadata = &request.client_metadata;
+        let send = client
+            .admin_reset_user_password()
+            .user_pool_id(request.user_pool_id.as_str())
+            .username(request.username.expose())
+            .set_client_metadata((!metadata.is_empty()).then(|| metadata.expose().clone()))
+            .send();
+        // Dropping the send future on timeout cancels any retry in progress as well.
+        match tokio::time::timeout(timeout, send).await {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            Ok(Ok(output)) => Ok(ResetOutcome {
+                request_id: output.request_id().map(str::to_owned),
+            }),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        }
+    }
+}
+
+/// Sorts the SDK's failure into a [`BackendError`].
+fn sort_sdk_error(
+    err: SdkError<AdminResetUserPasswordError, aws_smithy_runtime_api::http::Response>,
+    timeout: Duration,
+) -> BackendError {
+    let request_id = err.request_id().map(str::to_owned);
+    let detail = || DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let error = service.err();
+            BackendError::Cognito(CognitoFailure {
+                code: error.code().unwrap_or_default().to_owned(),
+                message: error.message().unwrap_or_default().to_owned(),
+                request_id,
+                http_status: service.raw().status().as_u16(),
+            })
+        }
+        SdkError::TimeoutError(_) => BackendError::Timeout(timeout),
+        SdkError::DispatchFailure(failure) => match failure.as_connector_error() {
+            Some(connector) if connector.is_timeout() && !is_connect_failure(connector) => {
+                BackendError::Timeout(timeout)
+            }
+            _ => BackendError::Unreachable(detail()),
+        },
+        SdkError::ConstructionFailure(_) => BackendError::Misconfigured(detail()),
+        _ => BackendError::BadResponse {
+            request_id,
+            detail: detail(),
+        },
+    }
+}
+
+/// Whether a connector error happened before the request could be written: connection refused,
+/// DNS, TLS handshake, connect timeout. Only these are certain not to have reached Cognito.
+fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if error.is::<ResolveDnsError>() {
+            return true;
+        }
+        if error
+            .downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
+/// The SDK's retry decision, replaced. It runs after the SDK's own classifiers and has the last word:
+/// retry throttling and connect failures, forbid everything else. The SDK's defaults would also
+/// retry HTTP 500, `LimitExceededException` and timeouts, each of which may send the user another
+/// code.
+#[derive(Debug, Clone, Copy)]
+pub struct SafeRetryClassifier;
+
+impl ClassifyRetry for SafeRetryClassifier {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let Some(Err(error)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let code = error
+            .as_operation_error()
+            .and_then(|e| e.downcast_ref::<AdminResetUserPasswordError>())
+            .and_then(|e| e.code());
+        if code == Some("TooManyRequestsException") {
+            return RetryAction::throttling_error();
+        }
+        if error
+            .as_connector_error()
+            .is_some_and(|connector| is_connect_failure(connector))
+        {
+            return RetryAction::transient_error();
+        }
+        RetryAction::RetryForbidden
+    }
+
+    fn name(&self) -> &'static str {
+        "cognito-gateway: retry only what certainly did not happen"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
+}
+
+/// Regions named in settings must look like regions; used by config validation.
+pub(crate) fn is_region_shaped(region: &str) -> bool {
+    REGION.is_match(region)
+}
+
+/// The set type config uses for the allow-list.
+pub(crate) type RegionSet = BTreeSet<String>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn region_shapes() {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "ap-southeast-5",
+            "local-1",
+            "eu-central-2",
+        ] {
+            assert!(is_region_shaped(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "us",
+            "us-east",
+            "US-EAST-1",
+            "us_east_1",
+            "a-1",
+            "x-",
+            "us-east-1-",
+        ] {
+            assert!(!is_region_shaped(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,334 @@
+//! Validated request types. Cognito's own limits (contract §2) are checked here, at the edge, so
+//! that invalid input never reaches Cognito; every violation is collected, not just the first.
+
+use std::{collections::HashMap, fmt, sync::LazyLock};
+
+use regex::Regex;
+
+/// Cognito's limits, from the `AdminResetUserPassword` reference page.
+const POOL_ID_MAX_CHARS: usize = 55;
+const USERNAME_MAX_CHARS: usize = 128;
+const METADATA_VALUE_MAX_CHARS: usize = 131_072;
+
+/// `[\w-]+_[0-9a-zA-Z]+`, anchored. Cognito validates in Java, where `\w` is ASCII unless
+/// `UNICODE_CHARACTER_CLASS` is set, so `\w` here is `[0-9A-Za-z_]` too.
+static POOL_ID: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[0-9A-Za-z_-]+_[0-9a-zA-Z]+$").expect("the pattern is a valid literal")
+});
+
+/// `[\p{L}\p{M}\p{S}\p{N}\p{P}]+`, anchored, Unicode-aware: letters, marks, symbols, numbers and
+/// punctuation. Notably no whitespace and no control characters.
+static USERNAME: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[\p{L}\p{M}\p{S}\p{N}\p{P}]+$").expect("the pattern is a valid literal")
+});
+
+/// One violated field, in the words of `google.rpc.BadRequest.FieldViolation`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldViolation {
+    /// The request field, as named in the proto (`user_pool_id`, `username`, `client_metadata`).
+    pub field: &'static str,
+    /// What is wrong, without echoing the value (it may be sensitive).
+    pub description: String,
+}
+
+impl FieldViolation {
+    fn new(field: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            field,
+            description: description.into(),
+        }
+    }
+}
+
+/// A Cognito user pool id such as `us-east-1_AbCdEf123`: `<region>_<id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserPoolId(String);
+
+impl UserPoolId {
+    /// Checks length (in Unicode scalar values) and pattern.
+    pub fn parse(raw: String) -> Result<Self, FieldViolation> {
+        let chars = raw.chars().count();
+        if chars == 0 {
+            return Err(FieldViolation::new("user_pool_id", "must not be empty"));
+        }
+        if chars > POOL_ID_MAX_CHARS {
+            return Err(FieldViolation::new(
+                "user_pool_id",
+                format!("must be at most {POOL_ID_MAX_CHARS} characters, got {chars}"),
+            ));
+        }
+        if !POOL_ID.is_match(&raw) {
+            return Err(FieldViolation::new(
+                "user_pool_id",
+                r"must match [\w-]+_[0-9a-zA-Z]+ (for example us-east-1_AbCdEf123)",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The pool id as sent to Cognito. Pool ids are not sensitive.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The region prefix: everything before the last `_`. The pattern guarantees there is one, and
+    /// that it is not empty. Whether it names a region the gateway serves is the backend's call.
+    pub fn region_prefix(&self) -> &str {
+        let (prefix, _) = self
+            .0
+            .rsplit_once('_')
+            .expect("parse() guarantees an '_' with text on both sides");
+        prefix
+    }
+}
+
+impl fmt::Display for UserPoolId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A Cognito username (or alias). Sensitive: it has no `Display`, and its `Debug` redacts it, so it
+/// cannot reach a log, a span or an error message by accident.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Username(String);
+
+impl Username {
+    /// Checks length (in Unicode scalar values) and pattern.
+    pub fn parse(raw: String) -> Result<Self, FieldViolation> {
+        let chars = raw.chars().count();
+        if chars == 0 {
+            return Err(FieldViolation::new("username", "must not be empty"));
+        }
+        if chars > USERNAME_MAX_CHARS {
+            return Err(FieldViolation::new(
+                "username",
+                format!("must be at most {USERNAME_MAX_CHARS} characters, got {chars}"),
+            ));
+        }
+        if !USERNAME.is_match(&raw) {
+            return Err(FieldViolation::new(
+                "username",
+                r"must match [\p{L}\p{M}\p{S}\p{N}\p{P}]+ (no whitespace or control characters)",
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    /// The name in clear, for the one place that needs it: the request to Cognito.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Username {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Username(<redacted>)")
+    }
+}
+
+/// Key/value pairs for Cognito's Lambda triggers. Sensitive, like [`Username`].
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct ClientMetadata(HashMap<String, String>);
+
+impl ClientMetadata {
+    /// Checks that keys are non-empty and values within Cognito's length limit. Reports every bad
+    /// entry by position-free description: keys themselves may be sensitive, so they are not echoed.
+    pub fn parse(raw: HashMap<String, String>) -> Result<Self, FieldViolation> {
+        let empty_keys = raw.keys().filter(|k| k.is_empty()).count();
+        let long_values = raw
+            .values()
+            .filter(|v| v.chars().count() > METADATA_VALUE_MAX_CHARS)
+            .count();
+        let mut problems = Vec::new();
+        if empty_keys > 0 {
+            problems.push("keys must not be empty".to_owned());
+        }
+        if long_values > 0 {
+            problems.push(format!(
+                "{long_values} value(s) longer than {METADATA_VALUE_MAX_CHARS} characters"
+            ));
+        }
+        if problems.is_empty() {
+            Ok(Self(raw))
+        } else {
+            Err(FieldViolation::new("client_metadata", problems.join("; ")))
+        }
+    }
+
+    /// The pairs in clear, for the request to Cognito.
+    pub fn expose(&self) -> &HashMap<String, String> {
+        &self.0
+    }
+
+    /// Whether there are no pairs (Cognito then gets no `ClientMetadata` at all).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for ClientMetadata {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ClientMetadata(<{} redacted entries>)", self.0.len())
+    }
+}
+
+/// A request that passed validation: the only kind the backend accepts.
+#[derive(Debug, Clone)]
+pub struct ResetRequest {
+    /// Where the user lives.
+    pub user_pool_id: UserPoolId,
+    /// Whom to reset.
+    pub username: Username,
+    /// Passed through to Lambda triggers.
+    pub client_metadata: ClientMetadata,
+}
+
+impl ResetRequest {
+    /// Validates all three fields and returns every violation at once.
+    pub fn parse(
+        user_pool_id: String,
+        username: String,
+        client_metadata: HashMap<String, String>,
+    ) -> Result<Self, Vec<FieldViolation>> {
+        let pool = UserPoolId::parse(user_pool_id);
+        let user = Username::parse(username);
+        let metadata = ClientMetadata::parse(client_metadata);
+        match (pool, user, metadata) {
+            (Ok(user_pool_id), Ok(username), Ok(client_metadata)) => Ok(Self {
+                user_pool_id,
+                username,
+                client_metadata,
+            }),
+            (pool, user, metadata) => Err([pool.err(), user.err(), metadata.err()]
+                .into_iter()
+                .flatten()
+                .collect()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(s: &str) -> Result<UserPoolId, FieldViolation> {
+        UserPoolId::parse(s.to_owned())
+    }
+    fn user(s: &str) -> Result<Username, FieldViolation> {
+        Username::parse(s.to_owned())
+    }
+
+    #[test]
+    fn pool_ids_follow_cognitos_pattern() {
+        for ok in [
+            "us-east-1_AbCdEf123",
+            "eu-west-2_x",
+            "local-1_DemoPool",
+            "a_b",
+            "a__b",
+        ] {
+            assert!(pool(ok).is_ok(), "{ok} should be valid");
+        }
+        for bad in [
+            "",
+            "us-east-1",
+            "us-east-1_",
+            "_abc",
+            "us-east-1_abc-def",
+            "üs-east-1_abc",
+            "us east-1_a",
+            "us-east-1_ab\n",
+        ] {
+            assert_eq!(
+                pool(bad).map_err(|v| v.field),
+                Err("user_pool_id"),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pool_id_length_counts_characters() {
+        let at_limit = format!("r_{}", "a".repeat(53));
+        assert!(pool(&at_limit).is_ok());
+        let over = format!("r_{}", "a".repeat(54));
+        assert!(pool(&over).unwrap_err().description.contains("at most 55"));
+    }
+
+    #[test]
+    fn region_prefix_is_before_the_last_underscore() {
+        assert_eq!(pool("us-east-1_Abc").unwrap().region_prefix(), "us-east-1");
+        assert_eq!(pool("a_b_c").unwrap().region_prefix(), "a_b");
+    }
+
+    #[test]
+    fn usernames_accept_unicode_letters_symbols_and_punctuation() {
+        for ok in [
+            "alice",
+            "zoë",
+            "用户",
+            "a+b@example.com",
+            "ÅngströM-ß",
+            "😀",
+            "e\u{301}",
+        ] {
+            assert!(user(ok).is_ok(), "{ok} should be valid");
+        }
+    }
+
+    #[test]
+    fn usernames_refuse_whitespace_controls_and_empty() {
+        for bad in ["", "a b", "tab\t", "nul\0", "line\n", "\u{200b}zero-width"] {
+            assert_eq!(user(bad).map_err(|v| v.field), Err("username"), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn username_length_counts_unicode_scalars_not_bytes() {
+        // 128 four-byte characters: 512 bytes, but within Cognito's 128-character limit.
+        assert!(user(&"😀".repeat(128)).is_ok());
+        assert!(user(&"😀".repeat(129)).is_err());
+    }
+
+    #[test]
+    fn username_debug_never_shows_the_name() {
+        let name = user("secret-person").unwrap();
+        assert!(!format!("{name:?}").contains("secret"));
+        let request = ResetRequest::parse(
+            "us-east-1_Abc".into(),
+            "secret-person".into(),
+            HashMap::from([("k".into(), "secret-value".into())]),
+        )
+        .unwrap();
+        let printed = format!("{request:?}");
+        assert!(!printed.contains("secret"), "{printed}");
+    }
+
+    #[test]
+    fn client_metadata_limits() {
+        let ok = HashMap::from([("k".to_owned(), "v".repeat(METADATA_VALUE_MAX_CHARS))]);
+        assert!(ClientMetadata::parse(ok).is_ok());
+        let long = HashMap::from([("k".to_owned(), "v".repeat(METADATA_VALUE_MAX_CHARS + 1))]);
+        assert!(ClientMetadata::parse(long).is_err());
+        let empty_key = HashMap::from([(String::new(), "v".to_owned())]);
+        assert!(
+            ClientMetadata::parse(empty_key)
+                .unwrap_err()
+                .description
+                .contains("keys")
+        );
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let violations = ResetRequest::parse(
+            String::new(),
+            "a b".into(),
+            HashMap::from([(String::new(), String::new())]),
+        )
+        .unwrap_err();
+        let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
+        assert_eq!(fields, ["user_pool_id", "username", "client_metadata"]);
+    }
+}

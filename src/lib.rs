@@ -1,0 +1,58 @@
+//! cognito-gateway: a gRPC sidecar that resets user passwords in Amazon Cognito user pools.
+//!
+//! Internal services call `cognitogateway.v1.UserAdminService/ResetUserPassword`; the gateway
+//! validates the request at the edge, calls Cognito's `AdminResetUserPassword` through the AWS SDK,
+//! and turns every outcome into a precise gRPC status (`../shared/CONTRACT.md`, docs/errors.md).
+//!
+//! # Layout
+//! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
+//! - [`api`], the gRPC service: validate, call Cognito, answer.
+//! - [`domain`], validated request types; the username never prints.
+//! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
+//! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
+//! - [`middleware`], tower layers, one per concern (today: the caller's deadline).
+//! - [`config`], flags, environment, TOML, validated at start.
+//! - [`local`], the embedded local Cognito of `serve --local`.
+//! - [`client`], the `reset` subcommand.
+//! - [`telemetry`], logs.
+//!
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod client;
+pub mod cognito;
+pub mod config;
+pub mod domain;
+pub mod local;
+pub mod middleware;
+pub mod status;
+pub mod telemetry;
+
+/// The generated gRPC types and the descriptor set that reflection serves.
+#[allow(missing_docs, unreachable_pub, missing_debug_implementations)]
+pub mod proto {
+    tonic::include_proto!("cognitogateway.v1");
+
+    /// The encoded `FileDescriptorSet` of `user_admin.proto`.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/user_admin_descriptor.bin"));
+
+    // Generated without `Debug` (see build.rs): the username and metadata are sensitive.
+    impl std::fmt::Debug for ResetUserPasswordRequest {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("ResetUserPasswordRequest")
+                .field("user_pool_id", &self.user_pool_id)
+                .field("username", &"<redacted>")
+                .field(
+                    "client_metadata",
+                    &format_args!("<{} redacted entries>", self.client_metadata.len()),
+                )
+                .finish()
+        }
+    }
+}
+
+pub use app::App;
+pub use config::Config;

@@ -1,0 +1,164 @@
+//! The caller's deadline (`grpc-timeout`), made visible to the handler and answered with
+//! DEADLINE_EXCEEDED.
+//!
+//! tonic enforces `grpc-timeout` itself, outside every layer of ours, by dropping the call; the
+//! caller then sees CANCELLED ("Timeout expired"), which tells it nothing. So this layer parses the
+//! header (tonic has no public accessor), hands the handler a [`Deadline`], and answers
+//! DEADLINE_EXCEEDED itself just before tonic's timer would fire. The handler bounds its own work a
+//! little earlier still, so that it normally ends the call itself and logs it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderMap, Request, Response};
+use tokio::time::Instant;
+use tower::{Layer, Service};
+
+use crate::status::{GatewayError, to_status};
+
+/// How much earlier than tonic this layer gives up: tokio's timers tick in milliseconds, so one tick
+/// ahead is enough for this layer's timer to fire first.
+const LAYER_MARGIN: Duration = Duration::from_millis(1);
+/// How much earlier than that the handler stops waiting on Cognito, to end the call itself.
+const HANDLER_MARGIN: Duration = Duration::from_millis(3);
+
+/// When the caller stops waiting: the arrival time plus its `grpc-timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline(Instant);
+
+impl Deadline {
+    /// A deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Self(Instant::now() + timeout)
+    }
+
+    /// How long the handler may still wait for Cognito.
+    pub fn remaining(&self) -> Duration {
+        self.0
+            .saturating_duration_since(Instant::now() + HANDLER_MARGIN)
+    }
+}
+
+/// Adds [`DeadlineService`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DeadlineLayer;
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService { inner }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct DeadlineService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DeadlineService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let Some(timeout) = grpc_timeout(request.headers()) else {
+            return Box::pin(self.inner.call(request));
+        };
+        let deadline = Deadline::after(timeout);
+        request.extensions_mut().insert(deadline);
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            tokio::select! {
+                // The call's own answer wins a tie.
+                biased;
+                response = call => response,
+                () = tokio::time::sleep_until(deadline.0 - LAYER_MARGIN.min(timeout)) => {
+                    tracing::info!(code = "DEADLINE_EXCEEDED", "call ended by the caller's deadline");
+                    Ok(to_status(&GatewayError::DeadlineExceeded, None).into_http())
+                }
+            }
+        })
+    }
+}
+
+/// Parses `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit). A malformed value is
+/// ignored, as tonic ignores it.
+fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
+    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(value: &str) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        headers.insert("grpc-timeout", value.parse().unwrap());
+        grpc_timeout(&headers)
+    }
+
+    #[test]
+    fn parses_every_unit() {
+        assert_eq!(parse("2H"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse("3M"), Some(Duration::from_secs(180)));
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for bad in [
+            "",
+            "m",
+            "5",
+            "5s",
+            "123456789m",
+            "-5m",
+            "5 m",
+            "1.5S",
+            "😀m",
+        ] {
+            assert_eq!(parse(bad), None, "{bad:?}");
+        }
+        assert_eq!(grpc_timeout(&HeaderMap::new()), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remaining_leaves_the_handler_margin() {
+        let deadline = Deadline::after(Duration::from_millis(100));
+        assert_eq!(deadline.remaining(), Duration::from_millis(97));
+        tokio::time::advance(Duration::from_millis(98)).await;
+        assert_eq!(deadline.remaining(), Duration::ZERO);
+    }
+}

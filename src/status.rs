@@ -1,0 +1,333 @@
+//! THE error table (contract §3): every way a call can fail, turned into one gRPC status with its
+//! `ErrorInfo` and the other details. Nothing else in the crate builds an error status.
+//!
+//! Caller-side statuses may repeat Cognito's message. Server-side ones ([`is_server_side`]) carry an
+//! opaque message; the full error goes to the log once, where the call ends.
+
+use std::{collections::HashMap, time::Duration};
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{
+    cognito::{BackendError, CognitoFailure},
+    domain::{FieldViolation, UserPoolId},
+};
+
+/// `ErrorInfo.domain` of errors Cognito returned.
+pub const COGNITO_DOMAIN: &str = "cognito-idp.amazonaws.com";
+/// `ErrorInfo.domain` of errors the gateway raises itself.
+pub const GATEWAY_DOMAIN: &str = "cognito-gateway";
+
+/// How long a caller should wait before retrying what a retry can fix. Cognito's quotas are per
+/// second, so a second is the shortest wait that can see a fresh budget.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// Exception names that mean the gateway's own AWS credentials or IAM policy are wrong.
+const CREDENTIAL_CODES: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "RequestExpired",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+];
+
+/// Why a call ended without success. Each variant is one or more rows of the table.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The request broke Cognito's own limits (contract §2); nothing was sent.
+    #[error("invalid request ({} field(s))", .0.len())]
+    InvalidRequest(Vec<FieldViolation>),
+    /// The caller's `grpc-timeout` ran out.
+    #[error("the caller's deadline ran out")]
+    DeadlineExceeded,
+    /// Cognito, or the way to it, failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+/// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
+/// the span (OpenTelemetry's RPC conventions use the same list).
+pub fn is_server_side(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Unimplemented
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
+}
+
+/// The extra detail a row carries beside `ErrorInfo` and `RequestInfo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    None,
+    NoVerifiedContact,
+    FieldsFromMessage,
+    PoolResource,
+    UserResource,
+    Throttled,
+    AttemptLimit,
+    Retry,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, Copy)]
+struct Row {
+    code: Code,
+    reason: &'static str,
+    extra: Extra,
+}
+
+const fn row(code: Code, reason: &'static str, extra: Extra) -> Row {
+    Row {
+        code,
+        reason,
+        extra,
+    }
+}
+
+/// The Cognito half of the table, by exception name.
+fn cognito_row(failure: &CognitoFailure) -> Row {
+    use Code::*;
+    match failure.code.as_str() {
+        "InvalidParameterException" if says_no_verified_contact(&failure.message) => row(
+            FailedPrecondition,
+            "NO_VERIFIED_CONTACT",
+            Extra::NoVerifiedContact,
+        ),
+        "InvalidParameterException" => row(
+            InvalidArgument,
+            "INVALID_PARAMETER",
+            Extra::FieldsFromMessage,
+        ),
+        "ResourceNotFoundException" => row(NotFound, "USER_POOL_NOT_FOUND", Extra::PoolResource),
+        "UserNotFoundException" => row(NotFound, "USER_NOT_FOUND", Extra::UserResource),
+        "NotAuthorizedException" => row(FailedPrecondition, "USER_NOT_RESETTABLE", Extra::None),
+        "TooManyRequestsException" => row(ResourceExhausted, "COGNITO_THROTTLED", Extra::Throttled),
+        "LimitExceededException" => row(
+            ResourceExhausted,
+            "ATTEMPT_LIMIT_EXCEEDED",
+            Extra::AttemptLimit,
+        ),
+        "UserLambdaValidationException" => {
+            row(FailedPrecondition, "LAMBDA_VALIDATION_FAILED", Extra::None)
+        }
+        "UnexpectedLambdaException" => row(Internal, "LAMBDA_FAILED", Extra::None),
+        "InvalidLambdaResponseException" => row(Internal, "LAMBDA_INVALID_RESPONSE", Extra::None),
+        "InvalidSmsRoleAccessPolicyException" | "InvalidSmsRoleTrustRelationshipException" => {
+            row(FailedPrecondition, "SMS_ROLE_MISCONFIGURED", Extra::None)
+        }
+        "InvalidEmailRoleAccessPolicyException" => {
+            row(FailedPrecondition, "EMAIL_ROLE_MISCONFIGURED", Extra::None)
+        }
+        "OperationNotEnabledException" => row(Unimplemented, "OPERATION_NOT_ENABLED", Extra::None),
+        "InternalErrorException" => row(Unavailable, "COGNITO_INTERNAL_ERROR", Extra::Retry),
+        code if CREDENTIAL_CODES.contains(&code) => {
+            row(Internal, "BACKEND_REJECTED_CREDENTIALS", Extra::None)
+        }
+        _ => row(Internal, "UNKNOWN_COGNITO_ERROR", Extra::None),
+    }
+}
+
+/// The gateway half of the table.
+fn gateway_row(error: &GatewayError) -> Row {
+    use Code::*;
+    match error {
+        GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
+        GatewayError::DeadlineExceeded => row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None),
+        GatewayError::Backend(backend) => match backend {
+            BackendError::Cognito(failure) => cognito_row(failure),
+            BackendError::Timeout(_) => row(Unavailable, "BACKEND_TIMEOUT", Extra::None),
+            BackendError::Unreachable(_) => row(Unavailable, "BACKEND_UNREACHABLE", Extra::Retry),
+            BackendError::Misconfigured(_) => row(Internal, "BACKEND_MISCONFIGURED", Extra::None),
+            BackendError::BadResponse { .. } => row(Internal, "BACKEND_BAD_RESPONSE", Extra::None),
+            BackendError::RegionNotAllowed { .. } => {
+                row(InvalidArgument, "REGION_NOT_ALLOWED", Extra::None)
+            }
+        },
+    }
+}
+
+/// Cognito says "no registered/verified email or phone_number" with an InvalidParameterException;
+/// that is a state of the user, not a bad parameter.
+fn says_no_verified_contact(message: &str) -> bool {
+    let message = message.to_ascii_lowercase();
+    message.contains("verified email") || message.contains("verified phone")
+}
+
+/// The status for `error`. `pool` is the validated pool id, where validation got that far.
+pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
+    let row = gateway_row(error);
+    let cognito = match error {
+        GatewayError::Backend(BackendError::Cognito(failure)) => Some(failure),
+        _ => None,
+    };
+    let request_id = match error {
+        GatewayError::Backend(BackendError::Cognito(failure)) => failure.request_id.as_deref(),
+        GatewayError::Backend(BackendError::BadResponse { request_id, .. }) => {
+            request_id.as_deref()
+        }
+        _ => None,
+    };
+
+    let mut metadata = HashMap::new();
+    if let Some(pool) = pool {
+        metadata.insert("userPoolId".to_owned(), pool.as_str().to_owned());
+    }
+    if let Some(failure) = cognito {
+        metadata.insert("exception".to_owned(), failure.code.clone());
+    }
+    if let Some(id) = request_id {
+        metadata.insert("awsRequestId".to_owned(), id.to_owned());
+    }
+    let domain = if cognito.is_some() {
+        COGNITO_DOMAIN
+    } else {
+        GATEWAY_DOMAIN
+    };
+    let mut details = ErrorDetails::with_error_info(row.reason, domain, metadata);
+    if let Some(id) = request_id {
+        details.set_request_info(id, "");
+    }
+    if let GatewayError::InvalidRequest(violations) = error {
+        for violation in violations {
+            details.add_bad_request_violation(violation.field, &violation.description);
+        }
+    }
+    if let GatewayError::Backend(BackendError::RegionNotAllowed { .. }) = error {
+        details.add_bad_request_violation("user_pool_id", "the pool's region is not served here");
+    }
+    let cognito_message = cognito.map(|f| f.message.as_str()).unwrap_or_default();
+    add_extra(&mut details, row.extra, pool, cognito_message);
+
+    let message = if is_server_side(row.code) {
+        opaque_message(row.reason, request_id)
+    } else {
+        caller_message(error)
+    };
+    Status::with_error_details(row.code, message, details)
+}
+
+fn add_extra(details: &mut ErrorDetails, extra: Extra, pool: Option<&UserPoolId>, message: &str) {
+    let pool = pool.map(UserPoolId::as_str).unwrap_or_default();
+    match extra {
+        Extra::None => {}
+        Extra::NoVerifiedContact => {
+            details.add_precondition_failure_violation(
+                "USER_CONTACT",
+                "user",
+                "the user has no verified email address or phone number to send the code to",
+            );
+        }
+        Extra::FieldsFromMessage => {
+            // Cognito's validation messages name the field ("Value at 'username' failed ...").
+            let lower = message.to_ascii_lowercase();
+            for (wire, field) in [
+                ("userpoolid", "user_pool_id"),
+                ("username", "username"),
+                ("clientmetadata", "client_metadata"),
+            ] {
+                if lower.contains(wire) {
+                    details.add_bad_request_violation(field, message);
+                }
+            }
+        }
+        Extra::PoolResource => {
+            details.set_resource_info("cognito-idp.amazonaws.com/UserPool", pool, "", message);
+        }
+        Extra::UserResource => {
+            // The username is sensitive: the resource is named by its pool only.
+            details.set_resource_info("cognito-idp.amazonaws.com/User", "", pool, message);
+        }
+        Extra::Throttled => {
+            details.set_retry_info(Some(RETRY_DELAY));
+            details.add_quota_failure_violation(
+                "cognito-idp:AdminResetUserPassword",
+                "Cognito's request rate quota (account recovery) was exceeded",
+            );
+        }
+        Extra::AttemptLimit => {
+            // Cognito does not say when the per-user limit lifts, and it is minutes, not seconds:
+            // no short RetryInfo.
+            details.add_quota_failure_violation(
+                "user",
+                "Cognito's limit on password reset attempts for this user was reached",
+            );
+        }
+        Extra::Retry => {
+            details.set_retry_info(Some(RETRY_DELAY));
+        }
+    }
+}
+
+/// The canonical gRPC name, as in the error table.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+fn caller_message(error: &GatewayError) -> String {
+    match error {
+        GatewayError::InvalidRequest(violations) => {
+            let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
+            format!("invalid request: {}", fields.join(", "))
+        }
+        GatewayError::Backend(BackendError::Cognito(failure)) if !failure.message.is_empty() => {
+            failure.message.clone()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn opaque_message(reason: &str, request_id: Option<&str>) -> String {
+    let what = match reason {
+        "DEADLINE_EXCEEDED" => {
+            "the call's deadline ran out before Cognito answered; the reset may or may not have happened"
+        }
+        "BACKEND_TIMEOUT" => {
+            "Cognito did not answer in time; the reset may or may not have happened"
+        }
+        "BACKEND_UNREACHABLE" => "Cognito could not be reached",
+        "COGNITO_INTERNAL_ERROR" => {
+            "Cognito failed internally; the reset may or may not have happened"
+        }
+        "OPERATION_NOT_ENABLED" => "Cognito does not allow this operation for this pool or region",
+        "LAMBDA_FAILED" | "LAMBDA_INVALID_RESPONSE" => "a Lambda trigger of the user pool failed",
+        _ => "the gateway could not complete the call",
+    };
+    match request_id {
+        Some(id) => format!("{what} (Cognito request id {id}); details are in the gateway's log"),
+        None => format!("{what}; details are in the gateway's log"),
+    }
+}
+
+#[cfg(test)]
+mod tests;
