@@ -67,7 +67,10 @@ pub fn describe(status: &Status) -> String {
     if let Some(retry) = details.retry_info().and_then(|r| r.retry_delay) {
         let _ = write!(line, "\n  retry after {retry:?}");
     }
-    if let Some(exception) = details.error_info().and_then(|i| i.metadata.get("exception")) {
+    if let Some(exception) = details
+        .error_info()
+        .and_then(|i| i.metadata.get("exception"))
+    {
         let _ = write!(line, "\n  Cognito exception: {exception}");
     }
     if let Some(request) = details.request_info() {

@@ -1,1 +1,417 @@
+//! One test per row of the table (contract §3).
 
+use std::time::Duration;
+
+use tonic::Code;
+use tonic_types::{ErrorDetails, StatusExt as _};
+
+use super::*;
+use crate::domain::FieldViolation;
+
+fn pool() -> UserPoolId {
+    UserPoolId::parse("eu-west-1_AbC123".into()).unwrap()
+}
+
+fn cognito(code: &str, message: &str) -> GatewayError {
+    GatewayError::Backend(BackendError::Cognito(CognitoFailure {
+        code: code.into(),
+        message: message.into(),
+        request_id: Some("req-1".into()),
+        http_status: if code == "InternalErrorException" {
+            500
+        } else {
+            400
+        },
+    }))
+}
+
+/// Converts and checks what every status must have: exactly one ErrorInfo, the domain, the metadata.
+fn check(error: &GatewayError, code: Code, reason: &str) -> (Status, ErrorDetails) {
+    let status = to_status(error, Some(&pool()));
+    assert_eq!(status.code(), code, "{status:?}");
+    let details = status.get_error_details();
+    let info = details.error_info().expect("every status has an ErrorInfo");
+    assert_eq!(info.reason, reason);
+    assert_eq!(
+        info.metadata.get("userPoolId").map(String::as_str),
+        Some("eu-west-1_AbC123")
+    );
+    let from_cognito = matches!(error, GatewayError::Backend(BackendError::Cognito(_)));
+    if from_cognito {
+        assert_eq!(info.domain, COGNITO_DOMAIN);
+        assert_eq!(
+            info.metadata.get("awsRequestId").map(String::as_str),
+            Some("req-1")
+        );
+        assert_eq!(
+            details.request_info().map(|r| r.request_id.as_str()),
+            Some("req-1")
+        );
+        assert!(info.metadata.contains_key("exception"));
+    } else {
+        assert_eq!(info.domain, GATEWAY_DOMAIN);
+    }
+    assert!(
+        info.reason
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c == '_'),
+        "reason {} is UPPER_SNAKE_CASE",
+        info.reason
+    );
+    for key in info.metadata.keys() {
+        assert!(
+            key.chars().next().is_some_and(|c| c.is_ascii_lowercase()),
+            "{key} is lowerCamelCase"
+        );
+        assert!(!key.contains('_'), "{key} is lowerCamelCase");
+    }
+    (status, details)
+}
+
+#[test]
+fn invalid_parameter_without_verified_contact_is_a_precondition() {
+    let error = cognito(
+        "InvalidParameterException",
+        "Cannot reset password for the user as there is no registered/verified email or phone_number",
+    );
+    let (status, details) = check(&error, Code::FailedPrecondition, "NO_VERIFIED_CONTACT");
+    assert!(
+        status.message().contains("verified email"),
+        "caller-side: Cognito's message"
+    );
+    let violation = &details.precondition_failure().unwrap().violations[0];
+    assert_eq!(violation.r#type, "USER_CONTACT");
+}
+
+#[test]
+fn other_invalid_parameter_is_invalid_argument_with_the_field() {
+    let error = cognito(
+        "InvalidParameterException",
+        "1 validation error detected: Value at 'clientMetadata' failed to satisfy constraint",
+    );
+    let (_, details) = check(&error, Code::InvalidArgument, "INVALID_PARAMETER");
+    let fields: Vec<_> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["client_metadata"]);
+    // Where the field cannot be told, there is no BadRequest rather than a guess.
+    let (_, details) = check(
+        &cognito("InvalidParameterException", "something odd"),
+        Code::InvalidArgument,
+        "INVALID_PARAMETER",
+    );
+    assert!(details.bad_request().is_none());
+}
+
+#[test]
+fn resource_not_found_is_the_pool() {
+    let (_, details) = check(
+        &cognito(
+            "ResourceNotFoundException",
+            "User pool eu-west-1_AbC123 does not exist.",
+        ),
+        Code::NotFound,
+        "USER_POOL_NOT_FOUND",
+    );
+    let resource = details.resource_info().unwrap();
+    assert_eq!(resource.resource_name, "eu-west-1_AbC123");
+    assert!(resource.resource_type.ends_with("UserPool"));
+}
+
+#[test]
+fn user_not_found_names_no_user() {
+    let (_, details) = check(
+        &cognito("UserNotFoundException", "User does not exist."),
+        Code::NotFound,
+        "USER_NOT_FOUND",
+    );
+    let resource = details.resource_info().unwrap();
+    assert_eq!(
+        resource.resource_name, "",
+        "the username is never in a status"
+    );
+    assert!(resource.resource_type.ends_with("User"));
+}
+
+#[test]
+fn not_authorized_is_a_user_state() {
+    check(
+        &cognito("NotAuthorizedException", "User is disabled."),
+        Code::FailedPrecondition,
+        "USER_NOT_RESETTABLE",
+    );
+}
+
+#[test]
+fn too_many_requests_is_throttling_with_retry_and_quota() {
+    let (_, details) = check(
+        &cognito("TooManyRequestsException", "Rate exceeded"),
+        Code::ResourceExhausted,
+        "COGNITO_THROTTLED",
+    );
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(1))
+    );
+    assert!(details.quota_failure().is_some());
+}
+
+#[test]
+fn limit_exceeded_has_quota_but_no_short_retry() {
+    let (_, details) = check(
+        &cognito(
+            "LimitExceededException",
+            "Attempt limit exceeded, please try after some time.",
+        ),
+        Code::ResourceExhausted,
+        "ATTEMPT_LIMIT_EXCEEDED",
+    );
+    assert!(details.quota_failure().is_some());
+    assert!(details.retry_info().is_none());
+}
+
+#[test]
+fn user_lambda_validation_is_a_precondition() {
+    check(
+        &cognito("UserLambdaValidationException", "PreX failed"),
+        Code::FailedPrecondition,
+        "LAMBDA_VALIDATION_FAILED",
+    );
+}
+
+#[test]
+fn unexpected_lambda_is_internal_and_opaque() {
+    let (status, _) = check(
+        &cognito("UnexpectedLambdaException", "secret stack trace"),
+        Code::Internal,
+        "LAMBDA_FAILED",
+    );
+    assert!(
+        !status.message().contains("secret"),
+        "server-side messages are opaque"
+    );
+    assert!(
+        status.message().contains("req-1"),
+        "but carry the request id"
+    );
+}
+
+#[test]
+fn invalid_lambda_response_is_internal() {
+    let (status, _) = check(
+        &cognito("InvalidLambdaResponseException", "secret"),
+        Code::Internal,
+        "LAMBDA_INVALID_RESPONSE",
+    );
+    assert!(!status.message().contains("secret"));
+}
+
+#[test]
+fn sms_role_access_policy_is_misconfiguration() {
+    check(
+        &cognito("InvalidSmsRoleAccessPolicyException", "m"),
+        Code::FailedPrecondition,
+        "SMS_ROLE_MISCONFIGURED",
+    );
+}
+
+#[test]
+fn sms_role_trust_relationship_is_misconfiguration() {
+    check(
+        &cognito("InvalidSmsRoleTrustRelationshipException", "m"),
+        Code::FailedPrecondition,
+        "SMS_ROLE_MISCONFIGURED",
+    );
+}
+
+#[test]
+fn email_role_access_policy_is_misconfiguration() {
+    check(
+        &cognito("InvalidEmailRoleAccessPolicyException", "m"),
+        Code::FailedPrecondition,
+        "EMAIL_ROLE_MISCONFIGURED",
+    );
+}
+
+#[test]
+fn operation_not_enabled_is_unimplemented() {
+    check(
+        &cognito("OperationNotEnabledException", "m"),
+        Code::Unimplemented,
+        "OPERATION_NOT_ENABLED",
+    );
+}
+
+#[test]
+fn internal_error_is_unavailable_with_retry() {
+    let (status, details) = check(
+        &cognito("InternalErrorException", "secret"),
+        Code::Unavailable,
+        "COGNITO_INTERNAL_ERROR",
+    );
+    assert!(details.retry_info().is_some());
+    assert!(!status.message().contains("secret"));
+}
+
+#[test]
+fn credential_codes_are_backend_rejected_credentials() {
+    for code in [
+        "AccessDeniedException",
+        "ExpiredTokenException",
+        "UnrecognizedClientException",
+        "InvalidSignatureException",
+    ] {
+        let (_, details) = check(
+            &cognito(code, "m"),
+            Code::Internal,
+            "BACKEND_REJECTED_CREDENTIALS",
+        );
+        assert_eq!(
+            details
+                .error_info()
+                .unwrap()
+                .metadata
+                .get("exception")
+                .map(String::as_str),
+            Some(code)
+        );
+    }
+}
+
+#[test]
+fn any_other_code_is_unknown_with_its_name() {
+    let (_, details) = check(
+        &cognito("BrandNewException", "m"),
+        Code::Internal,
+        "UNKNOWN_COGNITO_ERROR",
+    );
+    assert_eq!(
+        details
+            .error_info()
+            .unwrap()
+            .metadata
+            .get("exception")
+            .map(String::as_str),
+        Some("BrandNewException")
+    );
+}
+
+#[test]
+fn backend_timeout_is_unavailable() {
+    let error = GatewayError::Backend(BackendError::Timeout(Duration::from_secs(5)));
+    let (status, _) = check(&error, Code::Unavailable, "BACKEND_TIMEOUT");
+    assert!(
+        status.message().contains("may or may not"),
+        "{}",
+        status.message()
+    );
+}
+
+#[test]
+fn caller_deadline_is_deadline_exceeded() {
+    check(
+        &GatewayError::DeadlineExceeded,
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+    );
+}
+
+#[test]
+fn dispatch_failure_is_unreachable_with_retry() {
+    let error = GatewayError::Backend(BackendError::Unreachable(
+        "connection refused (10.0.0.1)".into(),
+    ));
+    let (status, details) = check(&error, Code::Unavailable, "BACKEND_UNREACHABLE");
+    assert!(details.retry_info().is_some());
+    assert!(!status.message().contains("10.0.0.1"), "opaque");
+}
+
+#[test]
+fn construction_failure_is_misconfigured() {
+    let error = GatewayError::Backend(BackendError::Misconfigured("no credentials".into()));
+    let (status, _) = check(&error, Code::Internal, "BACKEND_MISCONFIGURED");
+    assert!(!status.message().contains("credentials"), "opaque");
+}
+
+#[test]
+fn response_error_is_bad_response_with_request_id() {
+    let error = GatewayError::Backend(BackendError::BadResponse {
+        request_id: Some("req-9".into()),
+        detail: "expected '{'".into(),
+    });
+    let (_, details) = check(&error, Code::Internal, "BACKEND_BAD_RESPONSE");
+    assert_eq!(details.request_info().unwrap().request_id, "req-9");
+    assert_eq!(
+        details
+            .error_info()
+            .unwrap()
+            .metadata
+            .get("awsRequestId")
+            .map(String::as_str),
+        Some("req-9")
+    );
+}
+
+#[test]
+fn edge_validation_lists_every_field() {
+    let error = GatewayError::InvalidRequest(vec![
+        FieldViolation {
+            field: "username",
+            description: "must not be empty".into(),
+        },
+        FieldViolation {
+            field: "client_metadata",
+            description: "keys must not be empty".into(),
+        },
+    ]);
+    let (_, details) = check(&error, Code::InvalidArgument, "INVALID_PARAMETER");
+    let fields: Vec<_> = details
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(fields, ["username", "client_metadata"]);
+}
+
+#[test]
+fn region_not_allowed_points_at_the_pool_id() {
+    let error = GatewayError::Backend(BackendError::RegionNotAllowed {
+        region: "eu-west-1".into(),
+        why: "x".into(),
+    });
+    let (_, details) = check(&error, Code::InvalidArgument, "REGION_NOT_ALLOWED");
+    assert_eq!(
+        details.bad_request().unwrap().field_violations[0].field,
+        "user_pool_id"
+    );
+}
+
+#[test]
+fn server_side_codes_follow_the_otel_list() {
+    for code in [
+        Code::Unknown,
+        Code::DeadlineExceeded,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+    ] {
+        assert!(is_server_side(code), "{code:?}");
+    }
+    for code in [
+        Code::InvalidArgument,
+        Code::NotFound,
+        Code::FailedPrecondition,
+        Code::ResourceExhausted,
+        Code::PermissionDenied,
+        Code::Unauthenticated,
+    ] {
+        assert!(!is_server_side(code), "{code:?}");
+    }
+}

@@ -77,7 +77,11 @@ pub async fn spawn_app_with<B: Backend>(config: Config, backend: B) -> TestApp {
 
 impl TestApp {
     /// One ResetUserPassword call.
-    pub async fn reset(&self, pool: &str, username: &str) -> Result<ResetUserPasswordResponse, Status> {
+    pub async fn reset(
+        &self,
+        pool: &str,
+        username: &str,
+    ) -> Result<ResetUserPasswordResponse, Status> {
         self.reset_request(request(pool, username)).await
     }
 
@@ -146,7 +150,84 @@ where
 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A bare HTTP/2 client that speaks gRPC by hand. tonic's client enforces deadlines itself and
+/// refuses to send malformed messages; this one asks the server exactly what it is given.
+pub mod raw {
+    use std::net::SocketAddr;
+
+    use bytes::Bytes;
+    use http_body_util::{BodyExt as _, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    /// What came back: the HTTP status, the gRPC status and its details (trailers-only or trailers).
+    #[derive(Debug)]
+    pub struct Reply {
+        pub http: u16,
+        pub grpc_status: Option<i32>,
+        pub status: Option<tonic::Status>,
+    }
+
+    /// Sends one unary call to `path` with the raw message `payload` (framed here) and extra headers.
+    pub async fn call(
+        addr: SocketAddr,
+        path: &str,
+        payload: &[u8],
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let mut frame = Vec::with_capacity(payload.len() + 5);
+        frame.push(0);
+        frame.extend_from_slice(&u32::try_from(payload.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(payload);
+        call_framed(addr, path, frame, headers).await
+    }
+
+    /// Sends an already framed (or deliberately mis-framed) body.
+    pub async fn call_framed(
+        addr: SocketAddr,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let mut request = http::Request::post(format!("http://{addr}{path}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let request = request.body(Full::new(Bytes::from(body))).unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let http = response.status().as_u16();
+        let head = response.headers().clone();
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let source = if head.contains_key("grpc-status") {
+            &head
+        } else {
+            &trailers
+        };
+        let grpc_status = source
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let status = tonic::Status::from_header_map(source);
+        Reply {
+            http,
+            grpc_status,
+            status,
+        }
     }
 }

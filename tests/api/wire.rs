@@ -1,1 +1,414 @@
-//! (filled in below)
+//! The real SDK against wire-level fakes: wiremock answers in Cognito's own format (`__type`,
+//! `message`, `x-amzn-ErrorType`, `x-amzn-RequestId`, HTTP 400/500) and counts every send, which is
+//! what proves the retry rules.
+
+use std::{collections::HashMap, time::Duration};
+
+use cognito_gateway::config::CognitoSettings;
+use serde_json::{Value, json};
+use tonic::Code;
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{header, method, path},
+};
+
+use crate::helpers::{
+    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with, test_config,
+    test_settings, with_deadline,
+};
+
+const TARGET: &str = "AWSCognitoIdentityProviderService.AdminResetUserPassword";
+const POOL: &str = "us-east-1_Wire1";
+const RESET_PATH: &str = "/cognitogateway.v1.UserAdminService/ResetUserPassword";
+
+/// A Cognito error reply, as Cognito sends it.
+fn cognito_error(http: u16, exception: &str, message: &str, request_id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(http)
+        .insert_header("x-amzn-RequestId", request_id)
+        .insert_header(
+            "x-amzn-ErrorType",
+            format!("{exception}:http://internal.amazon.com/coral/com.amazonaws.cognito.identity.idp.model/"),
+        )
+        .set_body_raw(
+            json!({ "__type": exception, "message": message }).to_string(),
+            "application/x-amz-json-1.1",
+        )
+}
+
+fn cognito_ok(request_id: &str) -> ResponseTemplate {
+    ResponseTemplate::new(200)
+        .insert_header("x-amzn-RequestId", request_id)
+        .set_body_raw("{}", "application/x-amz-json-1.1")
+}
+
+async fn fake_cognito(reply: ResponseTemplate) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/"))
+        .and(header("x-amz-target", TARGET))
+        .respond_with(reply)
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn sends(server: &MockServer) -> usize {
+    server.received_requests().await.map_or(0, |r| r.len())
+}
+
+/// One row of the error table, end to end.
+async fn row(
+    http: u16,
+    exception: &str,
+    message: &str,
+    code: Code,
+    reason: &str,
+    expected_sends: usize,
+) {
+    let server = fake_cognito(cognito_error(http, exception, message, "rid-row")).await;
+    let app = spawn_app(&server.uri()).await;
+    let status = app.reset(POOL, "someone").await.unwrap_err();
+    assert_eq!(status.code(), code, "{exception}: {status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, reason, "{exception}");
+    assert_eq!(info.domain, "cognito-idp.amazonaws.com");
+    assert_eq!(info.metadata["exception"], exception);
+    assert_eq!(info.metadata["awsRequestId"], "rid-row");
+    assert_eq!(info.metadata["userPoolId"], POOL);
+    assert!(
+        !info.metadata.values().any(|v| v.contains("someone")),
+        "no username in metadata"
+    );
+    assert_eq!(
+        details(&status).request_info().unwrap().request_id,
+        "rid-row"
+    );
+    assert_eq!(sends(&server).await, expected_sends, "{exception}: sends");
+}
+
+macro_rules! rows {
+    ($($name:ident: $http:expr, $exception:expr, $message:expr => $code:ident, $reason:expr, sends $sends:expr;)*) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                row($http, $exception, $message, Code::$code, $reason, $sends).await;
+            }
+        )*
+    };
+}
+
+rows! {
+    row_no_verified_contact: 400, "InvalidParameterException",
+        "Cannot reset password for the user as there is no registered/verified email or phone_number"
+        => FailedPrecondition, "NO_VERIFIED_CONTACT", sends 1;
+    row_invalid_parameter: 400, "InvalidParameterException", "1 validation error detected"
+        => InvalidArgument, "INVALID_PARAMETER", sends 1;
+    row_resource_not_found: 400, "ResourceNotFoundException", "User pool us-east-1_Wire1 does not exist."
+        => NotFound, "USER_POOL_NOT_FOUND", sends 1;
+    row_user_not_found: 400, "UserNotFoundException", "User does not exist."
+        => NotFound, "USER_NOT_FOUND", sends 1;
+    row_not_authorized: 400, "NotAuthorizedException", "User is disabled."
+        => FailedPrecondition, "USER_NOT_RESETTABLE", sends 1;
+    // Throttling certainly did not reset anyone: it is retried, up to max_attempts (3) sends.
+    row_too_many_requests: 400, "TooManyRequestsException", "Rate exceeded"
+        => ResourceExhausted, "COGNITO_THROTTLED", sends 3;
+    // The SDK's default would retry this; a retry could send the user another code.
+    row_limit_exceeded: 400, "LimitExceededException", "Attempt limit exceeded, please try after some time."
+        => ResourceExhausted, "ATTEMPT_LIMIT_EXCEEDED", sends 1;
+    row_user_lambda_validation: 400, "UserLambdaValidationException", "CustomMessage failed"
+        => FailedPrecondition, "LAMBDA_VALIDATION_FAILED", sends 1;
+    row_unexpected_lambda: 400, "UnexpectedLambdaException", "boom"
+        => Internal, "LAMBDA_FAILED", sends 1;
+    row_invalid_lambda_response: 400, "InvalidLambdaResponseException", "bad"
+        => Internal, "LAMBDA_INVALID_RESPONSE", sends 1;
+    row_sms_role_access_policy: 400, "InvalidSmsRoleAccessPolicyException", "m"
+        => FailedPrecondition, "SMS_ROLE_MISCONFIGURED", sends 1;
+    row_sms_role_trust: 400, "InvalidSmsRoleTrustRelationshipException", "m"
+        => FailedPrecondition, "SMS_ROLE_MISCONFIGURED", sends 1;
+    row_email_role_access_policy: 400, "InvalidEmailRoleAccessPolicyException", "m"
+        => FailedPrecondition, "EMAIL_ROLE_MISCONFIGURED", sends 1;
+    row_operation_not_enabled: 400, "OperationNotEnabledException", "m"
+        => Unimplemented, "OPERATION_NOT_ENABLED", sends 1;
+    // HTTP 500: the outcome is unknown, so it is never re-sent (the SDK's default sends 3 times).
+    row_internal_error: 500, "InternalErrorException", "Internal error"
+        => Unavailable, "COGNITO_INTERNAL_ERROR", sends 1;
+    row_unrecognized_client: 400, "UnrecognizedClientException", "The security token included in the request is invalid."
+        => Internal, "BACKEND_REJECTED_CREDENTIALS", sends 1;
+    row_access_denied: 400, "AccessDeniedException", "not authorized to perform cognito-idp:AdminResetUserPassword"
+        => Internal, "BACKEND_REJECTED_CREDENTIALS", sends 1;
+    row_unknown_code: 400, "SomethingNewException", "m"
+        => Internal, "UNKNOWN_COGNITO_ERROR", sends 1;
+}
+
+#[tokio::test]
+async fn success_returns_cognitos_request_id() {
+    let server = fake_cognito(cognito_ok("rid-ok-1")).await;
+    let app = spawn_app(&server.uri()).await;
+    let response = app.reset(POOL, "zoë").await.unwrap();
+    assert_eq!(response.cognito_request_id, "rid-ok-1");
+
+    let sent = server.received_requests().await.unwrap();
+    assert_eq!(sent.len(), 1);
+    let body: Value = sent[0].body_json().unwrap();
+    assert_eq!(body["UserPoolId"], POOL);
+    assert_eq!(body["Username"], "zoë");
+    assert!(
+        body.get("ClientMetadata").is_none(),
+        "no metadata, no field: {body}"
+    );
+    assert_eq!(
+        sent[0].headers["content-type"].to_str().unwrap(),
+        "application/x-amz-json-1.1"
+    );
+}
+
+#[tokio::test]
+async fn client_metadata_reaches_cognito() {
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let app = spawn_app(&server.uri()).await;
+    let mut req = request(POOL, "alice");
+    req.client_metadata = HashMap::from([("tenant".to_owned(), "acme".to_owned())]);
+    app.reset_request(req).await.unwrap();
+    let sent = server.received_requests().await.unwrap();
+    let body: Value = sent[0].body_json().unwrap();
+    assert_eq!(body["ClientMetadata"], json!({ "tenant": "acme" }));
+}
+
+#[tokio::test]
+async fn error_type_header_wins_and_namespaces_are_stripped() {
+    // Cognito's body may carry a namespaced __type; the header, with its ":http..." suffix, wins.
+    let reply = ResponseTemplate::new(400)
+        .insert_header("x-amzn-RequestId", "rid-ns")
+        .insert_header("x-amzn-ErrorType", "UserNotFoundException:http://internal.amazon.com/x/")
+        .set_body_raw(
+            r#"{"__type":"com.amazonaws.cognito#ResourceNotFoundException","message":"User does not exist."}"#,
+            "application/x-amz-json-1.1",
+        );
+    let server = fake_cognito(reply).await;
+    let app = spawn_app(&server.uri()).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(error_info(&status).reason, "USER_NOT_FOUND");
+}
+
+#[tokio::test]
+async fn throttling_then_success_is_retried_once() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(cognito_error(
+            400,
+            "TooManyRequestsException",
+            "Rate exceeded",
+            "rid-t",
+        ))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(cognito_ok("rid-second"))
+        .with_priority(2)
+        .mount(&server)
+        .await;
+    let app = spawn_app(&server.uri()).await;
+    let response = app.reset(POOL, "alice").await.unwrap();
+    assert_eq!(response.cognito_request_id, "rid-second");
+    assert_eq!(sends(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_slow_cognito_is_a_backend_timeout_sent_once() {
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
+    let mut config = test_config();
+    config.cognito = CognitoSettings {
+        operation_timeout: Duration::from_millis(300),
+        ..test_settings()
+    };
+    let backend = sdk_backend(&server.uri(), config.cognito.clone()).await;
+    let app = spawn_app_with(config, backend).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "BACKEND_TIMEOUT");
+    assert_eq!(info.domain, "cognito-gateway");
+    assert_eq!(
+        sends(&server).await,
+        1,
+        "a timed-out reset may have happened: never re-sent"
+    );
+}
+
+#[tokio::test]
+async fn the_callers_deadline_gives_deadline_exceeded_not_cancelled() {
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
+    let app = spawn_app(&server.uri()).await;
+    let status = app
+        .reset_request(with_deadline(
+            request(POOL, "alice"),
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert_eq!(error_info(&status).reason, "DEADLINE_EXCEEDED");
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_deadline_too_short_for_any_work_is_still_deadline_exceeded() {
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
+    let app = spawn_app(&server.uri()).await;
+    let message = prost::Message::encode_to_vec(&request(POOL, "alice"));
+    // A raw client: tonic's own would enforce the deadline itself and report its own CANCELLED
+    // before the server could answer. This asks what the server says.
+    for timeout in ["1n", "1u", "1m", "3m", "5m", "20m"] {
+        let reply = raw::call(app.addr, RESET_PATH, &message, &[("grpc-timeout", timeout)]).await;
+        let status = reply.status.expect("a gRPC status");
+        assert_eq!(
+            status.code(),
+            Code::DeadlineExceeded,
+            "{timeout}: {status:?}"
+        );
+        assert_eq!(error_info(&status).reason, "DEADLINE_EXCEEDED", "{timeout}");
+    }
+}
+
+#[tokio::test]
+async fn invalid_requests_never_reach_cognito() {
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let app = spawn_app(&server.uri()).await;
+    let mut req = request("not a pool", "");
+    req.client_metadata = HashMap::from([(String::new(), "v".to_owned())]);
+    let status = app.reset_request(req).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "INVALID_PARAMETER");
+    assert_eq!(info.domain, "cognito-gateway");
+    let fields: Vec<_> = details(&status)
+        .bad_request()
+        .unwrap()
+        .field_violations
+        .iter()
+        .map(|v| v.field.clone())
+        .collect();
+    assert_eq!(fields, ["user_pool_id", "username", "client_metadata"]);
+
+    let too_long = "x".repeat(129);
+    let status = app.reset(POOL, &too_long).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(
+        error_info(&status).metadata["userPoolId"],
+        POOL,
+        "the valid pool id is kept"
+    );
+    assert_eq!(sends(&server).await, 0);
+}
+
+#[tokio::test]
+async fn the_region_comes_from_the_pool_id() {
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let app = spawn_app(&server.uri()).await;
+    app.reset("eu-west-1_Pool1", "alice").await.unwrap();
+    app.reset("ap-southeast-2_Pool2", "alice").await.unwrap();
+    let sent = server.received_requests().await.unwrap();
+    let scopes: Vec<_> = sent
+        .iter()
+        .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        scopes[0].contains("/eu-west-1/cognito-idp/aws4_request"),
+        "{}",
+        scopes[0]
+    );
+    assert!(
+        scopes[1].contains("/ap-southeast-2/cognito-idp/aws4_request"),
+        "{}",
+        scopes[1]
+    );
+}
+
+#[tokio::test]
+async fn regions_outside_the_allow_list_are_refused_before_sending() {
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let mut config = test_config();
+    config.cognito = CognitoSettings {
+        allowed_regions: Some(["eu-west-1".to_owned()].into()),
+        ..test_settings()
+    };
+    let backend = sdk_backend(&server.uri(), config.cognito.clone()).await;
+    let app = spawn_app_with(config, backend).await;
+    let status = app.reset("us-east-1_Pool1", "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(error_info(&status).reason, "REGION_NOT_ALLOWED");
+    assert_eq!(sends(&server).await, 0);
+    app.reset("eu-west-1_Pool1", "alice").await.unwrap();
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn an_unparseable_error_reply_is_unknown_and_sent_once() {
+    let reply = ResponseTemplate::new(400)
+        .insert_header("x-amzn-RequestId", "rid-garbage")
+        .set_body_raw("<html>proxy error</html>", "text/html");
+    let server = fake_cognito(reply).await;
+    let app = spawn_app(&server.uri()).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    let info = error_info(&status);
+    assert!(
+        ["BACKEND_BAD_RESPONSE", "UNKNOWN_COGNITO_ERROR"].contains(&info.reason.as_str()),
+        "{info:?}"
+    );
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn concurrent_resets_each_reach_cognito_exactly_once() {
+    const CALLS: usize = 64;
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let app = spawn_app(&server.uri()).await;
+    let calls = (0..CALLS).map(|i| {
+        let app = &app;
+        async move { app.reset(POOL, &format!("user-{i}")).await }
+    });
+    let results = futures_join_all(calls).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let sent = server.received_requests().await.unwrap();
+    let mut per_user: HashMap<String, usize> = HashMap::new();
+    for request in &sent {
+        let body: Value = request.body_json().unwrap();
+        *per_user
+            .entry(body["Username"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    assert_eq!(per_user.len(), CALLS);
+    assert!(per_user.values().all(|&n| n == 1), "{per_user:?}");
+}
+
+/// `join_all` without the futures crate: spawn nothing, poll all in one task.
+async fn futures_join_all<F: std::future::Future>(
+    futures: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futures {
+        set.push(Box::pin(f));
+    }
+    let mut outputs: Vec<Option<F::Output>> = set.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (f, out) in set.iter_mut().zip(outputs.iter_mut()) {
+            if out.is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => *out = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("all ready")).collect()
+}
