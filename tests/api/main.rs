@@ -2,6 +2,8 @@
 //! the real AWS SDK talking to wire-level fakes (wiremock), moto's Cognito server, or the embedded
 //! local Cognito.
 
+#![allow(clippy::unwrap_used)] // test plumbing: a failed unwrap is a failed test
+
 mod helpers;
 
 mod local;
