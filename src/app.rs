@@ -15,19 +15,22 @@ use crate::{
     api::UserAdmin,
     cognito::Backend,
     config::Config,
-    middleware::deadline::DeadlineLayer,
+    middleware::{deadline::DeadlineLayer, error_details::ErrorDetailsLayer},
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
 };
 
 /// The layers every gRPC call passes, as [`layers`] stacks them.
-type Layers = Stack<Stack<DeadlineLayer, Identity>, Identity>;
+type Layers = Stack<Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>, Identity>;
 
 /// The middleware stack, outermost first, with why each layer sits where it does. Later layers (auth,
 /// rate limits, load shedding) go inside the deadline, so that time spent in them counts against it.
-fn layers() -> tower::ServiceBuilder<Stack<DeadlineLayer, Identity>> {
-    // Outermost: the deadline, so that every call, wherever it waits, answers DEADLINE_EXCEEDED
-    // rather than tonic's CANCELLED when the caller's time runs out.
-    tower::ServiceBuilder::new().layer(DeadlineLayer)
+fn layers() -> tower::ServiceBuilder<Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>> {
+    tower::ServiceBuilder::new()
+        // Outermost: every reply, whoever wrote it (tonic included), leaves with an ErrorInfo.
+        .layer(ErrorDetailsLayer)
+        // Then the deadline, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
+        // than tonic's CANCELLED when the caller's time runs out.
+        .layer(DeadlineLayer)
 }
 
 /// A bound, ready-to-run gateway.

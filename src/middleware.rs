@@ -2,3 +2,4 @@
 //! [`crate::app`]'s `layers()`.
 
 pub mod deadline;
+pub mod error_details;

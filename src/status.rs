@@ -52,6 +52,15 @@ pub enum GatewayError {
     /// Cognito, or the way to it, failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// tonic refused the call before our handler saw it: an undecodable or oversized message, an
+    /// unknown method. `code` and `message` are tonic's.
+    #[error("refused by the gRPC layer: {message}")]
+    Protocol {
+        /// tonic's code.
+        code: Code,
+        /// tonic's message.
+        message: String,
+    },
 }
 
 /// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
@@ -146,6 +155,7 @@ fn gateway_row(error: &GatewayError) -> Row {
     match error {
         GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
         GatewayError::DeadlineExceeded => row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None),
+        GatewayError::Protocol { code, message } => protocol_row(*code, message),
         GatewayError::Backend(backend) => match backend {
             BackendError::Cognito(failure) => cognito_row(failure),
             BackendError::Timeout(_) => row(Unavailable, "BACKEND_TIMEOUT", Extra::None),
@@ -156,6 +166,20 @@ fn gateway_row(error: &GatewayError) -> Row {
                 row(InvalidArgument, "REGION_NOT_ALLOWED", Extra::None)
             }
         },
+    }
+}
+
+/// tonic's own refusals. An undecodable message is the caller's bug, so it is INVALID_ARGUMENT
+/// (tonic says INTERNAL, which would send the caller looking at the server).
+fn protocol_row(code: Code, message: &str) -> Row {
+    use Code::*;
+    match code {
+        Unimplemented => row(Unimplemented, "UNKNOWN_METHOD", Extra::None),
+        _ if message.contains("too large") => row(code, "MESSAGE_TOO_LARGE", Extra::None),
+        Internal if message.contains("decode") => {
+            row(InvalidArgument, "MALFORMED_REQUEST", Extra::None)
+        }
+        _ => row(code, "PROTOCOL_ERROR", Extra::None),
     }
 }
 
@@ -211,7 +235,10 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     let cognito_message = cognito.map(|f| f.message.as_str()).unwrap_or_default();
     add_extra(&mut details, row.extra, pool, cognito_message);
 
-    let message = if is_server_side(row.code) {
+    let message = if let GatewayError::Protocol { message, .. } = error {
+        // tonic's messages describe the call's framing, never its contents: safe to pass on.
+        message.clone()
+    } else if is_server_side(row.code) {
         opaque_message(row.reason, request_id)
     } else {
         caller_message(error)

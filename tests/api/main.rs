@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod cli;
 mod local;
 mod moto;
 mod server;
