@@ -22,6 +22,7 @@ use aws_config::{
     BehaviorVersion, SdkConfig, environment::region::EnvironmentVariableRegionProvider,
     meta::region::RegionProviderChain, profile::ProfileFileRegionProvider,
 };
+use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_cognitoidentityprovider::{
     Client,
     config::{
@@ -29,7 +30,7 @@ use aws_sdk_cognitoidentityprovider::{
         retry::{ClassifyRetry, RetryAction, RetryConfig},
         timeout::TimeoutConfig,
     },
-    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    error::{ConnectorError, DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::{RequestId, admin_reset_user_password::AdminResetUserPasswordError},
 };
 use aws_smithy_runtime_api::client::{
@@ -288,6 +289,9 @@ fn sort_sdk_error(
         }
         SdkError::TimeoutError(_) => BackendError::Timeout(timeout),
         SdkError::DispatchFailure(failure) => match failure.as_connector_error() {
+            Some(connector) if never_left_the_process(connector) => {
+                BackendError::Misconfigured(detail())
+            }
             Some(connector) if connector.is_timeout() && !is_connect_failure(connector) => {
                 BackendError::Timeout(timeout)
             }
@@ -299,6 +303,27 @@ fn sort_sdk_error(
             detail: detail(),
         },
     }
+}
+
+/// The SDK reports failures to sign (no credentials, no identity resolver) as dispatch failures,
+/// though nothing was sent: they are configuration errors, not an unreachable Cognito. They are the
+/// "other" connector errors with a credentials error, or no network error at all, in their chain.
+fn never_left_the_process(connector: &ConnectorError) -> bool {
+    if !connector.is_other() {
+        return false;
+    }
+    let mut network = false;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(connector);
+    while let Some(error) = next {
+        if error.is::<CredentialsError>() {
+            return true;
+        }
+        network |= error.is::<std::io::Error>()
+            || error.is::<hyper_util::client::legacy::Error>()
+            || error.is::<ResolveDnsError>();
+        next = error.source();
+    }
+    !network
 }
 
 /// Whether a connector error happened before the request could be written: connection refused,

@@ -4,8 +4,12 @@
 //! tonic enforces `grpc-timeout` itself, outside every layer of ours, by dropping the call; the
 //! caller then sees CANCELLED ("Timeout expired"), which tells it nothing. So this layer parses the
 //! header (tonic has no public accessor), hands the handler a [`Deadline`], and answers
-//! DEADLINE_EXCEEDED itself just before tonic's timer would fire. The handler bounds its own work a
-//! little earlier still, so that it normally ends the call itself and logs it.
+//! DEADLINE_EXCEEDED itself a little before tonic's timer would fire. The handler bounds its own work
+//! a little earlier still, so that it normally ends the call itself and logs it.
+//!
+//! Answering a few milliseconds early also lets the answer reach a client that enforces the same
+//! deadline itself (tonic's client does, and reports its own CANCELLED if its timer wins). A call
+//! with so little time left could not have completed a Cognito round trip anyway.
 
 use std::{
     future::Future,
@@ -20,11 +24,12 @@ use tower::{Layer, Service};
 
 use crate::status::{GatewayError, to_status};
 
-/// How much earlier than tonic this layer gives up: tokio's timers tick in milliseconds, so one tick
-/// ahead is enough for this layer's timer to fire first.
-const LAYER_MARGIN: Duration = Duration::from_millis(1);
-/// How much earlier than that the handler stops waiting on Cognito, to end the call itself.
-const HANDLER_MARGIN: Duration = Duration::from_millis(3);
+/// How much earlier than the deadline this layer answers. tokio's timers tick in milliseconds, so
+/// any margin wins over tonic's own timer; the rest is for the answer to travel to the client.
+const LAYER_MARGIN: Duration = Duration::from_millis(10);
+/// How much earlier than the deadline the handler stops waiting on Cognito, to end the call itself
+/// (with its log line and the pool id in the details) before the layer has to.
+const HANDLER_MARGIN: Duration = Duration::from_millis(20);
 
 /// When the caller stops waiting: the arrival time plus its `grpc-timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,8 +162,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn remaining_leaves_the_handler_margin() {
         let deadline = Deadline::after(Duration::from_millis(100));
-        assert_eq!(deadline.remaining(), Duration::from_millis(97));
-        tokio::time::advance(Duration::from_millis(98)).await;
+        assert_eq!(deadline.remaining(), Duration::from_millis(80));
+        tokio::time::advance(Duration::from_millis(81)).await;
         assert_eq!(deadline.remaining(), Duration::ZERO);
     }
 }

@@ -241,16 +241,34 @@ async fn a_slow_cognito_is_a_backend_timeout_sent_once() {
 async fn the_callers_deadline_gives_deadline_exceeded_not_cancelled() {
     let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
     let app = spawn_app(&server.uri()).await;
+    // A raw client, so that what is asserted is the server's answer, not the client's own timer.
+    let message = prost::Message::encode_to_vec(&request(POOL, "alice"));
+    let reply = raw::call(app.addr, RESET_PATH, &message, &[("grpc-timeout", "300m")]).await;
+    let status = reply.status.expect("a gRPC status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    let info = error_info(&status);
+    assert_eq!(info.reason, "DEADLINE_EXCEEDED");
+    assert_eq!(
+        info.metadata["userPoolId"], POOL,
+        "the handler, not the layer, ended the call"
+    );
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
+    // tonic's client enforces the deadline itself (reporting CANCELLED if its timer wins); the
+    // server answers early enough for its DEADLINE_EXCEEDED to arrive first.
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
+    let app = spawn_app(&server.uri()).await;
     let status = app
         .reset_request(with_deadline(
             request(POOL, "alice"),
-            Duration::from_millis(300),
+            Duration::from_millis(500),
         ))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
-    assert_eq!(error_info(&status).reason, "DEADLINE_EXCEEDED");
-    assert_eq!(sends(&server).await, 1);
 }
 
 #[tokio::test]
@@ -411,4 +429,77 @@ async fn futures_join_all<F: std::future::Future>(
     })
     .await;
     outputs.into_iter().map(|o| o.expect("all ready")).collect()
+}
+
+/// A TCP server that accepts connections, reads what is sent, and closes without answering: the
+/// request was written, its outcome unknown. Counts the connections it saw.
+async fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use tokio::io::AsyncReadExt as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                // Read the request head, then hang up mid-exchange.
+                let _ = socket.read(&mut buf).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), accepted)
+}
+
+#[tokio::test]
+async fn a_connection_lost_after_sending_is_not_retried() {
+    let (endpoint, accepted) = black_hole().await;
+    let app = spawn_app(&endpoint).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_info(&status).reason, "BACKEND_UNREACHABLE");
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the request may have reached Cognito: sent once"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_unreachable_with_retry_info() {
+    // A port that was free a moment ago: connecting is refused.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let app = spawn_app(&format!("http://127.0.0.1:{port}")).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert_eq!(error_info(&status).reason, "BACKEND_UNREACHABLE");
+    assert!(details(&status).retry_info().is_some());
+    assert!(
+        !status.message().contains(&port.to_string()),
+        "opaque: {}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn no_credentials_is_backend_misconfigured_and_nothing_is_sent() {
+    use aws_config::BehaviorVersion;
+    use cognito_gateway::cognito::SdkBackend;
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let base = aws_config::defaults(BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .endpoint_url(server.uri())
+        .no_credentials()
+        .load()
+        .await;
+    let app = spawn_app_with(test_config(), SdkBackend::new(base, test_settings())).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(error_info(&status).reason, "BACKEND_MISCONFIGURED");
+    assert_eq!(sends(&server).await, 0);
 }
