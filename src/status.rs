@@ -170,12 +170,15 @@ fn gateway_row(error: &GatewayError) -> Row {
 }
 
 /// tonic's own refusals. An undecodable message is the caller's bug, so it is INVALID_ARGUMENT
-/// (tonic says INTERNAL, which would send the caller looking at the server).
+/// (tonic says INTERNAL, which would send the caller looking at the server); an oversized one is
+/// RESOURCE_EXHAUSTED, as gRPC's own status-code guide has it (tonic says OUT_OF_RANGE).
 fn protocol_row(code: Code, message: &str) -> Row {
     use Code::*;
     match code {
         Unimplemented => row(Unimplemented, "UNKNOWN_METHOD", Extra::None),
-        _ if message.contains("too large") => row(code, "MESSAGE_TOO_LARGE", Extra::None),
+        _ if message.contains("too large") => {
+            row(ResourceExhausted, "MESSAGE_TOO_LARGE", Extra::None)
+        }
         Internal if message.contains("decode") => {
             row(InvalidArgument, "MALFORMED_REQUEST", Extra::None)
         }
