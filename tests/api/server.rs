@@ -136,6 +136,7 @@ async fn malformed_messages_get_a_clear_status_and_the_server_lives_on() {
     framed.extend_from_slice(&(64 * 1024 * 1024u32).to_be_bytes());
     let reply = raw::call_framed(app.addr, RESET_PATH, framed, &[]).await;
     let status = reply.status.expect("a gRPC status");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     assert_eq!(
         error_info(&status).reason,
         "MESSAGE_TOO_LARGE",
