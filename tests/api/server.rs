@@ -339,3 +339,30 @@ fn the_cap_on_dependency_logs_is_what_keeps_them_out() {
         "expected the uncapped SDK logs to show the request"
     );
 }
+
+#[tokio::test]
+async fn http2_limits_are_advertised() {
+    let server = cognito(ok()).await;
+    let mut config = test_config();
+    config.server.max_concurrent_streams = 7;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(config, backend).await;
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (_send, mut connection) = h2::client::handshake(tcp).await.unwrap();
+    // Drive the connection until the server's SETTINGS frame has been read.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        std::future::poll_fn(|cx| {
+            if let std::task::Poll::Ready(result) = std::pin::Pin::new(&mut connection).poll(cx) {
+                panic!("connection ended early: {result:?}");
+            }
+            if connection.max_concurrent_send_streams() == 7 {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        }),
+    )
+    .await
+    .expect("the server advertises SETTINGS_MAX_CONCURRENT_STREAMS = 7");
+}
