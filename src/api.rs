@@ -1,5 +1,6 @@
-//! The gRPC service: validate -> call Cognito -> answer. Every call ends here in exactly one log
-//! line, and every failure becomes a status through [`crate::status`] only.
+//! The gRPC service: authorize -> validate -> the user gate -> Cognito -> answer. Every call that
+//! gets here ends here in exactly one log line, and every failure becomes a status through
+//! [`crate::status`] only.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,30 +10,48 @@ use tonic::{Request, Response, Status};
 use crate::{
     cognito::{Backend, BackendError},
     domain::{ResetRequest, UserPoolId},
+    limits::{GatedReset, RateLimit, UserGate},
     middleware::deadline::Deadline,
+    policy::Caller,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,
     },
-    status::{GatewayError, code_name, is_server_side, to_status},
+    status::{GatewayError, Limit, code_name, is_server_side, to_status},
 };
 
 /// `cognitogateway.v1.UserAdminService`.
 #[derive(Debug)]
 pub struct UserAdmin<B> {
     backend: Arc<B>,
+    gate: Arc<UserGate>,
+    backend_guard: Arc<RateLimit>,
     operation_timeout: Duration,
 }
 
 impl<B> UserAdmin<B> {
-    /// A service calling `backend`, each call bounded by `operation_timeout` (or the caller's
-    /// deadline, if sooner).
-    pub fn new(backend: Arc<B>, operation_timeout: Duration) -> Self {
+    /// A service calling `backend` through `gate` and `backend_guard`, each call bounded by
+    /// `operation_timeout` (or the caller's deadline, if sooner).
+    pub fn new(
+        backend: Arc<B>,
+        gate: Arc<UserGate>,
+        backend_guard: Arc<RateLimit>,
+        operation_timeout: Duration,
+    ) -> Self {
         Self {
             backend,
+            gate,
+            backend_guard,
             operation_timeout,
         }
     }
+}
+
+/// What the log line says about a call, gathered as it goes.
+struct CallLog {
+    started: Instant,
+    caller: Option<Arc<str>>,
+    pool: Option<UserPoolId>,
 }
 
 #[tonic::async_trait]
@@ -41,11 +60,29 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         &self,
         request: Request<ResetUserPasswordRequest>,
     ) -> Result<Response<ResetUserPasswordResponse>, Status> {
-        let started = Instant::now();
         let deadline = request.extensions().get::<Deadline>().copied();
+        let caller = request.extensions().get::<Arc<Caller>>().cloned();
         let message = request.into_inner();
-        let pool_id = message.user_pool_id.clone();
+        let mut log = CallLog {
+            started: Instant::now(),
+            caller: caller.as_ref().map(|c| Arc::clone(&c.name)),
+            pool: None,
+        };
 
+        // Fail closed: the authentication layer always sets a caller for this path.
+        let Some(caller) = caller else {
+            let error = GatewayError::Unauthenticated("no caller identity reached the service");
+            return Err(log.failed(&error, None));
+        };
+        // Authorization comes before anything that could tell whether the pool exists.
+        if !caller.may_reset_in(&message.user_pool_id) {
+            log.pool = UserPoolId::parse(message.user_pool_id).ok();
+            let error = GatewayError::CallerNotAllowed {
+                caller: Arc::clone(&caller.name),
+            };
+            return Err(log.failed(&error, None));
+        }
+        let pool_id = message.user_pool_id.clone();
         let request = match ResetRequest::parse(
             message.user_pool_id,
             message.username,
@@ -53,86 +90,128 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         ) {
             Ok(request) => request,
             Err(violations) => {
-                let pool = UserPoolId::parse(pool_id).ok();
-                let error = GatewayError::InvalidRequest(violations);
-                return Err(finish(&error, pool.as_ref(), None, started));
+                log.pool = UserPoolId::parse(pool_id).ok();
+                return Err(log.failed(&GatewayError::InvalidRequest(violations), None));
             }
         };
+        log.pool = Some(request.user_pool_id.clone());
 
-        let (timeout, caller_bound) = match deadline.map(|d| d.remaining()) {
+        let remaining = deadline.map(|d| d.remaining());
+        let (timeout, caller_bound) = match remaining {
             Some(remaining) if remaining <= self.operation_timeout => (remaining, true),
             _ => (self.operation_timeout, false),
         };
-        match self.backend.reset_user_password(&request, timeout).await {
-            Ok(outcome) => {
-                tracing::info!(
-                    code = "OK",
-                    user_pool_id = %request.user_pool_id,
-                    cognito_request_id = outcome.request_id.as_deref().unwrap_or_default(),
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    "ResetUserPassword",
-                );
-                Ok(Response::new(ResetUserPasswordResponse {
-                    cognito_request_id: outcome.request_id.unwrap_or_default(),
-                }))
+        let gated = self.reset_once(request.clone(), timeout);
+        // A call that shares another's flight waits no longer than its own deadline.
+        let result = match remaining {
+            Some(remaining) => tokio::time::timeout(remaining, gated)
+                .await
+                .unwrap_or(Err(GatewayError::DeadlineExceeded)),
+            None => gated.await,
+        };
+        match result {
+            Ok(reset) => Ok(Response::new(log.succeeded(reset))),
+            Err(GatewayError::Backend(BackendError::Timeout(_))) if caller_bound => {
+                Err(log.failed(&GatewayError::DeadlineExceeded, Some(&request)))
             }
-            Err(error) => {
-                let error = match error {
-                    BackendError::Timeout(_) if caller_bound => GatewayError::DeadlineExceeded,
-                    other => GatewayError::Backend(other),
-                };
-                Err(finish(
-                    &error,
-                    Some(&request.user_pool_id),
-                    Some(&request),
-                    started,
-                ))
-            }
+            Err(error) => Err(log.failed(&error, Some(&request))),
         }
     }
 }
 
-/// Builds the status and writes the call's one log line; server-side failures are logged in full
-/// (with anything the caller sent scrubbed out), since their status is opaque.
-fn finish(
-    error: &GatewayError,
-    pool: Option<&UserPoolId>,
-    request: Option<&ResetRequest>,
-    started: Instant,
-) -> Status {
-    let status = to_status(error, pool);
-    let reason = tonic_types::StatusExt::get_details_error_info(&status)
-        .map(|info| info.reason)
-        .unwrap_or_default();
-    let code = code_name(status.code());
-    let pool = pool.map(UserPoolId::as_str).unwrap_or_default();
-    let request_id = match error {
-        GatewayError::Backend(BackendError::Cognito(failure)) => failure.request_id.as_deref(),
-        _ => None,
-    };
-    let duration_ms = started.elapsed().as_millis() as u64;
-    if is_server_side(status.code()) {
-        let detail = scrub(&error.to_string(), request);
-        tracing::error!(
-            code,
-            reason,
-            user_pool_id = pool,
-            cognito_request_id = request_id.unwrap_or_default(),
-            duration_ms,
-            error = detail,
-            "ResetUserPassword",
-        );
-    } else {
-        tracing::info!(
-            code,
-            reason,
-            user_pool_id = pool,
-            cognito_request_id = request_id.unwrap_or_default(),
-            duration_ms,
-            "ResetUserPassword",
-        );
+impl<B: Backend> UserAdmin<B> {
+    /// The reset, through the user gate: only a call that must reach Cognito spends the backend
+    /// guard's budget.
+    async fn reset_once(
+        &self,
+        request: ResetRequest,
+        timeout: Duration,
+    ) -> Result<GatedReset, GatewayError> {
+        let key = self.gate.key(&request.user_pool_id, &request.username);
+        let backend = Arc::clone(&self.backend);
+        let guard = Arc::clone(&self.backend_guard);
+        self.gate
+            .reset(key, move || {
+                guard.check().map_err(|wait| GatewayError::RateLimited {
+                    limit: Limit::Backend,
+                    wait,
+                })?;
+                Ok(async move {
+                    backend
+                        .reset_user_password(&request, timeout)
+                        .await
+                        .map_err(GatewayError::Backend)
+                })
+            })
+            .await
     }
-    status
+}
+
+impl CallLog {
+    fn succeeded(self, reset: GatedReset) -> ResetUserPasswordResponse {
+        tracing::info!(
+            code = "OK",
+            caller = self.caller.as_deref().unwrap_or_default(),
+            user_pool_id = self
+                .pool
+                .as_ref()
+                .map(UserPoolId::as_str)
+                .unwrap_or_default(),
+            cognito_request_id = reset.outcome.request_id.as_deref().unwrap_or_default(),
+            deduplicated = reset.deduplicated,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "ResetUserPassword",
+        );
+        ResetUserPasswordResponse {
+            cognito_request_id: reset.outcome.request_id.unwrap_or_default(),
+            deduplicated: reset.deduplicated,
+        }
+    }
+
+    /// Builds the status and writes the call's one log line; server-side failures are logged in
+    /// full (with anything the caller sent scrubbed out), since their status is opaque.
+    fn failed(&self, error: &GatewayError, request: Option<&ResetRequest>) -> Status {
+        let status = to_status(error, self.pool.as_ref());
+        let reason = tonic_types::StatusExt::get_details_error_info(&status)
+            .map(|info| info.reason)
+            .unwrap_or_default();
+        let code = code_name(status.code());
+        let caller = self.caller.as_deref().unwrap_or_default();
+        let pool = self
+            .pool
+            .as_ref()
+            .map(UserPoolId::as_str)
+            .unwrap_or_default();
+        let request_id = match error {
+            GatewayError::Backend(BackendError::Cognito(failure)) => failure.request_id.as_deref(),
+            _ => None,
+        };
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let detail = scrub(&error.to_string(), request);
+        if is_server_side(status.code()) {
+            tracing::error!(
+                code,
+                reason,
+                caller,
+                user_pool_id = pool,
+                cognito_request_id = request_id.unwrap_or_default(),
+                duration_ms,
+                error = detail,
+                "ResetUserPassword",
+            );
+        } else {
+            tracing::info!(
+                code,
+                reason,
+                caller,
+                user_pool_id = pool,
+                cognito_request_id = request_id.unwrap_or_default(),
+                duration_ms,
+                "ResetUserPassword",
+            );
+        }
+        status
+    }
 }
 
 /// Cognito's messages may quote the request (validation errors echo values, Lambda errors say

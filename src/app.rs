@@ -14,23 +14,45 @@ use tower::layer::util::{Identity, Stack};
 use crate::{
     api::UserAdmin,
     cognito::Backend,
-    config::Config,
+    config::{AuthMode, Config},
+    limits::{RateLimit, UserGate},
+    middleware::{
+        admission::{Authenticate, CallerRate, LoadShed},
+        check::CheckLayer,
+    },
     middleware::{deadline::DeadlineLayer, error_details::ErrorDetailsLayer},
+    policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
 };
 
-/// The layers every gRPC call passes, as [`layers`] stacks them.
-type Layers = Stack<Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>, Identity>;
+/// The layers every gRPC call passes, as [`layers`] stacks them (innermost first in the type).
+type Stackup = Stack<
+    CheckLayer<CallerRate>,
+    Stack<
+        CheckLayer<Authenticate>,
+        Stack<CheckLayer<LoadShed>, Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>>,
+    >,
+>;
+type Layers = Stack<Stackup, Identity>;
 
-/// The middleware stack, outermost first, with why each layer sits where it does. Later layers (auth,
-/// rate limits, load shedding) go inside the deadline, so that time spent in them counts against it.
-fn layers() -> tower::ServiceBuilder<Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>> {
+/// The middleware stack, outermost first, with why each layer sits where it does. The rest of the
+/// pipeline, which needs the decoded request, is in the handler ([`UserAdmin`]): authorize the pool,
+/// validate, the per-user gate, the backend guard, Cognito.
+fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stackup> {
     tower::ServiceBuilder::new()
-        // Outermost: every reply, whoever wrote it (tonic included), leaves with an ErrorInfo.
+        // Outermost: every reply, whoever wrote it (tonic, or a layer below), leaves with an
+        // ErrorInfo.
         .layer(ErrorDetailsLayer)
-        // Then the deadline, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
+        // The deadline next, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
         // than tonic's CANCELLED when the caller's time runs out.
         .layer(DeadlineLayer)
+        // Shed before doing any work for the call, authentication included: under overload the
+        // cheapest answer is the best one.
+        .layer(CheckLayer::new(LoadShed::new(config.limits.max_in_flight)))
+        // Who is calling; everything below knows the caller.
+        .layer(CheckLayer::new(Authenticate::new(Arc::clone(access))))
+        // Each caller's own rate: a buggy caller exhausts its budget, not everyone's.
+        .layer(CheckLayer::new(CallerRate))
 }
 
 /// A bound, ready-to-run gateway.
@@ -39,6 +61,7 @@ pub struct App {
     listener: TcpListener,
     router: Router<Layers>,
     health: HealthReporter,
+    access: Arc<Access>,
     config: Config,
 }
 
@@ -67,8 +90,23 @@ impl App {
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
 
+        let access = Arc::new(Access::new(
+            &config.access,
+            &config.limits,
+            config.path.clone(),
+            config.local,
+        ));
+        if config.access.mode == AuthMode::None {
+            tracing::warn!(
+                "authentication is OFF (auth.mode = \"none\"): every call is the caller \"anonymous\""
+            );
+        }
+        tracing::info!(mode = ?config.access.mode, callers = ?access.policy().caller_names(), "caller policy loaded");
+        let limits = &config.limits;
         let api = UserAdminServiceServer::new(UserAdmin::new(
             Arc::new(backend),
+            Arc::new(UserGate::new(limits.user_cooldown)),
+            Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst)),
             config.cognito.operation_timeout,
         ))
         .max_decoding_message_size(server.max_decoding_message_size)
@@ -83,7 +121,7 @@ impl App {
             .http2_max_header_list_size(server.max_header_list_size)
             .http2_keepalive_interval(Some(server.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(server.http2_keepalive_timeout))
-            .layer(layers().into_inner())
+            .layer(layers(&config, &access).into_inner())
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -93,6 +131,7 @@ impl App {
             listener,
             router,
             health,
+            access,
             config,
         })
     }
@@ -114,8 +153,13 @@ impl App {
             listener,
             router,
             health,
+            access,
             config,
         } = self;
+        // The caller policy follows its files while the server runs.
+        let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let watcher = tokio::spawn(access.watch(reload_rx));
+        let hangups = tokio::spawn(forward_sighup(reload_tx));
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(config.server.tcp_keepalive));
@@ -134,6 +178,7 @@ impl App {
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = config.server.shutdown_grace;
+        let _stop_watching = AbortOnDrop([watcher, hangups]);
         tokio::select! {
             result = serve => result,
             () = async {
@@ -150,4 +195,35 @@ impl App {
             }
         }
     }
+}
+
+/// Ends background tasks when `run` returns, however it returns.
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 2]);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// SIGHUP reloads the caller policy now, without waiting for the next check of the files.
+async fn forward_sighup(reload: tokio::sync::mpsc::Sender<()>) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+            tracing::warn!("cannot listen for SIGHUP; the policy reloads on file changes only");
+            return;
+        };
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the caller policy");
+            if reload.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(reload);
 }

@@ -63,7 +63,7 @@ pub struct CognitoFailure {
 
 /// Why a call to Cognito did not succeed. Sorting into these is the backend's job; turning them into
 /// gRPC statuses is [`crate::status`]'s.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
     /// Cognito answered with an error.
     #[error("Cognito returned {} (HTTP {}): {}", .0.code, .0.http_status, .0.message)]

@@ -2,7 +2,12 @@
 //! the rest. Everything is validated at start; a bad value stops the process with a message that
 //! names the key. AWS settings are not here: they come from the standard AWS chain.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    net::SocketAddr,
+    path::PathBuf,
+    time::Duration,
+};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
@@ -98,6 +103,81 @@ pub struct Config {
     pub server: ServerSettings,
     /// The Cognito client.
     pub cognito: CognitoSettings,
+    /// Who may call, and what for (`[auth]`, `[[callers]]`); reloadable.
+    pub access: AccessConfig,
+    /// Gateway-wide limits (`[limits]`).
+    pub limits: LimitSettings,
+    /// The file this came from, re-read for access changes (`--config`).
+    pub path: Option<PathBuf>,
+}
+
+/// How callers prove who they are (`auth.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Bearer tokens, known by their SHA-256.
+    Token,
+    /// JSON Web Tokens (not implemented yet: refused at start).
+    Jwt,
+    /// Client certificates (not implemented yet: refused at start).
+    Mtls,
+    /// No authentication: every call is the caller `anonymous`.
+    None,
+}
+
+/// The reloadable part of the configuration: authentication and the caller policy.
+#[derive(Debug, Clone)]
+pub struct AccessConfig {
+    /// How callers authenticate.
+    pub mode: AuthMode,
+    /// The callers, validated.
+    pub callers: Vec<CallerConfig>,
+    /// How often the files are checked for changes.
+    pub reload_interval: Duration,
+    /// The optional file of token hashes (`auth.token_file`), e.g. a mounted Secret.
+    pub token_file: Option<PathBuf>,
+}
+
+/// One `[[callers]]` entry, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerConfig {
+    /// The caller's name: its identity in logs, metrics and the policy.
+    pub name: String,
+    /// SHA-256 of its bearer token (mode `token`).
+    pub token_sha256: Option<[u8; 32]>,
+    /// The pools it may reset users in; `None` means every pool (`"*"`).
+    pub user_pools: Option<Vec<String>>,
+    /// Its sustained rate, per second.
+    pub rate_per_second: u32,
+    /// Its burst.
+    pub burst: u32,
+}
+
+/// Gateway-wide limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitSettings {
+    /// Cognito calls per second across all callers and pools. Cognito's account-recovery quota (30
+    /// per second per account and region) is shared by every pool and replica: keep below it.
+    pub backend_rps: u32,
+    /// Cognito calls that may go in one burst.
+    pub backend_burst: u32,
+    /// After a successful reset, repeats for the same user within this window are answered without
+    /// calling Cognito (`deduplicated = true`).
+    pub user_cooldown: Duration,
+    /// Calls in flight at once; more are shed with UNAVAILABLE OVERLOADED.
+    pub max_in_flight: usize,
+    /// Rate of callers that set none.
+    pub default_rate_per_second: u32,
+    /// Burst of callers that set none.
+    pub default_burst: u32,
+}
+
+impl Default for LimitSettings {
+    fn default() -> Self {
+        FileLimits::default()
+            .validate()
+            .expect("the defaults are valid")
+    }
 }
 
 /// HTTP/2 and shutdown settings (`[server]` in the TOML file).
@@ -182,8 +262,8 @@ pub enum ConfigError {
     /// A value is out of range.
     #[error("invalid config: {key}: {why}")]
     Invalid {
-        /// The dotted key, e.g. `server.max_concurrent_streams`.
-        key: &'static str,
+        /// The dotted key, e.g. `server.max_concurrent_streams` or `callers[billing].user_pools`.
+        key: String,
         /// What is wrong.
         why: String,
     },
@@ -210,23 +290,228 @@ impl Config {
 
     /// Validates a parsed file together with the flags.
     pub fn from_parts(args: &ServeArgs, file: FileConfig) -> Result<Self, ConfigError> {
+        let server = file.server.validate()?;
+        let cognito = file.cognito.validate()?;
+        let limits = file.limits.validate()?;
+        let access = AccessConfig::validate(file.auth, file.callers, &limits, args.local)?;
         Ok(Self {
             listen: args.listen,
             local: args.local,
-            server: file.server.validate()?,
-            cognito: file.cognito.validate()?,
+            server,
+            cognito,
+            access,
+            limits,
+            path: args.config.clone(),
         })
     }
 
-    /// Defaults, for a given address (tests, the local demo).
+    /// Defaults, for a given address (tests, the local demo): no authentication.
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self {
             listen,
             local: false,
             server: ServerSettings::default(),
             cognito: CognitoSettings::default(),
+            access: AccessConfig::none(),
+            limits: LimitSettings::default(),
+            path: None,
         }
     }
+}
+
+impl AccessConfig {
+    /// No authentication and no callers: everyone is `anonymous`, allowed every pool.
+    pub fn none() -> Self {
+        Self {
+            mode: AuthMode::None,
+            callers: Vec::new(),
+            reload_interval: Duration::from_secs(5),
+            token_file: None,
+        }
+    }
+
+    /// Re-reads the access part of a config file (and its token file), for reloads.
+    pub fn reload(path: &std::path::Path, local: bool) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file = FileConfig::parse(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let limits = file.limits.validate()?;
+        Self::validate(file.auth, file.callers, &limits, local)
+    }
+
+    fn validate(
+        auth: Option<FileAuth>,
+        callers: Vec<FileCaller>,
+        limits: &LimitSettings,
+        local: bool,
+    ) -> Result<Self, ConfigError> {
+        let Some(auth) = auth else {
+            if local {
+                return Ok(Self::none());
+            }
+            return Err(invalid(
+                "auth.mode",
+                "no authentication configured: set auth.mode = \"token\" with [[callers]], or \
+                 auth.mode = \"none\" to run without (only where the network already restricts callers)",
+            ));
+        };
+        if matches!(auth.mode, AuthMode::Jwt | AuthMode::Mtls) {
+            return Err(invalid(
+                "auth.mode",
+                format!(
+                    "{:?} is not implemented in this version; use \"token\"",
+                    auth.mode
+                )
+                .to_lowercase(),
+            ));
+        }
+        let token_hashes = match &auth.token_file {
+            Some(path) => read_token_file(path)?,
+            None => HashMap::new(),
+        };
+        let mut seen_names = HashSet::new();
+        let mut seen_hashes = HashSet::new();
+        let mut validated = Vec::with_capacity(callers.len());
+        for caller in callers {
+            let key = |field: &str| format!("callers[{}].{field}", caller.name);
+            if caller.name.is_empty()
+                || caller
+                    .name
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(invalid(
+                    "callers[].name",
+                    format!("{:?} is not a usable name", caller.name),
+                ));
+            }
+            if !seen_names.insert(caller.name.clone()) {
+                return Err(invalid(key("name"), "appears twice"));
+            }
+            let inline = caller
+                .token_sha256
+                .as_deref()
+                .map(|hex| parse_sha256(&key("token_sha256"), hex))
+                .transpose()?;
+            let from_file = token_hashes.get(&caller.name).copied();
+            if inline.is_some() && from_file.is_some() {
+                return Err(invalid(
+                    key("token_sha256"),
+                    "set both inline and in auth.token_file",
+                ));
+            }
+            let token_sha256 = inline.or(from_file);
+            if auth.mode == AuthMode::Token {
+                let Some(hash) = token_sha256 else {
+                    return Err(invalid(
+                        key("token_sha256"),
+                        "required with auth.mode = \"token\" (inline or in auth.token_file)",
+                    ));
+                };
+                if !seen_hashes.insert(hash) {
+                    return Err(invalid(
+                        key("token_sha256"),
+                        "the same token hash belongs to another caller",
+                    ));
+                }
+            }
+            let user_pools = match caller.user_pools.as_slice() {
+                [] => {
+                    return Err(invalid(
+                        key("user_pools"),
+                        "must list pool ids, or [\"*\"] for every pool",
+                    ));
+                }
+                [any] if any == "*" => None,
+                pools => {
+                    for pool in pools {
+                        if pool == "*" {
+                            return Err(invalid(key("user_pools"), "\"*\" must stand alone"));
+                        }
+                        crate::domain::UserPoolId::parse(pool.clone()).map_err(|v| {
+                            invalid(key("user_pools"), format!("{pool:?}: {}", v.description))
+                        })?;
+                    }
+                    Some(pools.to_vec())
+                }
+            };
+            validated.push(CallerConfig {
+                rate_per_second: within(
+                    &key("rate_per_second"),
+                    caller
+                        .rate_per_second
+                        .unwrap_or(limits.default_rate_per_second),
+                    1..=100_000,
+                )?,
+                burst: within(
+                    &key("burst"),
+                    caller.burst.unwrap_or(limits.default_burst),
+                    1..=100_000,
+                )?,
+                name: caller.name,
+                token_sha256,
+                user_pools,
+            });
+        }
+        if auth.mode == AuthMode::Token && validated.is_empty() {
+            return Err(invalid(
+                "callers",
+                "auth.mode = \"token\" needs at least one [[callers]] entry",
+            ));
+        }
+        if let Some(unknown) = token_hashes.keys().find(|name| !seen_names.contains(*name)) {
+            return Err(invalid(
+                "auth.token_file",
+                format!("names {unknown:?}, which is not in [[callers]]"),
+            ));
+        }
+        Ok(Self {
+            mode: auth.mode,
+            callers: validated,
+            reload_interval: secs(
+                "auth.reload_interval_secs",
+                auth.reload_interval_secs,
+                1..=3600,
+            )?,
+            token_file: auth.token_file,
+        })
+    }
+}
+
+/// The token file: `name = "<sha256 hex>"` lines (TOML), e.g. a Kubernetes Secret's key.
+fn read_token_file(path: &std::path::Path) -> Result<HashMap<String, [u8; 32]>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let table: HashMap<String, String> =
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+    table
+        .into_iter()
+        .map(|(name, hex)| {
+            let hash = parse_sha256(&format!("auth.token_file: {name}"), &hex)?;
+            Ok((name, hash))
+        })
+        .collect()
+}
+
+fn parse_sha256(key: &str, hex: &str) -> Result<[u8; 32], ConfigError> {
+    let mut hash = [0u8; 32];
+    hex::decode_to_slice(hex.trim(), &mut hash).map_err(|_| {
+        invalid(
+            key,
+            "must be the SHA-256 of the token, as 64 hex digits (never the token itself)",
+        )
+    })?;
+    Ok(hash)
 }
 
 /// The TOML file as written. Unknown keys are errors, so a typo is never silently ignored.
@@ -235,6 +520,88 @@ impl Config {
 pub struct FileConfig {
     server: FileServer,
     cognito: FileCognito,
+    auth: Option<FileAuth>,
+    callers: Vec<FileCaller>,
+    limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    mode: AuthMode,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
+    #[serde(default = "default_reload_interval_secs")]
+    reload_interval_secs: u64,
+}
+
+fn default_reload_interval_secs() -> u64 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileCaller {
+    name: String,
+    #[serde(default)]
+    token_sha256: Option<String>,
+    #[serde(default)]
+    user_pools: Vec<String>,
+    #[serde(default)]
+    rate_per_second: Option<u32>,
+    #[serde(default)]
+    burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+struct FileLimits {
+    backend_rps: u32,
+    backend_burst: Option<u32>,
+    user_cooldown_secs: u64,
+    max_in_flight: usize,
+    default_rate_per_second: u32,
+    default_burst: u32,
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            backend_rps: 25,
+            backend_burst: None,
+            user_cooldown_secs: 30,
+            max_in_flight: 256,
+            default_rate_per_second: 10,
+            default_burst: 20,
+        }
+    }
+}
+
+impl FileLimits {
+    fn validate(self) -> Result<LimitSettings, ConfigError> {
+        let backend_rps = within("limits.backend_rps", self.backend_rps, 1..=10_000)?;
+        Ok(LimitSettings {
+            backend_rps,
+            // A burst of one second's budget: the quota Cognito enforces is per second.
+            backend_burst: within(
+                "limits.backend_burst",
+                self.backend_burst.unwrap_or(backend_rps),
+                1..=10_000,
+            )?,
+            user_cooldown: secs(
+                "limits.user_cooldown_secs",
+                self.user_cooldown_secs,
+                0..=86_400,
+            )?,
+            max_in_flight: within("limits.max_in_flight", self.max_in_flight, 1..=100_000)?,
+            default_rate_per_second: within(
+                "limits.default_rate_per_second",
+                self.default_rate_per_second,
+                1..=100_000,
+            )?,
+            default_burst: within("limits.default_burst", self.default_burst, 1..=100_000)?,
+        })
+    }
 }
 
 impl FileConfig {
@@ -414,15 +781,15 @@ impl FileCognito {
     }
 }
 
-fn invalid(key: &'static str, why: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        key,
+        key: key.into(),
         why: why.into(),
     }
 }
 
-fn within<T: PartialOrd + std::fmt::Display>(
-    key: &'static str,
+pub(crate) fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
     value: T,
     range: std::ops::RangeInclusive<T>,
 ) -> Result<T, ConfigError> {
@@ -437,7 +804,7 @@ fn within<T: PartialOrd + std::fmt::Display>(
 }
 
 fn secs(
-    key: &'static str,
+    key: &str,
     value: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<Duration, ConfigError> {
@@ -445,7 +812,7 @@ fn secs(
 }
 
 fn millis(
-    key: &'static str,
+    key: &str,
     value: u64,
     range: std::ops::RangeInclusive<u64>,
 ) -> Result<Duration, ConfigError> {
@@ -464,12 +831,131 @@ mod tests {
         }
     }
 
-    fn load(toml: &str) -> Result<Config, ConfigError> {
+    fn load_with(args: &[&str], toml: &str) -> Result<Config, ConfigError> {
         let file = FileConfig::parse(toml).map_err(|source| ConfigError::Parse {
             path: "test.toml".into(),
             source: Box::new(source),
         })?;
-        Config::from_parts(&serve(&[]), file)
+        Config::from_parts(&serve(args), file)
+    }
+
+    /// A file with the given text, run without authentication (these tests are about the rest).
+    fn load(toml: &str) -> Result<Config, ConfigError> {
+        load_with(&[], &format!("{toml}\n[auth]\nmode = \"none\"\n"))
+    }
+
+    const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    #[test]
+    fn authentication_must_be_chosen_outside_local_mode() {
+        let error = load_with(&[], "").unwrap_err().to_string();
+        assert!(error.contains("auth.mode"), "{error}");
+        let local = load_with(&["--local"], "").unwrap();
+        assert_eq!(local.access.mode, AuthMode::None);
+        let none = load_with(&[], "[auth]\nmode = \"none\"\n").unwrap();
+        assert_eq!(none.access.mode, AuthMode::None);
+    }
+
+    #[test]
+    fn token_callers_are_read() {
+        let config = load_with(
+            &[],
+            &format!(
+                "[auth]\nmode = \"token\"\n[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{HASH}\"\nuser_pools = [\"us-east-1_AbC\"]\nrate_per_second = 5\nburst = 10\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
+                HASH.replace('9', "8")
+            ),
+        )
+        .unwrap();
+        let billing = &config.access.callers[0];
+        assert_eq!(billing.name, "billing");
+        assert_eq!(
+            billing.user_pools.as_deref(),
+            Some(&["us-east-1_AbC".to_owned()][..])
+        );
+        assert_eq!((billing.rate_per_second, billing.burst), (5, 10));
+        let ops = &config.access.callers[1];
+        assert_eq!(ops.user_pools, None);
+        assert_eq!((ops.rate_per_second, ops.burst), (10, 20), "the defaults");
+    }
+
+    #[test]
+    fn caller_errors_name_the_caller_and_key() {
+        let caller = |body: &str| {
+            format!("[auth]\nmode = \"token\"\n[[callers]]\nname = \"billing\"\n{body}")
+        };
+        let cases = [
+            (
+                caller("user_pools = [\"*\"]\n"),
+                "callers[billing].token_sha256",
+            ),
+            (
+                caller("token_sha256 = \"abc\"\nuser_pools = [\"*\"]\n"),
+                "callers[billing].token_sha256",
+            ),
+            (
+                caller(&format!("token_sha256 = \"{HASH}\"\n")),
+                "callers[billing].user_pools",
+            ),
+            (
+                caller(&format!(
+                    "token_sha256 = \"{HASH}\"\nuser_pools = [\"not a pool\"]\n"
+                )),
+                "callers[billing].user_pools",
+            ),
+            (
+                caller(&format!(
+                    "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\", \"us-east-1_A\"]\n"
+                )),
+                "callers[billing].user_pools",
+            ),
+            (
+                caller(&format!(
+                    "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\nrate_per_second = 0\n"
+                )),
+                "callers[billing].rate_per_second",
+            ),
+            (
+                format!(
+                    "{}[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\n",
+                    caller(&format!(
+                        "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\n"
+                    ))
+                ),
+                "callers[billing].name",
+            ),
+            ("[auth]\nmode = \"token\"\n".to_owned(), "callers"),
+            ("[auth]\nmode = \"jwt\"\n".to_owned(), "auth.mode"),
+            ("[auth]\nmode = \"basic\"\n".to_owned(), "mode"),
+            (
+                "[limits]\nbackend_rps = 0\n[auth]\nmode = \"none\"\n".to_owned(),
+                "limits.backend_rps",
+            ),
+        ];
+        for (toml, key) in cases {
+            let message = load_with(&[], &toml).unwrap_err().to_string();
+            assert!(
+                message.contains(key),
+                "{message:?} should name {key}\n{toml}"
+            );
+        }
+    }
+
+    #[test]
+    fn token_hashes_can_live_in_their_own_file() {
+        let dir = std::env::temp_dir().join(format!("cg-tokens-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tokens = dir.join("tokens.toml");
+        std::fs::write(&tokens, format!("billing = \"{HASH}\"\n")).unwrap();
+        let toml = format!(
+            "[auth]\nmode = \"token\"\ntoken_file = {:?}\n[[callers]]\nname = \"billing\"\nuser_pools = [\"*\"]\n",
+            tokens.display().to_string()
+        );
+        let config = load_with(&[], &toml).unwrap();
+        assert!(config.access.callers[0].token_sha256.is_some());
+        std::fs::write(&tokens, format!("stranger = \"{HASH}\"\n")).unwrap();
+        let error = load_with(&[], &toml).unwrap_err().to_string();
+        assert!(error.contains("auth.token_file"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
 //! - [`api`], the gRPC service: validate, call Cognito, answer.
 //! - [`domain`], validated request types; the username never prints.
+//! - [`limits`], rate limits and the per-user gate (single-flight and cooldown).
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
-//! - [`middleware`], tower layers, one per concern (today: the caller's deadline).
+//! - [`middleware`], tower layers, one per concern: error details, deadline, load shedding,
+//!   authentication, per-caller rate.
+//! - [`policy`], the callers, their tokens and pools; reloaded without a restart.
 //! - [`config`], flags, environment, TOML, validated at start.
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`client`], the `reset` subcommand.
@@ -25,8 +28,10 @@ pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
+pub mod limits;
 pub mod local;
 pub mod middleware;
+pub mod policy;
 pub mod status;
 pub mod telemetry;
 

@@ -4,7 +4,7 @@
 //! Caller-side statuses may repeat Cognito's message. Server-side ones ([`is_server_side`]) carry an
 //! opaque message; the full error goes to the log once, where the call ends.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -40,9 +40,62 @@ const CREDENTIAL_CODES: &[&str] = &[
     "UnrecognizedClientException",
 ];
 
+/// How long an overloaded gateway asks callers to wait: load comes and goes in well under a second.
+const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
+
+/// Which of the gateway's limits rejected a call (`QuotaFailure.subject`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// The caller's own rate (`callers[].rate_per_second`, `burst`).
+    Caller(Arc<str>),
+    /// The gateway-wide budget for Cognito calls (`limits.backend_rps`).
+    Backend,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Caller(name) => write!(f, "caller:{name}"),
+            Self::Backend => f.write_str("backend"),
+        }
+    }
+}
+
+impl Limit {
+    fn description(&self) -> &'static str {
+        match self {
+            Self::Caller(_) => "the caller's request rate (callers[].rate_per_second and burst)",
+            Self::Backend => {
+                "the gateway-wide budget for Cognito calls (limits.backend_rps), below Cognito's account quota"
+            }
+        }
+    }
+}
+
 /// Why a call ended without success. Each variant is one or more rows of the table.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum GatewayError {
+    /// No credentials, or credentials that prove nothing. The detail (which check failed) is for the
+    /// log only: the caller is never told.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(&'static str),
+    /// The authenticated caller may not reset users in this pool.
+    #[error("caller {caller:?} may not reset users in this pool")]
+    CallerNotAllowed {
+        /// Who asked.
+        caller: Arc<str>,
+    },
+    /// One of the gateway's limits said no.
+    #[error("rate limited by {limit}; retry in {wait:?}")]
+    RateLimited {
+        /// Which limit.
+        limit: Limit,
+        /// When a retry can pass it.
+        wait: Duration,
+    },
+    /// Too many calls in flight: shed, not queued.
+    #[error("overloaded: too many calls in flight")]
+    Overloaded,
     /// The request broke Cognito's own limits (contract §2); nothing was sent.
     #[error("invalid request ({} field(s))", .0.len())]
     InvalidRequest(Vec<FieldViolation>),
@@ -153,6 +206,12 @@ fn cognito_row(failure: &CognitoFailure) -> Row {
 fn gateway_row(error: &GatewayError) -> Row {
     use Code::*;
     match error {
+        GatewayError::Unauthenticated(_) => row(Unauthenticated, "UNAUTHENTICATED", Extra::None),
+        GatewayError::CallerNotAllowed { .. } => {
+            row(PermissionDenied, "CALLER_NOT_ALLOWED", Extra::None)
+        }
+        GatewayError::RateLimited { .. } => row(ResourceExhausted, "RATE_LIMITED", Extra::None),
+        GatewayError::Overloaded => row(Unavailable, "OVERLOADED", Extra::None),
         GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
         GatewayError::DeadlineExceeded => row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None),
         GatewayError::Protocol { code, message } => protocol_row(*code, message),
@@ -215,6 +274,9 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     if let Some(failure) = cognito {
         metadata.insert("exception".to_owned(), failure.code.clone());
     }
+    if let GatewayError::CallerNotAllowed { caller } = error {
+        metadata.insert("caller".to_owned(), caller.to_string());
+    }
     if let Some(id) = request_id {
         metadata.insert("awsRequestId".to_owned(), id.to_owned());
     }
@@ -232,8 +294,19 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
             details.add_bad_request_violation(violation.field, &violation.description);
         }
     }
-    if let GatewayError::Backend(BackendError::RegionNotAllowed { .. }) = error {
-        details.add_bad_request_violation("user_pool_id", "the pool's region is not served here");
+    match error {
+        GatewayError::Backend(BackendError::RegionNotAllowed { .. }) => {
+            details
+                .add_bad_request_violation("user_pool_id", "the pool's region is not served here");
+        }
+        GatewayError::RateLimited { limit, wait } => {
+            details.set_retry_info(Some(*wait));
+            details.add_quota_failure_violation(limit.to_string(), limit.description());
+        }
+        GatewayError::Overloaded => {
+            details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+        }
+        _ => {}
     }
     let cognito_message = cognito.map(|f| f.message.as_str()).unwrap_or_default();
     add_extra(&mut details, row.extra, pool, cognito_message);
@@ -326,6 +399,8 @@ pub fn code_name(code: Code) -> &'static str {
 
 fn caller_message(error: &GatewayError) -> String {
     match error {
+        // Never which check failed: that would help whoever is guessing.
+        GatewayError::Unauthenticated(_) => "missing or invalid credentials".to_owned(),
         GatewayError::InvalidRequest(violations) => {
             let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
             format!("invalid request: {}", fields.join(", "))
@@ -351,6 +426,7 @@ fn opaque_message(reason: &str, request_id: Option<&str>) -> String {
         }
         "OPERATION_NOT_ENABLED" => "Cognito does not allow this operation for this pool or region",
         "LAMBDA_FAILED" | "LAMBDA_INVALID_RESPONSE" => "a Lambda trigger of the user pool failed",
+        "OVERLOADED" => "the gateway has too many calls in flight; retry shortly",
         _ => "the gateway could not complete the call",
     };
     match request_id {

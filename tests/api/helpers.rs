@@ -7,7 +7,7 @@ use std::{net::SocketAddr, time::Duration};
 use cognito_gateway::{
     App, Config,
     cognito::{Backend, SdkBackend},
-    config::CognitoSettings,
+    config::{CognitoSettings, LimitSettings},
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_client::UserAdminServiceClient,
@@ -38,9 +38,19 @@ pub fn test_settings() -> CognitoSettings {
     }
 }
 
-/// The config tests start from: port 0, defaults otherwise.
+/// The config tests start from: port 0, no authentication, limits and the per-user cooldown out of
+/// the way (the tests of limits set their own).
 pub fn test_config() -> Config {
-    Config::with_listen("127.0.0.1:0".parse().expect("a literal address"))
+    let mut config = Config::with_listen("127.0.0.1:0".parse().expect("a literal address"));
+    config.limits = LimitSettings {
+        backend_rps: 10_000,
+        backend_burst: 10_000,
+        default_rate_per_second: 10_000,
+        default_burst: 10_000,
+        user_cooldown: Duration::ZERO,
+        ..LimitSettings::default()
+    };
+    config
 }
 
 /// The real SDK backend, pointed at `endpoint` (wiremock, moto, the local Cognito).
