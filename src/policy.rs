@@ -356,6 +356,66 @@ mod tests {
     }
 
     #[test]
+    fn a_bad_file_is_refused_and_the_old_policy_stays() {
+        let dir = std::env::temp_dir().join(format!("cg-policy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        let good = format!(
+            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
+            hex::encode(sha("tok-ops"))
+        );
+        std::fs::write(&path, &good).unwrap();
+        let config = AccessConfig::reload(&path, false).unwrap();
+        let access = Access::new(
+            &config,
+            &LimitSettings::default(),
+            Some(path.clone()),
+            false,
+        );
+        assert!(
+            access
+                .policy()
+                .authenticate(Some(b"Bearer tok-ops"))
+                .is_ok()
+        );
+
+        std::fs::write(
+            &path,
+            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"ops\"\n",
+        )
+        .unwrap();
+        let error = access.reload().unwrap_err().to_string();
+        assert!(error.contains("callers[ops].token_sha256"), "{error}");
+        assert!(
+            access
+                .policy()
+                .authenticate(Some(b"Bearer tok-ops"))
+                .is_ok(),
+            "old policy kept"
+        );
+
+        std::fs::write(
+            &path,
+            good.replace(&hex::encode(sha("tok-ops")), &hex::encode(sha("tok-new"))),
+        )
+        .unwrap();
+        access.reload().unwrap();
+        assert!(
+            access
+                .policy()
+                .authenticate(Some(b"Bearer tok-ops"))
+                .is_err()
+        );
+        assert!(
+            access
+                .policy()
+                .authenticate(Some(b"Bearer tok-new"))
+                .is_ok()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn debug_shows_no_token_hash() {
         let policy = policy();
         let printed = format!("{policy:?}");

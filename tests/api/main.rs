@@ -6,6 +6,7 @@
 
 mod helpers;
 
+mod callers;
 mod cli;
 mod local;
 mod moto;

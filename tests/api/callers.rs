@@ -1,0 +1,376 @@
+//! Callers: authentication, per-pool authorization, the gateway's limits, de-duplication and load
+//! shedding, through the real server.
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use clap::Parser as _;
+use cognito_gateway::{
+    Config,
+    config::{AccessConfig, AuthMode, CallerConfig, Cli, Command},
+    proto::ResetUserPasswordRequest,
+};
+use sha2::{Digest as _, Sha256};
+use tonic::{Code, Request};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+use crate::helpers::{
+    TestApp, details, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
+    test_settings,
+};
+
+const POOL: &str = "us-east-1_Callers1";
+const OTHER_POOL: &str = "us-east-1_Callers2";
+
+fn sha_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn caller(name: &str, token: &str, pools: Option<&[&str]>) -> CallerConfig {
+    CallerConfig {
+        name: name.into(),
+        token_sha256: Some(Sha256::digest(token.as_bytes()).into()),
+        user_pools: pools.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
+        rate_per_second: 10_000,
+        burst: 10_000,
+    }
+}
+
+fn token_config(callers: Vec<CallerConfig>) -> Config {
+    let mut config = test_config();
+    config.access = AccessConfig {
+        mode: AuthMode::Token,
+        callers,
+        ..AccessConfig::none()
+    };
+    config
+}
+
+async fn cognito(delay: Duration) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-amzn-RequestId", "rid")
+                .set_body_raw("{}", "application/x-amz-json-1.1")
+                .set_delay(delay),
+        )
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn sends(server: &MockServer) -> usize {
+    server.received_requests().await.map_or(0, |r| r.len())
+}
+
+async fn app_for(config: Config, server: &MockServer) -> TestApp {
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    spawn_app_with(config, backend).await
+}
+
+fn with_token(message: ResetUserPasswordRequest, token: &str) -> Request<ResetUserPasswordRequest> {
+    let mut request = Request::new(message);
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request
+}
+
+#[tokio::test]
+async fn the_right_token_passes_and_others_are_unauthenticated_alike() {
+    let server = cognito(Duration::ZERO).await;
+    let app = app_for(
+        token_config(vec![caller("billing", "s3cret-billing", None)]),
+        &server,
+    )
+    .await;
+    app.reset_request(with_token(request(POOL, "alice"), "s3cret-billing"))
+        .await
+        .unwrap();
+
+    let mut messages = Vec::new();
+    for attempt in [
+        Request::new(request(POOL, "alice")),
+        with_token(request(POOL, "alice"), "wrong"),
+        with_token(request(POOL, "alice"), ""),
+        {
+            let mut r = Request::new(request(POOL, "alice"));
+            r.metadata_mut()
+                .insert("authorization", "Basic czNjcmV0".parse().unwrap());
+            r
+        },
+    ] {
+        let status = app.reset_request(attempt).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        let info = error_info(&status);
+        assert_eq!(info.reason, "UNAUTHENTICATED");
+        assert_eq!(info.domain, "cognito-gateway");
+        messages.push(status.message().to_owned());
+    }
+    // The reply never says which check failed.
+    assert!(messages.iter().all(|m| m == &messages[0]), "{messages:?}");
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn health_and_reflection_need_no_token() {
+    let server = cognito(Duration::ZERO).await;
+    let app = app_for(token_config(vec![caller("billing", "t", None)]), &server).await;
+    let health = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+}
+
+#[tokio::test]
+async fn callers_reach_only_their_pools() {
+    let server = cognito(Duration::ZERO).await;
+    let app = app_for(
+        token_config(vec![
+            caller("billing", "tb", Some(&[POOL])),
+            caller("ops", "to", None),
+        ]),
+        &server,
+    )
+    .await;
+    app.reset_request(with_token(request(POOL, "alice"), "tb"))
+        .await
+        .unwrap();
+    let status = app
+        .reset_request(with_token(request(OTHER_POOL, "alice"), "tb"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    let info = error_info(&status);
+    assert_eq!(info.reason, "CALLER_NOT_ALLOWED");
+    assert_eq!(info.metadata["caller"], "billing");
+    // Denied before anything about the pool is looked at: even an invalid id is just "not allowed".
+    let status = app
+        .reset_request(with_token(request("garbage", "alice"), "tb"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::PermissionDenied);
+    assert_eq!(sends(&server).await, 1);
+    // "*" reaches every pool.
+    app.reset_request(with_token(request(OTHER_POOL, "alice"), "to"))
+        .await
+        .unwrap();
+    assert_eq!(sends(&server).await, 2);
+}
+
+#[tokio::test]
+async fn a_callers_own_rate_limits_it_alone_with_the_exact_wait() {
+    let server = cognito(Duration::ZERO).await;
+    let mut slow = caller("slow", "ts", None);
+    slow.rate_per_second = 1;
+    slow.burst = 2;
+    let app = app_for(
+        token_config(vec![slow, caller("fast", "tf", None)]),
+        &server,
+    )
+    .await;
+    for user in ["a", "b"] {
+        app.reset_request(with_token(request(POOL, user), "ts"))
+            .await
+            .unwrap();
+    }
+    let status = app
+        .reset_request(with_token(request(POOL, "c"), "ts"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).reason, "RATE_LIMITED");
+    let details = details(&status);
+    let wait = details.retry_info().unwrap().retry_delay.unwrap();
+    assert!(
+        wait > Duration::ZERO && wait <= Duration::from_secs(1),
+        "{wait:?}"
+    );
+    assert_eq!(
+        details.quota_failure().unwrap().violations[0].subject,
+        "caller:slow"
+    );
+    // Another caller is not affected.
+    app.reset_request(with_token(request(POOL, "d"), "tf"))
+        .await
+        .unwrap();
+    assert_eq!(sends(&server).await, 3);
+}
+
+#[tokio::test]
+async fn the_backend_guard_caps_cognito_calls_across_callers() {
+    let server = cognito(Duration::ZERO).await;
+    let mut config = test_config();
+    config.limits.backend_rps = 1;
+    config.limits.backend_burst = 2;
+    let app = app_for(config, &server).await;
+    app.reset(POOL, "a").await.unwrap();
+    app.reset(POOL, "b").await.unwrap();
+    let status = app.reset(POOL, "c").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).reason, "RATE_LIMITED");
+    let details = details(&status);
+    assert!(details.retry_info().unwrap().retry_delay.unwrap() > Duration::ZERO);
+    assert_eq!(
+        details.quota_failure().unwrap().violations[0].subject,
+        "backend"
+    );
+    assert_eq!(sends(&server).await, 2, "the rejected call was not sent");
+}
+
+#[tokio::test]
+async fn fifty_identical_calls_make_one_send_and_a_repeat_makes_none() {
+    let server = cognito(Duration::from_millis(200)).await;
+    let mut config = test_config();
+    config.limits.user_cooldown = Duration::from_secs(1);
+    let app = app_for(config, &server).await;
+    let calls: Vec<_> = (0..50)
+        .map(|_| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move { client.reset_user_password(request(POOL, "alice")).await })
+        })
+        .collect();
+    let mut deduplicated = 0;
+    for call in calls {
+        let response = call.await.unwrap().unwrap().into_inner();
+        assert_eq!(response.cognito_request_id, "rid");
+        deduplicated += usize::from(response.deduplicated);
+    }
+    assert_eq!(sends(&server).await, 1);
+    assert_eq!(deduplicated, 49);
+
+    let repeat = app.reset(POOL, "alice").await.unwrap();
+    assert!(repeat.deduplicated);
+    assert_eq!(sends(&server).await, 1);
+
+    // Once the window has passed, the next call reaches Cognito again (and only that one).
+    eventually("the cooldown to pass", || async {
+        !app.reset(POOL, "alice").await.unwrap().deduplicated
+    })
+    .await;
+    assert_eq!(sends(&server).await, 2);
+}
+
+#[tokio::test]
+async fn beyond_max_in_flight_calls_are_shed_not_queued() {
+    let server = cognito(Duration::from_secs(2)).await;
+    let mut config = test_config();
+    config.limits.max_in_flight = 2;
+    let app = Arc::new(app_for(config, &server).await);
+    let held: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|user| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move { app.reset(POOL, user).await })
+        })
+        .collect();
+    eventually("two calls in flight", || async {
+        sends(&server).await == 2
+    })
+    .await;
+    let status = app.reset(POOL, "c").await.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_info(&status).reason, "OVERLOADED");
+    assert!(details(&status).retry_info().is_some());
+    // Probes still get through.
+    let health = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(health.into_inner().status(), ServingStatus::Serving);
+    for call in held {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(sends(&server).await, 2);
+    app.reset(POOL, "c").await.unwrap();
+}
+
+/// A config file on disk, as an operator writes it, for the reload tests.
+struct ConfigFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        Self { dir, path }
+    }
+
+    fn write(&self, callers: &[(&str, &str, &str)]) {
+        let mut text = String::from("[auth]\nmode = \"token\"\nreload_interval_secs = 1\n");
+        for (name, token, pools) in callers {
+            text += &format!(
+                "[[callers]]\nname = \"{name}\"\ntoken_sha256 = \"{}\"\nuser_pools = [{pools}]\nrate_per_second = 1000\nburst = 1000\n",
+                sha_hex(token)
+            );
+        }
+        // Write-then-rename, as Kubernetes swaps mounted files: never a half-written file.
+        let tmp = self.dir.join("gateway.toml.tmp");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, &self.path).unwrap();
+    }
+
+    fn load(&self) -> Config {
+        let cli = Cli::try_parse_from(
+            [
+                "cognito-gateway",
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--config",
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain([self.path.display().to_string()]),
+        )
+        .unwrap();
+        let Command::Serve(args) = cli.command else {
+            unreachable!("parsed serve")
+        };
+        Config::load(&args).unwrap()
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn tokens_and_pools_reload_without_a_restart() {
+    let server = cognito(Duration::ZERO).await;
+    let file = ConfigFile::new("reload");
+    file.write(&[("billing", "old-token", &format!("\"{POOL}\""))]);
+    let app = app_for(file.load(), &server).await;
+    app.reset_request(with_token(request(POOL, "a"), "old-token"))
+        .await
+        .unwrap();
+
+    // Rotate the token and widen the pools.
+    file.write(&[("billing", "new-token", "\"*\"")]);
+    eventually("the new token to be accepted", || async {
+        app.reset_request(with_token(request(OTHER_POOL, "b"), "new-token"))
+            .await
+            .is_ok()
+    })
+    .await;
+    let old = app
+        .reset_request(with_token(request(POOL, "c"), "old-token"))
+        .await
+        .unwrap_err();
+    assert_eq!(old.code(), Code::Unauthenticated);
+}
