@@ -6,18 +6,21 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::{Instrument as _, field::Empty};
 
 use crate::{
     cognito::{Backend, BackendError},
     domain::{ResetRequest, UserPoolId},
     limits::{GatedReset, RateLimit, UserGate},
+    metrics::metrics,
     middleware::deadline::Deadline,
     policy::Caller,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,
     },
-    status::{GatewayError, Limit, code_name, is_server_side, to_status},
+    status::{GatewayError, Limit, code_name, is_server_side, rejection_attributes, to_status},
+    telemetry::current_ids,
 };
 
 /// `cognitogateway.v1.UserAdminService`.
@@ -95,6 +98,7 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
             }
         };
         log.pool = Some(request.user_pool_id.clone());
+        tracing::Span::current().record("cognito.user_pool_id", request.user_pool_id.as_str());
 
         let remaining = deadline.map(|d| d.remaining());
         let (timeout, caller_bound) = match remaining {
@@ -136,12 +140,28 @@ impl<B: Backend> UserAdmin<B> {
                     limit: Limit::Backend,
                     wait,
                 })?;
+                // The CLIENT span is made here, in the caller's span, and goes with the call into
+                // its own task.
+                let span = tracing::info_span!(
+                    "cognito",
+                    otel.name = "CognitoIdentityProvider/AdminResetUserPassword",
+                    otel.kind = "client",
+                    otel.status_code = Empty,
+                    rpc.system = "aws-api",
+                    rpc.service = "CognitoIdentityProvider",
+                    rpc.method = "AdminResetUserPassword",
+                    cloud.region = Empty,
+                    aws.request_id = Empty,
+                    aws.exception = Empty,
+                    aws.attempts = Empty,
+                );
                 Ok(async move {
                     backend
                         .reset_user_password(&request, timeout)
                         .await
                         .map_err(GatewayError::Backend)
-                })
+                }
+                .instrument(span))
             })
             .await
     }
@@ -149,8 +169,15 @@ impl<B: Backend> UserAdmin<B> {
 
 impl CallLog {
     fn succeeded(self, reset: GatedReset) -> ResetUserPasswordResponse {
+        if reset.deduplicated {
+            metrics().deduplicated.add(1, &[]);
+        }
+        tracing::Span::current().record("cognito_gateway.deduplicated", reset.deduplicated);
+        let (trace_id, span_id) = current_ids().unwrap_or_default();
         tracing::info!(
             code = "OK",
+            trace_id,
+            span_id,
             caller = self.caller.as_deref().unwrap_or_default(),
             user_pool_id = self
                 .pool
@@ -188,9 +215,15 @@ impl CallLog {
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let detail = scrub(&error.to_string(), request);
+        if let Some(attributes) = rejection_attributes(error) {
+            metrics().rejections.add(1, &attributes);
+        }
+        let (trace_id, span_id) = current_ids().unwrap_or_default();
         if is_server_side(status.code()) {
             tracing::error!(
                 code,
+                trace_id,
+                span_id,
                 reason,
                 caller,
                 user_pool_id = pool,
@@ -202,6 +235,8 @@ impl CallLog {
         } else {
             tracing::info!(
                 code,
+                trace_id,
+                span_id,
                 reason,
                 caller,
                 user_pool_id = pool,

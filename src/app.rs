@@ -19,8 +19,10 @@ use crate::{
     middleware::{
         admission::{Authenticate, CallerRate, LoadShed},
         check::CheckLayer,
+        deadline::DeadlineLayer,
+        error_details::ErrorDetailsLayer,
+        trace::TraceLayer,
     },
-    middleware::{deadline::DeadlineLayer, error_details::ErrorDetailsLayer},
     policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
 };
@@ -30,7 +32,10 @@ type Stackup = Stack<
     CheckLayer<CallerRate>,
     Stack<
         CheckLayer<Authenticate>,
-        Stack<CheckLayer<LoadShed>, Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Identity>>>,
+        Stack<
+            CheckLayer<LoadShed>,
+            Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Stack<TraceLayer, Identity>>>,
+        >,
     >,
 >;
 type Layers = Stack<Stackup, Identity>;
@@ -40,8 +45,10 @@ type Layers = Stack<Stackup, Identity>;
 /// validate, the per-user gate, the backend guard, Cognito.
 fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stackup> {
     tower::ServiceBuilder::new()
-        // Outermost: every reply, whoever wrote it (tonic, or a layer below), leaves with an
-        // ErrorInfo.
+        // Outermost: the call's span and duration, so that they cover everything below and record
+        // the final status.
+        .layer(TraceLayer)
+        // Every reply, whoever wrote it (tonic, or a layer below), leaves with an ErrorInfo.
         .layer(ErrorDetailsLayer)
         // The deadline next, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
         // than tonic's CANCELLED when the caller's time runs out.

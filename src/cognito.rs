@@ -38,8 +38,13 @@ use aws_smithy_runtime_api::client::{
     retries::classifiers::RetryClassifierPriority,
 };
 use regex::Regex;
+use tokio::time::Instant;
 
-use crate::{config::CognitoSettings, domain::ResetRequest};
+use crate::{
+    config::CognitoSettings,
+    domain::ResetRequest,
+    metrics::{cognito_attributes, metrics},
+};
 
 /// What a successful reset tells the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -251,7 +256,8 @@ impl Backend for SdkBackend {
         timeout: Duration,
     ) -> Result<ResetOutcome, BackendError> {
         let region = self.region_for(request)?;
-        let client = self.client_for(region)?;
+        tracing::Span::current().record("cloud.region", region.as_str());
+        let client = self.client_for(region.clone())?;
         let metadata = &request.client_metadata;
         let send = client
             .admin_reset_user_password()
@@ -259,15 +265,50 @@ impl Backend for SdkBackend {
             .username(request.username.expose())
             .set_client_metadata((!metadata.is_empty()).then(|| metadata.expose().clone()))
             .send();
+        let started = Instant::now();
         // Dropping the send future on timeout cancels any retry in progress as well.
-        match tokio::time::timeout(timeout, send).await {
+        let result = match tokio::time::timeout(timeout, send).await {
             Err(_elapsed) => Err(BackendError::Timeout(timeout)),
             Ok(Ok(output)) => Ok(ResetOutcome {
                 request_id: output.request_id().map(str::to_owned),
             }),
             Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
-        }
+        };
+        record_cognito_call(&result, &region, started);
+        result
     }
+}
+
+/// Finishes the CLIENT span (the current one, made by the caller) and the `rpc.client.duration`
+/// metric.
+fn record_cognito_call(
+    result: &Result<ResetOutcome, BackendError>,
+    region: &str,
+    started: Instant,
+) {
+    let span = tracing::Span::current();
+    let (request_id, exception) = match result {
+        Ok(outcome) => (outcome.request_id.as_deref(), ""),
+        Err(BackendError::Cognito(failure)) => {
+            (failure.request_id.as_deref(), failure.code.as_str())
+        }
+        Err(BackendError::Timeout(_)) => (None, "Timeout"),
+        Err(BackendError::Unreachable(_)) => (None, "Unreachable"),
+        Err(BackendError::Misconfigured(_)) => (None, "Misconfigured"),
+        Err(BackendError::BadResponse { request_id, .. }) => (request_id.as_deref(), "BadResponse"),
+        Err(BackendError::RegionNotAllowed { .. }) => (None, "RegionNotAllowed"),
+    };
+    if let Some(id) = request_id {
+        span.record("aws.request_id", id);
+    }
+    if result.is_err() {
+        span.record("aws.exception", exception);
+        span.record("otel.status_code", "ERROR");
+    }
+    metrics().rpc_client_duration.record(
+        started.elapsed().as_secs_f64() * 1000.0,
+        &cognito_attributes(exception, region),
+    );
 }
 
 /// Sorts the SDK's failure into a [`BackendError`].

@@ -17,7 +17,7 @@
 //! - [`config`], flags, environment, TOML, validated at start.
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`client`], the `reset` subcommand.
-//! - [`telemetry`], logs.
+//! - [`telemetry`], logs, OpenTelemetry traces and metrics; [`metrics`], the instruments.
 //!
 
 #![forbid(unsafe_code)]
@@ -30,6 +30,7 @@ pub mod config;
 pub mod domain;
 pub mod limits;
 pub mod local;
+pub mod metrics;
 pub mod middleware;
 pub mod policy;
 pub mod status;

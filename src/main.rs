@@ -21,7 +21,14 @@ async fn main() -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    telemetry::init(args.log_format);
+    let telemetry = telemetry::init(args.log_format);
+    let code = serve_with_telemetry(args).await;
+    // Flushing blocks (bounded); off the runtime's workers, which the exporter itself needs.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
+}
+
+async fn serve_with_telemetry(args: ServeArgs) -> ExitCode {
     let config = match Config::load(&args) {
         Ok(config) => config,
         Err(error) => {

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod check;
 pub mod deadline;
 pub mod error_details;
+pub mod trace;
 
 /// Paths open to everyone: health (Kubernetes probes carry no credentials) and reflection (it serves
 /// the API's schema, which is public, and no data).

@@ -116,6 +116,24 @@ pub enum GatewayError {
     },
 }
 
+/// The `cognito_gateway.rejections` metric's attributes for calls the gateway refused itself (`None`
+/// for everything else): the reason, and for rate limits which one.
+pub fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::KeyValue>> {
+    use opentelemetry::KeyValue;
+    let row = gateway_row(error);
+    let mut attributes = vec![KeyValue::new("reason", row.reason)];
+    match error {
+        GatewayError::RateLimited { limit, .. } => {
+            attributes.push(KeyValue::new("limit", limit.to_string()));
+        }
+        GatewayError::Unauthenticated(_)
+        | GatewayError::CallerNotAllowed { .. }
+        | GatewayError::Overloaded => {}
+        _ => return None,
+    }
+    Some(attributes)
+}
+
 /// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
 /// the span (OpenTelemetry's RPC conventions use the same list).
 pub fn is_server_side(code: Code) -> bool {

@@ -1,12 +1,33 @@
-//! Logs: `tracing` to stderr, human-readable or JSON, filtered by `RUST_LOG` (default `info`).
+//! Logs, traces and metrics.
+//!
+//! - **Logs:** `tracing` to stderr, human-readable or JSON, filtered by `RUST_LOG` (default `info`).
+//! - **Traces and metrics:** OpenTelemetry over OTLP/gRPC, configured by the standard `OTEL_*`
+//!   variables (`OTEL_EXPORTER_OTLP_ENDPOINT` and its `_TRACES_`/`_METRICS_` variants,
+//!   `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG` with parent-based
+//!   sampling by default, `OTEL_METRIC_EXPORT_INTERVAL`). With no endpoint set nothing is exported
+//!   and no exporter runs. Exports run on their own threads with bounded queues: a slow or absent
+//!   collector drops telemetry, never delays a call.
+//! - **Propagation:** W3C `traceparent`/`tracestate`, set explicitly (OpenTelemetry's default
+//!   propagator does nothing).
 //!
 //! The AWS SDK and the HTTP stack log request details at `debug` and `trace`, which for this service
-//! means usernames and client metadata. Their targets are capped at `info` whatever `RUST_LOG` says:
-//! no setting can make the gateway log what callers sent.
+//! means usernames and client metadata. Their targets are capped at `info` whatever `RUST_LOG` says,
+//! and none of their spans reach OpenTelemetry: no setting can make the gateway record what callers
+//! sent.
 
+use std::time::Duration;
+
+use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
+use opentelemetry_sdk::{
+    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    trace::SdkTracerProvider,
+};
 use tracing::{Level, Metadata};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
-    EnvFilter, Layer as _, filter::FilterFn, layer::SubscriberExt as _,
+    EnvFilter, Layer, Registry,
+    filter::{FilterFn, Targets},
+    layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
 };
 
@@ -26,6 +47,9 @@ const CAPPED_TARGETS: &[&str] = &[
     "tower",
 ];
 
+/// How long shutdown waits for pending telemetry to be flushed.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Whether a span or event may be recorded at all: everything of ours, and at most `info` from the
 /// dependencies above.
 pub fn allowed(metadata: &Metadata<'_>) -> bool {
@@ -41,29 +65,176 @@ pub fn env_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
 }
 
-/// Installs the global subscriber. Call once, before anything logs.
-pub fn init(format: LogFormat) {
-    let cap = FilterFn::new(allowed);
-    let registry = tracing_subscriber::registry();
-    match format {
-        LogFormat::Text => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(env_filter())
-                    .with_filter(cap),
-            )
-            .init(),
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(std::io::stderr)
-                    .with_filter(env_filter())
-                    .with_filter(cap),
-            )
-            .init(),
+/// The exporters, kept to flush them at shutdown.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    tracer: Option<SdkTracerProvider>,
+    meter: Option<SdkMeterProvider>,
+}
+
+impl Telemetry {
+    /// Flushes what is pending, waiting at most a few seconds: a collector that is down must not
+    /// hold up the exit.
+    pub fn shutdown(self) {
+        if let Some(tracer) = self.tracer
+            && let Err(error) = tracer.shutdown_with_timeout(FLUSH_TIMEOUT)
+        {
+            eprintln!("cognito-gateway: flushing traces failed: {error}");
+        }
+        if let Some(meter) = self.meter
+            && let Err(error) = meter.shutdown_with_timeout(FLUSH_TIMEOUT)
+        {
+            eprintln!("cognito-gateway: flushing metrics failed: {error}");
+        }
+    }
+}
+
+fn configured(signal: &str) -> bool {
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+}
+
+fn resource() -> Resource {
+    let builder = Resource::builder();
+    // OTEL_SERVICE_NAME wins when set; otherwise the service is named for what it is.
+    if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
+        builder.build()
+    } else {
+        builder.with_service_name("cognito-gateway").build()
+    }
+}
+
+/// Installs the global subscriber, propagator and, where an endpoint is configured, the OTLP
+/// exporters. Call once, inside the Tokio runtime (the exporters use it), before anything logs.
+pub fn init(format: LogFormat) -> Telemetry {
+    global::set_text_map_propagator(TraceContextPropagator::new());
+    let mut telemetry = Telemetry::default();
+
+    let otel_layer = if configured("TRACES") {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let provider = SdkTracerProvider::builder()
+                    .with_resource(resource())
+                    .with_batch_exporter(exporter)
+                    .build();
+                let tracer = provider.tracer("cognito-gateway");
+                telemetry.tracer = Some(provider);
+                // Only the gateway's own spans: the dependencies' are noise at best and carry
+                // request contents at worst.
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(Targets::new().with_target("cognito_gateway", Level::INFO)),
+                )
+            }
+            Err(error) => {
+                eprintln!("cognito-gateway: OTLP trace exporter not started: {error}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    if configured("METRICS") {
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let provider = SdkMeterProvider::builder()
+                    .with_resource(resource())
+                    .with_periodic_exporter(exporter)
+                    .build();
+                global::set_meter_provider(provider.clone());
+                register_process_metrics();
+                telemetry.meter = Some(provider);
+            }
+            Err(error) => eprintln!("cognito-gateway: OTLP metric exporter not started: {error}"),
+        }
+    }
+
+    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_writer(std::io::stderr)
+            .boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(
+            fmt.with_filter(env_filter())
+                .with_filter(FilterFn::new(allowed)),
+        )
+        .with(otel_layer)
+        .init();
+    telemetry
+}
+
+/// The current trace and span ids (hex), when the call is traced: for log lines, so that logs and
+/// traces join.
+pub fn current_ids() -> Option<(String, String)> {
+    use opentelemetry::trace::TraceContextExt as _;
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let ids = span.span_context();
+    ids.is_valid()
+        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+}
+
+/// `process.memory.usage` and `process.cpu.time`, read from `/proc` when the exporter asks (every
+/// export interval), not on the request path.
+fn register_process_metrics() {
+    let meter = global::meter("cognito-gateway");
+    let _memory = meter
+        .i64_observable_gauge("process.memory.usage")
+        .with_unit("By")
+        .with_description("Resident set size")
+        .with_callback(|gauge| {
+            if let Some(rss) = proc_self::rss_bytes() {
+                gauge.observe(rss, &[]);
+            }
+        })
+        .build();
+    let _cpu = meter
+        .f64_observable_counter("process.cpu.time")
+        .with_unit("s")
+        .with_description("CPU time used by the process")
+        .with_callback(|counter| {
+            if let Some((user, system)) = proc_self::cpu_seconds() {
+                counter.observe(user, &[KeyValue::new("cpu.mode", "user")]);
+                counter.observe(system, &[KeyValue::new("cpu.mode", "system")]);
+            }
+        })
+        .build();
+}
+
+/// Linux `/proc/self`; elsewhere the process metrics are simply absent.
+mod proc_self {
+    /// Clock ticks per second: 100 on every Linux this runs on (`getconf CLK_TCK`).
+    const TICKS_PER_SECOND: f64 = 100.0;
+    const PAGE_SIZE: i64 = 4096;
+
+    pub(super) fn rss_bytes() -> Option<i64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: i64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * PAGE_SIZE)
+    }
+
+    pub(super) fn cpu_seconds() -> Option<(f64, f64)> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name may hold spaces; fields are counted after its closing parenthesis.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let user: f64 = fields.get(11)?.parse().ok()?;
+        let system: f64 = fields.get(12)?.parse().ok()?;
+        Some((user / TICKS_PER_SECOND, system / TICKS_PER_SECOND))
     }
 }

@@ -73,6 +73,8 @@ impl Check for Authenticate {
             .policy()
             .authenticate(header)
             .map_err(GatewayError::Unauthenticated)?;
+        // The call's span (see `trace`) is current here.
+        tracing::Span::current().record("cognito_gateway.caller", &*caller.name);
         request.extensions_mut().insert(caller);
         Ok(())
     }

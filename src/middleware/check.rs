@@ -9,7 +9,10 @@ use std::{
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::status::{GatewayError, code_name, to_status};
+use crate::{
+    metrics::metrics,
+    status::{GatewayError, code_name, rejection_attributes, to_status},
+};
 
 /// One admission rule.
 pub trait Check: Clone + Send + Sync + 'static {
@@ -78,6 +81,9 @@ where
                 })
             }
             Err(error) => {
+                if let Some(attributes) = rejection_attributes(&error) {
+                    metrics().rejections.add(1, &attributes);
+                }
                 let status = to_status(&error, None);
                 tracing::info!(
                     code = code_name(status.code()),

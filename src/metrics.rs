@@ -1,0 +1,88 @@
+//! The gateway's metrics, under OpenTelemetry's semantic conventions v1.37 (`rpc.server.duration`
+//! and `rpc.client.duration` in milliseconds) plus a few of its own under `cognito_gateway.*`.
+//!
+//! Every attribute has a small, fixed set of values: method, gRPC status code, reason, exception
+//! name, region, caller name. Never a username, a request id or anything else per call.
+//!
+//! Without an OTLP endpoint the global meter is OpenTelemetry's no-op one, and recording costs a
+//! function call.
+
+use std::sync::LazyLock;
+
+use opentelemetry::{
+    KeyValue, global,
+    metrics::{Counter, Histogram, UpDownCounter},
+};
+
+/// The instruments. Built on first use, from the global meter provider, so telemetry must be set up
+/// first (the binary does that before anything else).
+pub struct Metrics {
+    /// `rpc.server.duration`: each call, by `rpc.method` and `rpc.grpc.status_code`.
+    pub rpc_server_duration: Histogram<f64>,
+    /// `rpc.client.duration`: each Cognito call, by `aws.exception` (`""` on success) and region.
+    pub rpc_client_duration: Histogram<f64>,
+    /// `cognito_gateway.rejections`: calls the gateway refused itself, by `reason`.
+    pub rejections: Counter<u64>,
+    /// `cognito_gateway.deduplicated`: calls answered without their own Cognito call.
+    pub deduplicated: Counter<u64>,
+    /// `cognito_gateway.in_flight`: calls being served.
+    pub in_flight: UpDownCounter<i64>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+/// Bucket bounds in milliseconds: from a local round trip to the 5 s operation cap and beyond.
+const DURATION_BUCKETS_MS: &[f64] = &[
+    1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
+    10000.0,
+];
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let meter = global::meter("cognito-gateway");
+    Metrics {
+        rpc_server_duration: meter
+            .f64_histogram("rpc.server.duration")
+            .with_unit("ms")
+            .with_description("Duration of inbound gRPC calls")
+            .with_boundaries(DURATION_BUCKETS_MS.to_vec())
+            .build(),
+        rpc_client_duration: meter
+            .f64_histogram("rpc.client.duration")
+            .with_unit("ms")
+            .with_description("Duration of calls to Cognito, retries included")
+            .with_boundaries(DURATION_BUCKETS_MS.to_vec())
+            .build(),
+        rejections: meter
+            .u64_counter("cognito_gateway.rejections")
+            .with_description("Calls refused by the gateway itself, by reason")
+            .build(),
+        deduplicated: meter
+            .u64_counter("cognito_gateway.deduplicated")
+            .with_description("Calls answered without a Cognito call of their own")
+            .build(),
+        in_flight: meter
+            .i64_up_down_counter("cognito_gateway.in_flight")
+            .with_description("Calls being served")
+            .build(),
+    }
+});
+
+/// The instruments.
+pub fn metrics() -> &'static Metrics {
+    &METRICS
+}
+
+/// The attributes every Cognito client measurement carries.
+pub fn cognito_attributes(exception: &str, region: &str) -> [KeyValue; 5] {
+    [
+        KeyValue::new("rpc.system", "aws-api"),
+        KeyValue::new("rpc.service", "CognitoIdentityProvider"),
+        KeyValue::new("rpc.method", "AdminResetUserPassword"),
+        KeyValue::new("aws.exception", exception.to_owned()),
+        KeyValue::new("cloud.region", region.to_owned()),
+    ]
+}

@@ -1,0 +1,148 @@
+//! One SERVER span per call, under OpenTelemetry's RPC conventions (v1.37: `rpc.system`,
+//! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), continuing the caller's W3C trace, and the
+//! `rpc.server.duration` and in-flight metrics. Outermost, so that it sees every call and the final
+//! status, whoever answered it.
+//!
+//! Layers and the handler add to the span as they learn: the caller (`cognito_gateway.caller`), the
+//! pool (`cognito.user_pool_id`), `cognito_gateway.deduplicated`; refusals are events on it.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{HeaderMap, Request, Response};
+use opentelemetry::{KeyValue, global, propagation::Extractor};
+use tokio::time::Instant;
+use tonic::Code;
+use tower::{Layer, Service};
+use tracing::{Instrument as _, field::Empty};
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+use crate::{metrics::metrics, status::is_server_side};
+
+/// Adds [`Traced`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceLayer;
+
+impl<S> Layer<S> for TraceLayer {
+    type Service = Traced<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Traced { inner }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Traced<S> {
+    inner: S,
+}
+
+struct HeaderExtractor<'a>(&'a HeaderMap);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Traced<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let path = request.uri().path();
+        let name = path.trim_start_matches('/');
+        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let span = tracing::info_span!(
+            "rpc",
+            otel.name = name,
+            otel.kind = "server",
+            otel.status_code = Empty,
+            rpc.system = "grpc",
+            rpc.service = service,
+            rpc.method = method,
+            rpc.grpc.status_code = Empty,
+            cognito_gateway.caller = Empty,
+            cognito.user_pool_id = Empty,
+            cognito_gateway.deduplicated = Empty,
+        );
+        // The parent must be set before the span is first entered (that starts the OTel span).
+        let parent = global::get_text_map_propagator(|propagator| {
+            propagator.extract(&HeaderExtractor(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+        let method_attribute = KeyValue::new("rpc.method", method.to_owned());
+
+        let started = Instant::now();
+        let in_flight = InFlight::enter();
+        let call = {
+            let _entered = span.enter();
+            self.inner.call(request)
+        };
+        let recorder = span.clone();
+        Box::pin(
+            async move {
+                let response = call.await;
+                let code = match &response {
+                    // Unary replies that fail carry the status in the headers (trailers-only); a
+                    // success carries `grpc-status: 0` in the trailers, after this point.
+                    Ok(response) => response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or(Code::Ok, Code::from_i32),
+                    Err(_) => Code::Internal,
+                };
+                recorder.record("rpc.grpc.status_code", code as i32);
+                if is_server_side(code) {
+                    recorder.record("otel.status_code", "ERROR");
+                }
+                drop(in_flight);
+                metrics().rpc_server_duration.record(
+                    started.elapsed().as_secs_f64() * 1000.0,
+                    &[
+                        KeyValue::new("rpc.system", "grpc"),
+                        method_attribute,
+                        KeyValue::new("rpc.grpc.status_code", code as i64),
+                    ],
+                );
+                response
+            }
+            .instrument(span),
+        )
+    }
+}
+
+/// Counts a call in flight until dropped, also when the call is (a client hanging up, tonic's own
+/// deadline).
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> Self {
+        metrics().in_flight.add(1, &[]);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics().in_flight.add(-1, &[]);
+    }
+}
