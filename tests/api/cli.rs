@@ -1,61 +1,8 @@
 //! The binary itself: `serve --local`, `reset`, a bad config, SIGTERM.
 
-use std::{
-    io::{BufRead, BufReader},
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cognito-gateway");
-
-/// A running `cognito-gateway serve`, killed if the test fails before it stops it.
-struct Gateway {
-    child: Child,
-    addr: String,
-    /// The rest of stderr, line by line.
-    lines: mpsc::Receiver<String>,
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the binary on port 0 with JSON logs and waits for its SERVING line.
-fn start(args: &[&str]) -> Gateway {
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stderr.lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(30))
-            .expect("the gateway prints SERVING within 30 s");
-        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
-            && event["message"] == "SERVING"
-        {
-            break event["addr"].as_str().unwrap().to_owned();
-        }
-    };
-    Gateway { child, addr, lines }
-}
+use crate::helpers::{BIN, start_binary};
 
 fn reset(addr: &str, user: &str) -> std::process::Output {
     Command::new(BIN)
@@ -74,7 +21,7 @@ fn reset(addr: &str, user: &str) -> std::process::Output {
 
 #[test]
 fn serve_local_then_reset_then_sigterm_exits_zero() {
-    let mut gateway = start(&["--local"]);
+    let mut gateway = start_binary(&["--local"], &[]);
 
     let ok = reset(&gateway.addr, "alice");
     assert!(ok.status.success(), "{ok:?}");
@@ -91,14 +38,8 @@ fn serve_local_then_reset_then_sigterm_exits_zero() {
     );
     assert!(stderr.contains("request id: local-"), "{stderr}");
 
-    let status = Command::new("kill")
-        .args(["-TERM", &gateway.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let exit = gateway.child.wait().unwrap();
-    assert_eq!(exit.code(), Some(0), "SIGTERM is a clean exit");
-    let rest: Vec<String> = gateway.lines.try_iter().collect();
+    assert_eq!(gateway.terminate(), Some(0), "SIGTERM is a clean exit");
+    let rest = gateway.rest_of_log();
     assert!(rest.iter().any(|l| l.contains("NOT_SERVING")), "{rest:?}");
     assert!(
         !rest.iter().any(|l| l.contains("alice")),

@@ -2,7 +2,13 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
 
 use cognito_gateway::{
     App, Config,
@@ -165,6 +171,75 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cognito-gateway");
+
+/// A running `cognito-gateway serve` (the real binary), killed if the test fails before it stops it.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: String,
+    /// The rest of stderr, line by line.
+    pub lines: mpsc::Receiver<String>,
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the binary on port 0 with JSON logs and `env`, and waits for its SERVING line.
+pub fn start_binary(args: &[&str], env: &[(&str, &str)]) -> Gateway {
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(args)
+        .env_remove("RUST_LOG")
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the gateway prints SERVING within 30 s");
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line)
+            && event["message"] == "SERVING"
+        {
+            break event["addr"].as_str().unwrap().to_owned();
+        }
+    };
+    Gateway { child, addr, lines }
+}
+
+impl Gateway {
+    /// Sends SIGTERM and waits for the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap().code()
+    }
+
+    /// The rest of stderr, to its end: call after the process exited.
+    pub fn rest_of_log(&self) -> Vec<String> {
+        // The reader thread ends at EOF, which the exit brings; `iter` waits for it.
+        self.lines.iter().collect()
     }
 }
 

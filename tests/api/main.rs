@@ -10,5 +10,6 @@ mod callers;
 mod cli;
 mod local;
 mod moto;
+mod otel;
 mod server;
 mod wire;
