@@ -109,6 +109,8 @@ impl App {
             );
         }
         tracing::info!(mode = ?config.access.mode, callers = ?access.policy().caller_names(), "caller policy loaded");
+        let counted = Arc::clone(&access);
+        crate::metrics::observe_callers(move || counted.policy().caller_names().len());
         let limits = &config.limits;
         let api = UserAdminServiceServer::new(UserAdmin::new(
             Arc::new(backend),

@@ -86,3 +86,13 @@ pub fn cognito_attributes(exception: &str, region: &str) -> [KeyValue; 5] {
         KeyValue::new("cloud.region", region.to_owned()),
     ]
 }
+
+/// `cognito_gateway.callers`: how many callers the policy in force has (read at each export), so
+/// that "no traffic while callers are configured" can be told from "no callers".
+pub fn observe_callers(count: impl Fn() -> usize + Send + Sync + 'static) {
+    let _gauge = global::meter("cognito-gateway")
+        .u64_observable_gauge("cognito_gateway.callers")
+        .with_description("Callers in the policy in force")
+        .with_callback(move |gauge| gauge.observe(count() as u64, &[]))
+        .build();
+}

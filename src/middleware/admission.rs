@@ -6,7 +6,7 @@ use std::sync::Arc;
 use http::Request;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use super::{check::Check, is_open_path};
+use super::{check::Check, is_open_path, trace::CallerSlot};
 use crate::{
     policy::{Access, Caller},
     status::{GatewayError, Limit},
@@ -75,6 +75,9 @@ impl Check for Authenticate {
             .map_err(GatewayError::Unauthenticated)?;
         // The call's span (see `trace`) is current here.
         tracing::Span::current().record("cognito_gateway.caller", &*caller.name);
+        if let Some(slot) = request.extensions().get::<CallerSlot>() {
+            slot.set(&caller.name);
+        }
         request.extensions_mut().insert(caller);
         Ok(())
     }

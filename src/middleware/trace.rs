@@ -9,6 +9,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
 };
 
@@ -21,6 +22,18 @@ use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::{metrics::metrics, status::is_server_side};
+
+/// Where the authentication layer leaves the caller's name for the duration metric: the trace
+/// layer sits outside authentication, so it learns who called only after the fact.
+#[derive(Debug, Clone, Default)]
+pub struct CallerSlot(Arc<OnceLock<Arc<str>>>);
+
+impl CallerSlot {
+    /// Records who called (once; later calls are ignored).
+    pub fn set(&self, caller: &Arc<str>) {
+        let _ = self.0.set(Arc::clone(caller));
+    }
+}
 
 /// Adds [`Traced`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -65,7 +78,9 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let caller = CallerSlot::default();
+        request.extensions_mut().insert(caller.clone());
         let path = request.uri().path();
         let name = path.trim_start_matches('/');
         let (service, method) = name.split_once('/').unwrap_or((name, ""));
@@ -121,6 +136,11 @@ where
                         KeyValue::new("rpc.system", "grpc"),
                         method_attribute,
                         KeyValue::new("rpc.grpc.status_code", code as i64),
+                        // Configured names only (or "" before authentication): bounded.
+                        KeyValue::new(
+                            "cognito_gateway.caller",
+                            caller.0.get().map(|c| c.to_string()).unwrap_or_default(),
+                        ),
                     ],
                 );
                 response

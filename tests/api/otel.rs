@@ -296,6 +296,8 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
             .any(|kv| kv.key == "rpc.grpc.status_code")
     );
     assert!(server_duration.iter().any(|kv| kv.key == "rpc.method"));
+    assert!(server_duration.iter().any(|kv| kv.key == "cognito_gateway.caller"
+        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(c)) if c == "anonymous")));
 
     // Nothing the caller sent as sensitive left the process.
     let raw = collector.raw.lock().unwrap().clone();
