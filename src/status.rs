@@ -304,8 +304,15 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
         GATEWAY_DOMAIN
     };
     let mut details = ErrorDetails::with_error_info(row.reason, domain, metadata);
-    if let Some(id) = request_id {
-        details.set_request_info(id, "");
+    // RequestInfo whenever there is an id to give: Cognito's request id, else the trace id (when
+    // the call is traced), so that support can find the call either way.
+    let trace_id = crate::telemetry::current_ids().map(|(trace_id, _)| trace_id);
+    let serving_data = trace_id
+        .as_deref()
+        .map(|id| format!("trace_id={id}"))
+        .unwrap_or_default();
+    if let Some(id) = request_id.or(trace_id.as_deref()) {
+        details.set_request_info(id, serving_data);
     }
     if let GatewayError::InvalidRequest(violations) = error {
         for violation in violations {

@@ -180,6 +180,22 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     reset(&gateway, "alice", None).await.unwrap(); // deduplicated: no Cognito call
     let disabled = reset(&gateway, "bob-disabled", None).await.unwrap_err();
     assert_eq!(disabled.code(), tonic::Code::FailedPrecondition);
+    // RequestInfo: Cognito's request id where there is one, with the trace id beside it...
+    let info = tonic_types::StatusExt::get_error_details(&disabled)
+        .request_info()
+        .cloned()
+        .unwrap();
+    assert!(info.request_id.starts_with("local-"), "{info:?}");
+    assert!(info.serving_data.starts_with("trace_id="), "{info:?}");
+    // ...and the trace id where there is none: here, the caller's own trace.
+    let invalid = reset(&gateway, "not valid", Some(&traceparent))
+        .await
+        .unwrap_err();
+    let info = tonic_types::StatusExt::get_error_details(&invalid)
+        .request_info()
+        .cloned()
+        .unwrap();
+    assert_eq!(info.request_id, TRACE_ID);
     // SIGTERM flushes what is pending. (Waiting for the exit blocks: off the runtime, which serves
     // the collector meanwhile.)
     let (code, logs) = stop(gateway).await;
@@ -302,7 +318,12 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     // Nothing the caller sent as sensitive left the process.
     let raw = collector.raw.lock().unwrap().clone();
     let raw = String::from_utf8_lossy(&raw);
-    for secret in ["alice", "bob-disabled", "secret-metadata-value"] {
+    for secret in [
+        "alice",
+        "bob-disabled",
+        "not valid",
+        "secret-metadata-value",
+    ] {
         assert!(!raw.contains(secret), "{secret} was exported");
         assert!(
             !logs.iter().any(|l| l.contains(secret)),
