@@ -210,8 +210,14 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
             .cloned()
     };
     // The first call continues the caller's trace.
-    let first = server(&|s| hex::encode(&s.trace_id) == TRACE_ID)
-        .expect("a server span in the caller's trace");
+    let first = server(&|s| {
+        hex::encode(&s.trace_id) == TRACE_ID
+            && matches!(
+                attribute(&s.attributes, "rpc.grpc.status_code"),
+                Some(Value::IntValue(0))
+            )
+    })
+    .expect("the OK server span in the caller's trace");
     assert_eq!(hex::encode(&first.parent_span_id), PARENT_SPAN);
     assert_eq!(
         first.name,
