@@ -97,12 +97,16 @@ impl App {
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
 
-        let access = Arc::new(Access::new(
-            &config.access,
-            &config.limits,
-            config.path.clone(),
-            config.local,
-        ));
+        let access = Arc::new(
+            Access::load(
+                &config.access,
+                &config.limits,
+                config.path.clone(),
+                config.local,
+            )
+            .await
+            .map_err(std::io::Error::other)?,
+        );
         if config.access.mode == AuthMode::None {
             tracing::warn!(
                 "authentication is OFF (auth.mode = \"none\"): every call is the caller \"anonymous\""
@@ -167,6 +171,7 @@ impl App {
         } = self;
         // The caller policy follows its files while the server runs.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+        let keys = tokio::spawn(Arc::clone(&access).refresh_keys());
         let watcher = tokio::spawn(access.watch(reload_rx));
         let hangups = tokio::spawn(forward_sighup(reload_tx));
         let incoming = TcpIncoming::from(listener)
@@ -187,7 +192,7 @@ impl App {
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = config.server.shutdown_grace;
-        let _stop_watching = AbortOnDrop([watcher, hangups]);
+        let _stop_watching = AbortOnDrop([keys, watcher, hangups]);
         tokio::select! {
             result = serve => result,
             () = async {
@@ -207,7 +212,7 @@ impl App {
 }
 
 /// Ends background tasks when `run` returns, however it returns.
-struct AbortOnDrop([tokio::task::JoinHandle<()>; 2]);
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 3]);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

@@ -12,7 +12,10 @@ use std::{
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-use crate::cognito::{RegionSet, is_region_shaped};
+use crate::{
+    cognito::{RegionSet, is_region_shaped},
+    jwt::{JwksSource, JwtConfig},
+};
 
 /// `cognito-gateway`: a gRPC sidecar that resets passwords in Amazon Cognito user pools.
 #[derive(Debug, Parser)]
@@ -117,7 +120,7 @@ pub struct Config {
 pub enum AuthMode {
     /// Bearer tokens, known by their SHA-256.
     Token,
-    /// JSON Web Tokens (not implemented yet: refused at start).
+    /// JSON Web Tokens, verified against a JWKS (`[auth.jwt]`).
     Jwt,
     /// Client certificates (not implemented yet: refused at start).
     Mtls,
@@ -136,6 +139,8 @@ pub struct AccessConfig {
     pub reload_interval: Duration,
     /// The optional file of token hashes (`auth.token_file`), e.g. a mounted Secret.
     pub token_file: Option<PathBuf>,
+    /// `[auth.jwt]`, with mode `jwt`.
+    pub jwt: Option<JwtConfig>,
 }
 
 /// One `[[callers]]` entry, validated.
@@ -327,6 +332,7 @@ impl AccessConfig {
             callers: Vec::new(),
             reload_interval: Duration::from_secs(5),
             token_file: None,
+            jwt: None,
         }
     }
 
@@ -360,16 +366,22 @@ impl AccessConfig {
                  auth.mode = \"none\" to run without (only where the network already restricts callers)",
             ));
         };
-        if matches!(auth.mode, AuthMode::Jwt | AuthMode::Mtls) {
+        if auth.mode == AuthMode::Mtls {
             return Err(invalid(
                 "auth.mode",
-                format!(
-                    "{:?} is not implemented in this version; use \"token\"",
-                    auth.mode
-                )
-                .to_lowercase(),
+                "\"mtls\" is not implemented in this version; use \"token\" or \"jwt\"",
             ));
         }
+        let jwt = match (auth.mode, auth.jwt) {
+            (AuthMode::Jwt, Some(jwt)) => Some(jwt.validate()?),
+            (AuthMode::Jwt, None) => {
+                return Err(invalid("auth.jwt", "required with auth.mode = \"jwt\""));
+            }
+            (_, Some(_)) => {
+                return Err(invalid("auth.jwt", "only used with auth.mode = \"jwt\""));
+            }
+            (_, None) => None,
+        };
         let token_hashes = match &auth.token_file {
             Some(path) => read_token_file(path)?,
             None => HashMap::new(),
@@ -406,6 +418,12 @@ impl AccessConfig {
                 ));
             }
             let token_sha256 = inline.or(from_file);
+            if auth.mode == AuthMode::Jwt && token_sha256.is_some() {
+                return Err(invalid(
+                    key("token_sha256"),
+                    "not used with auth.mode = \"jwt\" (callers are named by the token's claim)",
+                ));
+            }
             if auth.mode == AuthMode::Token {
                 let Some(hash) = token_sha256 else {
                     return Err(invalid(
@@ -458,10 +476,10 @@ impl AccessConfig {
                 user_pools,
             });
         }
-        if auth.mode == AuthMode::Token && validated.is_empty() {
+        if matches!(auth.mode, AuthMode::Token | AuthMode::Jwt) && validated.is_empty() {
             return Err(invalid(
                 "callers",
-                "auth.mode = \"token\" needs at least one [[callers]] entry",
+                "authentication needs at least one [[callers]] entry",
             ));
         }
         if let Some(unknown) = token_hashes.keys().find(|name| !seen_names.contains(*name)) {
@@ -479,6 +497,7 @@ impl AccessConfig {
                 1..=3600,
             )?,
             token_file: auth.token_file,
+            jwt,
         })
     }
 }
@@ -533,6 +552,107 @@ struct FileAuth {
     token_file: Option<PathBuf>,
     #[serde(default = "default_reload_interval_secs")]
     reload_interval_secs: u64,
+    #[serde(default)]
+    jwt: Option<FileJwt>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileJwt {
+    issuer: String,
+    audience: String,
+    #[serde(default)]
+    jwks_file: Option<PathBuf>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    jwks_ca_file: Option<PathBuf>,
+    #[serde(default = "default_caller_claim")]
+    caller_claim: String,
+    #[serde(default = "default_leeway_secs")]
+    leeway_secs: u64,
+    #[serde(default = "default_jwks_refresh_secs")]
+    jwks_refresh_secs: u64,
+    #[serde(default = "default_jwks_refetch_min_secs")]
+    jwks_refetch_min_secs: u64,
+}
+
+fn default_caller_claim() -> String {
+    "sub".to_owned()
+}
+fn default_leeway_secs() -> u64 {
+    30
+}
+fn default_jwks_refresh_secs() -> u64 {
+    300
+}
+fn default_jwks_refetch_min_secs() -> u64 {
+    10
+}
+
+impl FileJwt {
+    fn validate(self) -> Result<JwtConfig, ConfigError> {
+        if self.issuer.is_empty() {
+            return Err(invalid("auth.jwt.issuer", "must not be empty"));
+        }
+        if self.audience.is_empty() {
+            return Err(invalid("auth.jwt.audience", "must not be empty"));
+        }
+        if self.caller_claim.is_empty() {
+            return Err(invalid("auth.jwt.caller_claim", "must not be empty"));
+        }
+        let jwks = match (self.jwks_file, self.jwks_url) {
+            (Some(path), None) => {
+                if self.jwks_ca_file.is_some() {
+                    return Err(invalid(
+                        "auth.jwt.jwks_ca_file",
+                        "only used with auth.jwt.jwks_url",
+                    ));
+                }
+                JwksSource::File(path)
+            }
+            (None, Some(url)) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| invalid("auth.jwt.jwks_url", format!("{url:?}: {e}")))?;
+                let loopback = matches!(uri.host(), Some("127.0.0.1" | "localhost" | "[::1]"));
+                match uri.scheme_str() {
+                    Some("https") => {}
+                    // Keys over plain HTTP could be swapped by anyone on the path; only loopback
+                    // (a local proxy, tests) is trusted.
+                    Some("http") if loopback => {}
+                    _ => return Err(invalid("auth.jwt.jwks_url", "must be https://")),
+                }
+                JwksSource::Url {
+                    url,
+                    ca_file: self.jwks_ca_file,
+                }
+            }
+            _ => {
+                return Err(invalid(
+                    "auth.jwt",
+                    "set exactly one of jwks_file and jwks_url",
+                ));
+            }
+        };
+        Ok(JwtConfig {
+            issuer: self.issuer,
+            audience: self.audience,
+            jwks,
+            caller_claim: self.caller_claim,
+            leeway: secs("auth.jwt.leeway_secs", self.leeway_secs, 0..=300)?,
+            refresh: secs(
+                "auth.jwt.jwks_refresh_secs",
+                self.jwks_refresh_secs,
+                10..=86_400,
+            )?,
+            min_refetch: secs(
+                "auth.jwt.jwks_refetch_min_secs",
+                self.jwks_refetch_min_secs,
+                1..=3600,
+            )?,
+        })
+    }
 }
 
 fn default_reload_interval_secs() -> u64 {
@@ -924,7 +1044,10 @@ mod tests {
                 "callers[billing].name",
             ),
             ("[auth]\nmode = \"token\"\n".to_owned(), "callers"),
-            ("[auth]\nmode = \"jwt\"\n".to_owned(), "auth.mode"),
+            ("[auth]\nmode = \"jwt\"\n".to_owned(), "auth.jwt"),
+            ("[auth]\nmode = \"mtls\"\n".to_owned(), "auth.mode"),
+            ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"http://example.com/keys\"\n".to_owned(), "auth.jwt.jwks_url"),
+            ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n".to_owned(), "auth.jwt"),
             ("[auth]\nmode = \"basic\"\n".to_owned(), "mode"),
             (
                 "[limits]\nbackend_rps = 0\n[auth]\nmode = \"none\"\n".to_owned(),

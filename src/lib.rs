@@ -28,6 +28,7 @@ pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
+pub mod jwt;
 pub mod limits;
 pub mod local;
 pub mod metrics;

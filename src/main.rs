@@ -57,7 +57,7 @@ async fn serve_with_telemetry(args: ServeArgs) -> ExitCode {
     let app = match App::build(config, backend).await {
         Ok(app) => app,
         Err(error) => {
-            eprintln!("cognito-gateway: cannot listen: {error}");
+            eprintln!("cognito-gateway: cannot start: {error}");
             return ExitCode::FAILURE;
         }
     };

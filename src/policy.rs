@@ -15,6 +15,7 @@ use subtle::ConstantTimeEq as _;
 
 use crate::{
     config::{AccessConfig, AuthMode, CallerConfig, LimitSettings},
+    jwt::JwtVerifier,
     limits::RateLimit,
 };
 
@@ -112,7 +113,8 @@ impl Policy {
                 }
                 found.ok_or("unknown token")
             }
-            AuthMode::Jwt | AuthMode::Mtls => Err("authentication mode not implemented"),
+            // JWTs need the verifier, which lives in `Access`.
+            AuthMode::Jwt | AuthMode::Mtls => Err("authentication mode not handled here"),
         }
     }
 
@@ -144,7 +146,7 @@ fn caller(config: &CallerConfig, previous: Option<&Policy>) -> Caller {
 }
 
 /// `Bearer <token>`, scheme case-insensitive (RFC 7235), token non-empty.
-fn bearer_token(header: &[u8]) -> Option<&[u8]> {
+pub(crate) fn bearer_token(header: &[u8]) -> Option<&[u8]> {
     let (scheme, token) = header.split_at_checked(7)?;
     if !scheme.eq_ignore_ascii_case(b"bearer ") {
         return None;
@@ -157,6 +159,8 @@ fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 #[derive(Debug)]
 pub struct Access {
     current: ArcSwap<Policy>,
+    /// With `auth.mode = "jwt"`: its settings need a restart to change; the callers reload.
+    jwt: Option<Arc<JwtVerifier>>,
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
@@ -166,7 +170,7 @@ pub struct Access {
 }
 
 impl Access {
-    /// The policy of a validated configuration.
+    /// The policy of a validated configuration (without JWT verification).
     pub fn new(
         access: &AccessConfig,
         limits: &LimitSettings,
@@ -180,6 +184,7 @@ impl Access {
             .collect();
         Self {
             current: ArcSwap::from_pointee(Policy::build(access, limits, None)),
+            jwt: None,
             limits: limits.clone(),
             sources,
             config_path,
@@ -188,9 +193,48 @@ impl Access {
         }
     }
 
+    /// The policy of a validated configuration; with `auth.mode = "jwt"`, loads the keys first.
+    pub async fn load(
+        access: &AccessConfig,
+        limits: &LimitSettings,
+        config_path: Option<PathBuf>,
+        local: bool,
+    ) -> Result<Self, String> {
+        let mut loaded = Self::new(access, limits, config_path, local);
+        if let Some(jwt) = &access.jwt {
+            loaded.jwt = Some(Arc::new(JwtVerifier::new(jwt.clone()).await?));
+        }
+        Ok(loaded)
+    }
+
     /// The policy in force now.
     pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
         self.current.load()
+    }
+
+    /// The caller a request's `authorization` header proves, if any.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&[u8]>,
+    ) -> Result<Arc<Caller>, AuthFailure> {
+        let Some(verifier) = &self.jwt else {
+            return self.policy().authenticate(authorization);
+        };
+        let header = authorization.ok_or("no authorization header")?;
+        let token = bearer_token(header).ok_or("authorization is not a bearer token")?;
+        let token = std::str::from_utf8(token).map_err(|_| "malformed JWT")?;
+        let name = verifier.verify(token).await?;
+        // Deny by default: a valid token for a caller not in the policy proves nothing here.
+        self.policy()
+            .named(&name)
+            .ok_or("the token's caller is not in [[callers]]")
+    }
+
+    /// Keeps the JWKS fresh while the server runs (nothing to do without JWT).
+    pub async fn refresh_keys(self: Arc<Self>) {
+        if let Some(verifier) = self.jwt.clone() {
+            verifier.refresh_periodically().await;
+        }
     }
 
     /// Re-reads the files; on success swaps the policy, on failure keeps the old one and says why.

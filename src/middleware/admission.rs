@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use http::Request;
+use http::request::Parts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{check::Check, is_open_path, trace::CallerSlot};
@@ -32,8 +32,8 @@ impl LoadShed {
 impl Check for LoadShed {
     type Guard = Option<OwnedSemaphorePermit>;
 
-    fn check<B>(&self, request: &mut Request<B>) -> Result<Self::Guard, GatewayError> {
-        if request.uri().path().starts_with("/grpc.health.v1.Health/") {
+    async fn check(&self, request: &mut Parts) -> Result<Self::Guard, GatewayError> {
+        if request.uri.path().starts_with("/grpc.health.v1.Health/") {
             return Ok(None);
         }
         Arc::clone(&self.permits)
@@ -60,25 +60,25 @@ impl Authenticate {
 impl Check for Authenticate {
     type Guard = ();
 
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
-        if is_open_path(request.uri().path()) {
+    async fn check(&self, request: &mut Parts) -> Result<(), GatewayError> {
+        if is_open_path(request.uri.path()) {
             return Ok(());
         }
         let header = request
-            .headers()
+            .headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
         let caller = self
             .access
-            .policy()
             .authenticate(header)
+            .await
             .map_err(GatewayError::Unauthenticated)?;
         // The call's span (see `trace`) is current here.
         tracing::Span::current().record("cognito_gateway.caller", &*caller.name);
-        if let Some(slot) = request.extensions().get::<CallerSlot>() {
+        if let Some(slot) = request.extensions.get::<CallerSlot>() {
             slot.set(&caller.name);
         }
-        request.extensions_mut().insert(caller);
+        request.extensions.insert(caller);
         Ok(())
     }
 }
@@ -90,8 +90,8 @@ pub struct CallerRate;
 impl Check for CallerRate {
     type Guard = ();
 
-    fn check<B>(&self, request: &mut Request<B>) -> Result<(), GatewayError> {
-        let Some(caller) = request.extensions().get::<Arc<Caller>>() else {
+    async fn check(&self, request: &mut Parts) -> Result<(), GatewayError> {
+        let Some(caller) = request.extensions.get::<Arc<Caller>>() else {
             return Ok(());
         };
         caller

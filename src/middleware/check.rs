@@ -19,8 +19,12 @@ pub trait Check: Clone + Send + Sync + 'static {
     /// Held until the call's answer is ready (a concurrency permit, say).
     type Guard: Send + 'static;
 
-    /// Admits the call (and may add to its extensions), or says why not.
-    fn check<B>(&self, request: &mut Request<B>) -> Result<Self::Guard, GatewayError>;
+    /// Admits the call (and may add to its extensions), or says why not. It may wait (for a JWKS
+    /// refetch, say); most rules answer at once.
+    fn check(
+        &self,
+        request: &mut http::request::Parts,
+    ) -> impl Future<Output = Result<Self::Guard, GatewayError>> + Send;
 }
 
 /// Runs a [`Check`] before the inner service.
@@ -56,10 +60,11 @@ pub struct Checked<S, C> {
 
 impl<S, C, ReqBody, ResBody> Service<Request<ReqBody>> for Checked<S, C>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     C: Check,
+    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -70,32 +75,40 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        match self.check.check(&mut request) {
-            Ok(guard) => {
-                let call = self.inner.call(request);
-                Box::pin(async move {
-                    let response = call.await;
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready goes into the future; a clone stays for the next call
+        // (tower's usual dance for services called after an await).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let check = self.check.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            match check.check(&mut parts).await {
+                Ok(guard) => {
+                    let response = inner.call(Request::from_parts(parts, body)).await;
                     drop(guard);
                     response
-                })
-            }
-            Err(error) => {
-                if let Some(attributes) = rejection_attributes(&error) {
-                    metrics().rejections.add(1, &attributes);
                 }
-                let status = to_status(&error, None);
-                tracing::info!(
-                    code = code_name(status.code()),
-                    reason = tonic_types::StatusExt::get_details_error_info(&status)
-                        .map(|i| i.reason)
-                        .unwrap_or_default(),
-                    path = request.uri().path(),
-                    %error,
-                    "call refused",
-                );
-                Box::pin(std::future::ready(Ok(status.into_http())))
+                Err(error) => Ok(refuse(&error, parts.uri.path()).into_http()),
             }
-        }
+        })
     }
+}
+
+/// The status for a refused call, counted and logged (one line, without credentials).
+fn refuse(error: &GatewayError, path: &str) -> tonic::Status {
+    if let Some(attributes) = rejection_attributes(error) {
+        metrics().rejections.add(1, &attributes);
+    }
+    let status = to_status(error, None);
+    tracing::info!(
+        code = code_name(status.code()),
+        reason = tonic_types::StatusExt::get_details_error_info(&status)
+            .map(|i| i.reason)
+            .unwrap_or_default(),
+        path,
+        %error,
+        "call refused",
+    );
+    status
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // test plumbing: a failed unwrap is a failed test
 
 mod helpers;
+mod jwt;
 
 mod callers;
 mod cli;

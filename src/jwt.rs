@@ -1,0 +1,299 @@
+//! JSON Web Token authentication: Kubernetes projected service-account tokens or any OIDC issuer.
+//!
+//! Signatures are RS256 or ES256 only, verified against a JWKS read from a file or fetched over
+//! HTTPS. `alg: none` does not parse, and an HMAC algorithm is refused before any key is looked at,
+//! so a public key can never be used as an HMAC secret. `iss`, `aud`, `exp` and `nbf` are checked
+//! with a small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names
+//! an unknown `kid` (a key rotation), at most once per `jwks_refetch_min_secs`.
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+};
+use tokio::time::Instant;
+
+use crate::policy::AuthFailure;
+
+/// Where the keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// A file (a mounted ConfigMap, say), re-read on every refresh.
+    File(PathBuf),
+    /// An HTTPS URL (an OIDC issuer's `jwks_uri`); `ca_file` adds a CA bundle to the system roots
+    /// (a cluster's own CA, say).
+    Url {
+        /// The URL.
+        url: String,
+        /// Extra trusted CAs, PEM.
+        ca_file: Option<PathBuf>,
+    },
+}
+
+/// `[auth.jwt]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtConfig {
+    /// The required `iss`.
+    pub issuer: String,
+    /// The required `aud` (the gateway's own audience).
+    pub audience: String,
+    /// The keys.
+    pub jwks: JwksSource,
+    /// The claim naming the caller (`sub` by default; a caller's `name` must equal it).
+    pub caller_claim: String,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// How often the keys are re-read.
+    pub refresh: Duration,
+    /// The least time between two fetches caused by unknown key ids.
+    pub min_refetch: Duration,
+}
+
+/// The largest JWKS document accepted, in bytes.
+const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// How long fetching the JWKS may take.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+struct Keys {
+    by_kid: HashMap<String, (DecodingKey, Algorithm)>,
+    /// Keys without a `kid`, tried in turn when a token names none.
+    unnamed: Vec<(DecodingKey, Algorithm)>,
+}
+
+/// Verifies tokens and keeps the keys fresh.
+pub struct JwtVerifier {
+    config: JwtConfig,
+    keys: ArcSwap<Keys>,
+    /// Serialises fetches and remembers when the last one was.
+    last_fetch: tokio::sync::Mutex<Option<Instant>>,
+    client: HttpsClient,
+}
+
+impl std::fmt::Debug for JwtVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtVerifier")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+type HttpsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Empty<bytes::Bytes>,
+>;
+
+impl JwtVerifier {
+    /// Loads the keys once. A file that cannot be read is an error (the configuration is wrong); a
+    /// URL that cannot be reached is not: the gateway starts, refuses JWTs, and keeps trying.
+    pub async fn new(config: JwtConfig) -> Result<Self, String> {
+        let client = https_client(&config.jwks)?;
+        let verifier = Self {
+            config,
+            keys: ArcSwap::from_pointee(Keys::default()),
+            last_fetch: tokio::sync::Mutex::new(None),
+            client,
+        };
+        match (&verifier.config.jwks, verifier.fetch().await) {
+            (_, Ok(())) => {}
+            (JwksSource::File(path), Err(error)) => {
+                return Err(format!("auth.jwt.jwks_file {}: {error}", path.display()));
+            }
+            (JwksSource::Url { url, .. }, Err(error)) => {
+                tracing::error!(%url, %error, "JWKS not loaded yet; JWTs are refused until it is");
+            }
+        }
+        Ok(verifier)
+    }
+
+    /// The caller a bearer token names, after full verification.
+    pub async fn verify(&self, token: &str) -> Result<String, AuthFailure> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed JWT")?;
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
+            return Err("JWT algorithm not allowed");
+        }
+        let key = match self.key_for(header.kid.as_deref(), header.alg) {
+            Some(key) => key,
+            None => {
+                // Perhaps the issuer rotated its keys: look again, at most so often.
+                self.refetch_for_unknown_kid().await;
+                self.key_for(header.kid.as_deref(), header.alg)
+                    .ok_or("JWT signed with an unknown key")?
+            }
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        validation.leeway = self.config.leeway.as_secs();
+        validation.validate_nbf = true;
+        validation.required_spec_claims = ["exp", "iss", "aud"].map(String::from).into();
+        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            &key,
+            &validation,
+        )
+        .map_err(|error| match error.kind() {
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "JWT expired",
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => "JWT not valid yet",
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => "JWT audience is not this gateway",
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "JWT issuer not trusted",
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => "JWT signature invalid",
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "JWT lacks exp, iss or aud",
+            _ => "JWT invalid",
+        })?
+        .claims;
+        match claims.get(&self.config.caller_claim) {
+            Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+            _ => Err("JWT lacks the caller claim"),
+        }
+    }
+
+    fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+        let keys = self.keys.load();
+        let candidates: Vec<&(DecodingKey, Algorithm)> = match kid {
+            Some(kid) => keys.by_kid.get(kid).into_iter().collect(),
+            None => keys.unnamed.iter().collect(),
+        };
+        // A key serves only its own algorithm: an RSA key never checks an ES256 token, and so on.
+        candidates
+            .into_iter()
+            .find(|(_, key_alg)| *key_alg == alg)
+            .map(|(key, _)| key.clone())
+    }
+
+    async fn refetch_for_unknown_kid(&self) {
+        let mut last = self.last_fetch.lock().await;
+        if last.is_some_and(|at| at.elapsed() < self.config.min_refetch) {
+            return;
+        }
+        *last = Some(Instant::now());
+        if let Err(error) = self.load().await {
+            tracing::warn!(%error, "JWKS refetch (unknown kid) failed");
+        }
+    }
+
+    /// Re-reads the keys now.
+    async fn fetch(&self) -> Result<(), String> {
+        *self.last_fetch.lock().await = Some(Instant::now());
+        self.load().await
+    }
+
+    async fn load(&self) -> Result<(), String> {
+        let document = match &self.config.jwks {
+            JwksSource::File(path) => tokio::fs::read(path).await.map_err(|e| e.to_string())?,
+            JwksSource::Url { url, .. } => {
+                tokio::time::timeout(FETCH_TIMEOUT, get(&self.client, url))
+                    .await
+                    .map_err(|_| "timed out".to_owned())??
+            }
+        };
+        let set: JwkSet =
+            serde_json::from_slice(&document).map_err(|e| format!("not a JWKS: {e}"))?;
+        let keys = keys_of(&set);
+        tracing::info!(keys = keys.by_kid.len() + keys.unnamed.len(), "JWKS loaded");
+        self.keys.store(Arc::new(keys));
+        Ok(())
+    }
+
+    /// Refreshes the keys every `refresh` until dropped; a failed refresh keeps the old keys.
+    pub async fn refresh_periodically(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(self.config.refresh);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(error) = self.fetch().await {
+                tracing::warn!(%error, "JWKS refresh failed; the previous keys stay in use");
+            }
+        }
+    }
+}
+
+/// The usable keys of a set: RSA for RS256, P-256 EC for ES256. Others (HMAC `oct` keys above
+/// all) are ignored.
+fn keys_of(set: &JwkSet) -> Keys {
+    let mut keys = Keys::default();
+    for jwk in &set.keys {
+        let alg = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+            AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+                Algorithm::ES256
+            }
+            _ => continue,
+        };
+        let Ok(key) = DecodingKey::from_jwk(jwk) else {
+            continue;
+        };
+        match &jwk.common.key_id {
+            Some(kid) => {
+                keys.by_kid.insert(kid.clone(), (key, alg));
+            }
+            None => keys.unnamed.push((key, alg)),
+        }
+    }
+    keys
+}
+
+fn https_client(source: &JwksSource) -> Result<HttpsClient, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    roots.add_parsable_certificates(native.certs);
+    if let JwksSource::Url {
+        ca_file: Some(path),
+        ..
+    } = source
+    {
+        add_pem_file(&mut roots, path)?;
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        // Plain HTTP only for tests on loopback; config validation refuses it elsewhere.
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector),
+    )
+}
+
+fn add_pem_file(roots: &mut rustls::RootCertStore, path: &Path) -> Result<(), String> {
+    use rustls_pki_types::{CertificateDer, pem::PemObject as _};
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("auth.jwt.jwks_ca_file {}: {e}", path.display()))?;
+    for cert in certs {
+        let cert = cert.map_err(|e| format!("auth.jwt.jwks_ca_file {}: {e}", path.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("auth.jwt.jwks_ca_file {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn get(client: &HttpsClient, url: &str) -> Result<Vec<u8>, String> {
+    let uri: http::Uri = url.parse().map_err(|e| format!("bad URL: {e}"))?;
+    let response = client.get(uri).await.map_err(|e| e.to_string())?;
+    if !response.status().is_success() {
+        return Err(format!("HTTP {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(body.to_bytes().to_vec())
+}

@@ -1,0 +1,352 @@
+//! JWT authentication with keys generated here: RS256 and ES256, every way a token can be wrong,
+//! and key rotation through a JWKS URL.
+
+use std::{
+    path::PathBuf,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aws_lc_rs::{
+    encoding::AsDer as _,
+    rand::SystemRandom,
+    rsa::KeySize,
+    signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
+};
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
+use cognito_gateway::{
+    config::{AccessConfig, AuthMode, CallerConfig},
+    jwt::{JwksSource, JwtConfig},
+};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tonic::{Code, Request};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+use crate::helpers::{
+    TestApp, error_info, request, sdk_backend, spawn_app_with, test_config, test_settings,
+};
+
+const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+const AUDIENCE: &str = "cognito-gateway";
+const POOL: &str = "us-east-1_Jwt1";
+
+/// A signing key and its public JWK.
+struct Signer {
+    kid: String,
+    alg: Algorithm,
+    key: EncodingKey,
+    jwk: Value,
+}
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 document (what jsonwebtoken signs with): the content
+/// of the third element, an OCTET STRING, of the outer SEQUENCE.
+fn pkcs1_of(pkcs8: &[u8]) -> &[u8] {
+    fn tlv(input: &[u8]) -> (&[u8], &[u8]) {
+        let (len, header) = match input[1] {
+            n if n < 0x80 => (usize::from(n), 2),
+            0x81 => (usize::from(input[2]), 3),
+            0x82 => (usize::from(input[2]) << 8 | usize::from(input[3]), 4),
+            other => panic!("unexpected DER length byte {other:#x}"),
+        };
+        (&input[header..header + len], &input[header + len..])
+    }
+    let (sequence, _) = tlv(pkcs8);
+    let (_version, rest) = tlv(sequence);
+    let (_algorithm, rest) = tlv(rest);
+    let (private_key, _) = tlv(rest);
+    private_key
+}
+
+fn rsa_signer(kid: &str) -> Signer {
+    let pair = aws_lc_rs::rsa::KeyPair::generate(KeySize::Rsa2048).unwrap();
+    let pkcs8 = pair.as_der().unwrap();
+    let public = pair.public_key();
+    Signer {
+        kid: kid.into(),
+        alg: Algorithm::RS256,
+        key: EncodingKey::from_rsa_der(pkcs1_of(pkcs8.as_ref())),
+        jwk: json!({
+            "kty": "RSA", "kid": kid, "alg": "RS256", "use": "sig",
+            "n": b64(public.modulus().big_endian_without_leading_zero()),
+            "e": b64(public.exponent().big_endian_without_leading_zero()),
+        }),
+    }
+}
+
+fn ec_signer(kid: &str) -> Signer {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .unwrap();
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+    // Uncompressed point: 0x04 || x || y.
+    let point = pair.public_key().as_ref();
+    Signer {
+        kid: kid.into(),
+        alg: Algorithm::ES256,
+        key: EncodingKey::from_ec_der(pkcs8.as_ref()),
+        jwk: json!({
+            "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256", "use": "sig",
+            "x": b64(&point[1..33]), "y": b64(&point[33..65]),
+        }),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Claims a Kubernetes projected token for the caller `billing` would carry.
+fn claims() -> Value {
+    json!({ "iss": ISSUER, "aud": [AUDIENCE], "sub": "billing", "iat": now(), "nbf": now() - 5, "exp": now() + 600 })
+}
+
+fn sign(signer: &Signer, claims: &Value) -> String {
+    let mut header = Header::new(signer.alg);
+    header.kid = Some(signer.kid.clone());
+    jsonwebtoken::encode(&header, claims, &signer.key).unwrap()
+}
+
+fn jwks(signers: &[&Signer]) -> String {
+    json!({ "keys": signers.iter().map(|s| s.jwk.clone()).collect::<Vec<_>>() }).to_string()
+}
+
+fn jwt_config(jwks: JwksSource, min_refetch: Duration) -> cognito_gateway::Config {
+    let mut config = test_config();
+    config.access = AccessConfig {
+        mode: AuthMode::Jwt,
+        callers: vec![CallerConfig {
+            name: "billing".into(),
+            token_sha256: None,
+            user_pools: Some(vec![POOL.into()]),
+            rate_per_second: 10_000,
+            burst: 10_000,
+        }],
+        jwt: Some(JwtConfig {
+            issuer: ISSUER.into(),
+            audience: AUDIENCE.into(),
+            jwks,
+            caller_claim: "sub".into(),
+            leeway: Duration::from_secs(30),
+            refresh: Duration::from_secs(3600),
+            min_refetch,
+        }),
+        ..AccessConfig::none()
+    };
+    config
+}
+
+struct JwksFile(PathBuf);
+
+impl JwksFile {
+    fn new(name: &str, contents: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cg-jwks-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, contents).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for JwksFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+    }
+}
+
+async fn cognito() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("{}", "application/x-amz-json-1.1"))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn call(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
+    let mut req = Request::new(request(POOL, "alice"));
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    app.reset_request(req).await.map(drop)
+}
+
+#[tokio::test]
+async fn valid_tokens_pass_and_every_flaw_is_unauthenticated() {
+    let rsa = rsa_signer("rsa-1");
+    let ec = ec_signer("ec-1");
+    let file = JwksFile::new("flaws", &jwks(&[&rsa, &ec]));
+    let server = cognito().await;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(
+        jwt_config(JwksSource::File(file.0.clone()), Duration::from_secs(3600)),
+        backend,
+    )
+    .await;
+
+    call(&app, &sign(&rsa, &claims())).await.expect("RS256");
+    call(&app, &sign(&ec, &claims())).await.expect("ES256");
+
+    let with = |key: &str, value: Value| {
+        let mut c = claims();
+        c[key] = value;
+        c
+    };
+    let other_rsa = rsa_signer("rsa-1"); // same kid, another key: a forged signature
+    let unknown = rsa_signer("nobody-knows-me");
+    let none = format!(
+        "{}.{}.",
+        b64(br#"{"alg":"none","typ":"JWT"}"#),
+        b64(claims().to_string().as_bytes())
+    );
+    // HS256 keyed with the public key: the classic algorithm confusion.
+    let mut hs_header = Header::new(Algorithm::HS256);
+    hs_header.kid = Some("rsa-1".into());
+    let confused = jsonwebtoken::encode(
+        &hs_header,
+        &claims(),
+        &EncodingKey::from_secret(rsa.jwk["n"].as_str().unwrap().as_bytes()),
+    )
+    .unwrap();
+    let flaws = [
+        ("expired", sign(&rsa, &with("exp", json!(now() - 120)))),
+        (
+            "not yet valid",
+            sign(&rsa, &with("nbf", json!(now() + 120))),
+        ),
+        (
+            "wrong audience",
+            sign(&rsa, &with("aud", json!(["someone-else"]))),
+        ),
+        (
+            "wrong issuer",
+            sign(&rsa, &with("iss", json!("https://evil.example"))),
+        ),
+        ("no exp", {
+            let mut c = claims();
+            c.as_object_mut().unwrap().remove("exp");
+            sign(&rsa, &c)
+        }),
+        ("bad signature", sign(&other_rsa, &claims())),
+        ("unknown kid", sign(&unknown, &claims())),
+        ("alg none", none),
+        ("HS256 with the public key", confused),
+        (
+            "caller not in the policy",
+            sign(&rsa, &with("sub", json!("stranger"))),
+        ),
+        ("garbage", "not.a.jwt".into()),
+    ];
+    for (what, token) in flaws {
+        let status = call(&app, &token).await.expect_err(what);
+        assert_eq!(status.code(), Code::Unauthenticated, "{what}: {status:?}");
+        assert_eq!(error_info(&status).reason, "UNAUTHENTICATED", "{what}");
+    }
+    // Within the leeway, a token just expired still passes (clocks drift).
+    call(&app, &sign(&rsa, &with("exp", json!(now() - 10))))
+        .await
+        .expect("leeway");
+    // And the caller is still held to its pools.
+    let mut req = Request::new(request("us-east-1_Other", "alice"));
+    req.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {}", sign(&ec, &claims())).parse().unwrap(),
+    );
+    assert_eq!(
+        app.reset_request(req).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 3);
+}
+
+async fn jwks_server(body: String) -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+        .mount(&server)
+        .await;
+    server
+}
+
+async fn fetches(server: &MockServer) -> usize {
+    server.received_requests().await.map_or(0, |r| r.len())
+}
+
+#[tokio::test]
+async fn a_rotated_key_is_fetched_when_a_token_names_it() {
+    let old = ec_signer("2026-old");
+    let new = rsa_signer("2026-new");
+    let keys = jwks_server(jwks(&[&old])).await;
+    let url = format!("{}/openid/v1/jwks", keys.uri());
+    let server = cognito().await;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(
+        jwt_config(JwksSource::Url { url, ca_file: None }, Duration::ZERO),
+        backend,
+    )
+    .await;
+    call(&app, &sign(&old, &claims())).await.unwrap();
+    assert_eq!(fetches(&keys).await, 1, "loaded once at start");
+
+    // The issuer rotates: the JWKS now has both keys, and a token signed with the new one arrives.
+    keys.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(jwks(&[&old, &new]), "application/json"),
+        )
+        .mount(&keys)
+        .await;
+    call(&app, &sign(&new, &claims()))
+        .await
+        .expect("the new key is fetched on demand");
+    assert_eq!(fetches(&keys).await, 1, "one refetch");
+    call(&app, &sign(&new, &claims())).await.unwrap();
+    assert_eq!(fetches(&keys).await, 1, "and then cached");
+}
+
+#[tokio::test]
+async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks_endpoint() {
+    let known = ec_signer("known");
+    let keys = jwks_server(jwks(&[&known])).await;
+    let url = format!("{}/keys", keys.uri());
+    let server = cognito().await;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(
+        jwt_config(
+            JwksSource::Url { url, ca_file: None },
+            Duration::from_secs(3600),
+        ),
+        backend,
+    )
+    .await;
+    for i in 0..20 {
+        let stranger = ec_signer(&format!("random-{i}"));
+        let status = call(&app, &sign(&stranger, &claims())).await.unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    assert_eq!(
+        fetches(&keys).await,
+        1,
+        "only the start-up fetch: refetches are rate-limited"
+    );
+    call(&app, &sign(&known, &claims())).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_jwks_file_that_cannot_be_read_stops_the_start() {
+    let server = cognito().await;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let config = jwt_config(
+        JwksSource::File("/nonexistent/jwks.json".into()),
+        Duration::from_secs(10),
+    );
+    let error = cognito_gateway::App::build(config, backend)
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("auth.jwt.jwks_file"), "{error}");
+}
