@@ -6,14 +6,15 @@
 //!
 //! # Layout
 //! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
-//! - [`api`], the gRPC service: validate, call Cognito, answer.
+//! - [`api`], the gRPC service: authorize, validate, the per-user gate, call Cognito, answer.
 //! - [`domain`], validated request types; the username never prints.
 //! - [`limits`], rate limits and the per-user gate (single-flight and cooldown).
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
 //! - [`middleware`], tower layers, one per concern: error details, deadline, load shedding,
 //!   authentication, per-caller rate.
-//! - [`policy`], the callers, their tokens and pools; reloaded without a restart.
+//! - [`policy`], the callers, their tokens and pools; reloaded without a restart. [`jwt`], JWT
+//!   verification against a JWKS.
 //! - [`config`], flags, environment, TOML, validated at start.
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`client`], the `reset` subcommand.
