@@ -1,7 +1,7 @@
 //! Server assembly: the gRPC service, its layers, health and reflection, HTTP/2 hardening, and
 //! graceful shutdown. Read this file to see where a request goes.
 //!
-//! A call arrives on a hardened HTTP/2 connection, passes the layers of [`layers`] (outermost first),
+//! A call arrives on a hardened HTTP/2 connection, passes the layers of `layers()` (outermost first),
 //! and reaches [`UserAdmin`], which validates it and calls the [`Backend`].
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
@@ -27,7 +27,7 @@ use crate::{
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
 };
 
-/// The layers every gRPC call passes, as [`layers`] stacks them (innermost first in the type).
+/// The layers every gRPC call passes, as `layers()` stacks them (innermost first in the type).
 type Stackup = Stack<
     CheckLayer<CallerRate>,
     Stack<
