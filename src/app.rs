@@ -67,6 +67,8 @@ fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stacku
 pub struct App {
     listener: TcpListener,
     router: Router<Layers>,
+    /// The health-only listener and its server, with `--health-listen`.
+    health_only: Option<(TcpListener, Router<Stack<ErrorDetailsLayer, Identity>>)>,
     health: HealthReporter,
     access: Arc<Access>,
     config: Config,
@@ -135,14 +137,34 @@ impl App {
             .http2_keepalive_interval(Some(server.http2_keepalive_interval))
             .http2_keepalive_timeout(Some(server.http2_keepalive_timeout))
             .layer(layers(&config, &access).into_inner())
-            .add_service(health_service)
+            .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(api);
 
+        let health_only = match config.health_listen {
+            None => None,
+            Some(addr) => {
+                let listener = TcpListener::bind(addr).await?;
+                // Health alone: probes carry no credentials; anything else asked of this port is
+                // UNIMPLEMENTED, with its ErrorInfo like every other status.
+                let router = tonic::transport::Server::builder()
+                    .max_concurrent_streams(16)
+                    .http2_max_local_error_reset_streams(Some(server.max_local_error_reset_streams))
+                    .http2_max_pending_accept_reset_streams(Some(
+                        server.max_pending_accept_reset_streams,
+                    ))
+                    .http2_max_header_list_size(server.max_header_list_size)
+                    .layer(ErrorDetailsLayer)
+                    .add_service(health_service);
+                Some((listener, router))
+            }
+        };
+
         Ok(Self {
             listener,
             router,
+            health_only,
             health,
             access,
             config,
@@ -156,6 +178,15 @@ impl App {
             .expect("a bound TCP listener has a local address")
     }
 
+    /// The health-only listener's address, with `--health-listen`.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        self.health_only.as_ref().map(|(listener, _)| {
+            listener
+                .local_addr()
+                .expect("a bound TCP listener has a local address")
+        })
+    }
+
     /// Serves until `shutdown` completes; then health turns NOT_SERVING, no new connection is
     /// accepted, and in-flight calls get `server.shutdown_grace` to finish before they are dropped.
     pub async fn run(
@@ -165,10 +196,22 @@ impl App {
         let Self {
             listener,
             router,
+            health_only,
             health,
             access,
             config,
         } = self;
+        // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
+        // which is what readiness probes should see).
+        let health_only = tokio::spawn(async move {
+            if let Some((listener, router)) = health_only
+                && let Err(error) = router
+                    .serve_with_incoming(TcpIncoming::from(listener))
+                    .await
+            {
+                tracing::error!(%error, "health listener failed");
+            }
+        });
         // The caller policy follows its files while the server runs.
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         let keys = tokio::spawn(Arc::clone(&access).refresh_keys());
@@ -192,7 +235,7 @@ impl App {
         };
         let serve = router.serve_with_incoming_shutdown(incoming, signal);
         let grace = config.server.shutdown_grace;
-        let _stop_watching = AbortOnDrop([keys, watcher, hangups]);
+        let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only]);
         tokio::select! {
             result = serve => result,
             () = async {
@@ -212,7 +255,7 @@ impl App {
 }
 
 /// Ends background tasks when `run` returns, however it returns.
-struct AbortOnDrop([tokio::task::JoinHandle<()>; 3]);
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 4]);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

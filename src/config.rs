@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// TOML file with the settings below the command line (see README).
     #[arg(long, env = "COGNITO_GATEWAY_CONFIG")]
     pub config: Option<PathBuf>,
+    /// A second, health-only listener (grpc.health.v1, no authentication): for Kubernetes probes,
+    /// which connect to the pod IP, when the API listens on loopback only.
+    #[arg(long, env = "COGNITO_GATEWAY_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// Serve from the embedded, in-memory local Cognito instead of AWS. Nothing is sent to AWS.
     #[arg(long)]
     pub local: bool,
@@ -100,6 +104,8 @@ fn parse_key_value(raw: &str) -> Result<(String, String), String> {
 pub struct Config {
     /// Where to listen.
     pub listen: SocketAddr,
+    /// Where to serve health only, if anywhere.
+    pub health_listen: Option<SocketAddr>,
     /// Whether to serve from the embedded local Cognito.
     pub local: bool,
     /// gRPC server hardening and shutdown.
@@ -301,6 +307,7 @@ impl Config {
         let access = AccessConfig::validate(file.auth, file.callers, &limits, args.local)?;
         Ok(Self {
             listen: args.listen,
+            health_listen: args.health_listen,
             local: args.local,
             server,
             cognito,
@@ -314,6 +321,7 @@ impl Config {
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self {
             listen,
+            health_listen: None,
             local: false,
             server: ServerSettings::default(),
             cognito: CognitoSettings::default(),

@@ -29,6 +29,7 @@ use tonic_types::{ErrorDetails, ErrorInfo, StatusExt as _};
 /// A gateway running in this process.
 pub struct TestApp {
     pub addr: SocketAddr,
+    pub health_addr: Option<SocketAddr>,
     pub client: UserAdminServiceClient<Channel>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
@@ -73,6 +74,7 @@ pub async fn spawn_app(endpoint: &str) -> TestApp {
 pub async fn spawn_app_with<B: Backend>(config: Config, backend: B) -> TestApp {
     let app = App::build(config, backend).await.expect("port 0 binds");
     let addr = app.local_addr();
+    let health_addr = app.health_addr();
     let (tx, rx) = oneshot::channel::<()>();
     let handle = tokio::spawn(app.run(async {
         let _ = rx.await;
@@ -84,6 +86,7 @@ pub async fn spawn_app_with<B: Backend>(config: Config, backend: B) -> TestApp {
         .expect("the app is listening");
     TestApp {
         addr,
+        health_addr,
         client: UserAdminServiceClient::new(channel.clone()),
         channel,
         shutdown: Some(tx),

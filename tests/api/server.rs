@@ -366,3 +366,58 @@ async fn http2_limits_are_advertised() {
     .await
     .expect("the server advertises SETTINGS_MAX_CONCURRENT_STREAMS = 7");
 }
+
+#[tokio::test]
+async fn a_health_only_listener_serves_probes_and_nothing_else() {
+    let server = cognito(ok()).await;
+    let mut config = test_config();
+    config.health_listen = Some("127.0.0.1:0".parse().unwrap());
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let mut app = spawn_app_with(config, backend).await;
+    let health_addr = app.health_addr.expect("bound");
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{health_addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut probe = HealthClient::new(channel.clone());
+    let check = |service: &str| HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    assert_eq!(
+        probe.check(check("")).await.unwrap().into_inner().status(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        probe
+            .check(check(SERVICE_NAME))
+            .await
+            .unwrap()
+            .into_inner()
+            .status(),
+        ServingStatus::Serving
+    );
+
+    // The API is not reachable there.
+    let mut api =
+        cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::new(channel);
+    let status = api
+        .reset_user_password(request("us-east-1_Pool1", "alice"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert_eq!(error_info(&status).reason, "UNKNOWN_METHOD");
+
+    // On shutdown it reports NOT_SERVING while in-flight calls finish.
+    let mut watch = probe.watch(check("")).await.unwrap().into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+    app.begin_shutdown();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::NotServing
+    );
+    assert_eq!(server.received_requests().await.unwrap().len(), 0);
+}
