@@ -85,3 +85,79 @@ fn reset_reports_an_unreachable_gateway() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).starts_with("UNAVAILABLE"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_takes_aws_settings_from_the_standard_environment() {
+    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+    let cognito = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-amzn-RequestId", "rid-env")
+                .set_body_raw("{}", "application/x-amz-json-1.1"),
+        )
+        .mount(&cognito)
+        .await;
+    let dir = std::env::temp_dir().join(format!("cg-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
+    let endpoint = cognito.uri();
+    let config_path = config.display().to_string();
+    let gateway = tokio::task::spawn_blocking(move || {
+        start_binary(
+            &["--config", &config_path],
+            &[
+                (
+                    "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
+                    endpoint.as_str(),
+                ),
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("AWS_REGION", "eu-west-1"),
+                // Nothing from the developer's machine may leak in.
+                ("AWS_CONFIG_FILE", "/nonexistent"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let addr = gateway.addr.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "reset",
+                "--addr",
+                &format!("http://{addr}"),
+                "--user-pool-id",
+                "ap-south-1_Env1",
+                "--username",
+                "alice",
+            ])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("rid-env"));
+    let sent = cognito.received_requests().await.unwrap();
+    assert_eq!(sent.len(), 1);
+    let authorization = sent[0].headers["authorization"].to_str().unwrap();
+    assert!(
+        authorization.contains("AKIDEXAMPLE/"),
+        "the environment's credentials sign it"
+    );
+    assert!(
+        authorization.contains("/ap-south-1/cognito-idp/"),
+        "the pool's region, not AWS_REGION"
+    );
+    let mut gateway = gateway;
+    let code = tokio::task::spawn_blocking(move || gateway.terminate())
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
