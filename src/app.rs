@@ -191,7 +191,7 @@ impl App {
     /// accepted, and in-flight calls get `server.shutdown_grace` to finish before they are dropped.
     pub async fn run(
         self,
-        shutdown: impl Future<Output = ()>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), tonic::transport::Error> {
         let Self {
             listener,
@@ -213,13 +213,11 @@ impl App {
             }
         });
         // The caller policy follows its files while the server runs.
+        let tls = access.tls();
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         let keys = tokio::spawn(Arc::clone(&access).refresh_keys());
         let watcher = tokio::spawn(access.watch(reload_rx));
         let hangups = tokio::spawn(forward_sighup(reload_tx));
-        let incoming = TcpIncoming::from(listener)
-            .with_nodelay(Some(true))
-            .with_keepalive(Some(config.server.tcp_keepalive));
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let signal = async move {
@@ -233,7 +231,18 @@ impl App {
                 .await;
             let _ = stopping_tx.send(());
         };
-        let serve = router.serve_with_incoming_shutdown(incoming, signal);
+        let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+            // mTLS: the gateway accepts TLS itself, so that certificates can rotate.
+            Some(tls) => {
+                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
+            }
+            None => {
+                let incoming = TcpIncoming::from(listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(config.server.tcp_keepalive));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+            }
+        };
         let grace = config.server.shutdown_grace;
         let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only]);
         tokio::select! {

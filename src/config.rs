@@ -15,6 +15,7 @@ use serde::Deserialize;
 use crate::{
     cognito::{RegionSet, is_region_shaped},
     jwt::{JwksSource, JwtConfig},
+    tls::MtlsConfig,
 };
 
 /// `cognito-gateway`: a gRPC sidecar that resets passwords in Amazon Cognito user pools.
@@ -128,7 +129,7 @@ pub enum AuthMode {
     Token,
     /// JSON Web Tokens, verified against a JWKS (`[auth.jwt]`).
     Jwt,
-    /// Client certificates (not implemented yet: refused at start).
+    /// Client certificates: server TLS, the caller is the certificate's SPIFFE ID (`[auth.mtls]`).
     Mtls,
     /// No authentication: every call is the caller `anonymous`.
     None,
@@ -147,6 +148,8 @@ pub struct AccessConfig {
     pub token_file: Option<PathBuf>,
     /// `[auth.jwt]`, with mode `jwt`.
     pub jwt: Option<JwtConfig>,
+    /// `[auth.mtls]`, with mode `mtls`.
+    pub mtls: Option<MtlsConfig>,
 }
 
 /// One `[[callers]]` entry, validated.
@@ -341,6 +344,7 @@ impl AccessConfig {
             reload_interval: Duration::from_secs(5),
             token_file: None,
             jwt: None,
+            mtls: None,
         }
     }
 
@@ -374,12 +378,16 @@ impl AccessConfig {
                  auth.mode = \"none\" to run without (only where the network already restricts callers)",
             ));
         };
-        if auth.mode == AuthMode::Mtls {
-            return Err(invalid(
-                "auth.mode",
-                "\"mtls\" is not implemented in this version; use \"token\" or \"jwt\"",
-            ));
-        }
+        let mtls = match (auth.mode, auth.mtls) {
+            (AuthMode::Mtls, Some(mtls)) => Some(mtls.validate()?),
+            (AuthMode::Mtls, None) => {
+                return Err(invalid("auth.mtls", "required with auth.mode = \"mtls\""));
+            }
+            (_, Some(_)) => {
+                return Err(invalid("auth.mtls", "only used with auth.mode = \"mtls\""));
+            }
+            (_, None) => None,
+        };
         let jwt = match (auth.mode, auth.jwt) {
             (AuthMode::Jwt, Some(jwt)) => Some(jwt.validate()?),
             (AuthMode::Jwt, None) => {
@@ -426,10 +434,10 @@ impl AccessConfig {
                 ));
             }
             let token_sha256 = inline.or(from_file);
-            if auth.mode == AuthMode::Jwt && token_sha256.is_some() {
+            if matches!(auth.mode, AuthMode::Jwt | AuthMode::Mtls) && token_sha256.is_some() {
                 return Err(invalid(
                     key("token_sha256"),
-                    "not used with auth.mode = \"jwt\" (callers are named by the token's claim)",
+                    "not used with auth.mode = \"jwt\" (callers are named by the token's claim or the certificate's SPIFFE ID)",
                 ));
             }
             if auth.mode == AuthMode::Token {
@@ -484,7 +492,7 @@ impl AccessConfig {
                 user_pools,
             });
         }
-        if matches!(auth.mode, AuthMode::Token | AuthMode::Jwt) && validated.is_empty() {
+        if auth.mode != AuthMode::None && validated.is_empty() {
             return Err(invalid(
                 "callers",
                 "authentication needs at least one [[callers]] entry",
@@ -506,6 +514,7 @@ impl AccessConfig {
             )?,
             token_file: auth.token_file,
             jwt,
+            mtls,
         })
     }
 }
@@ -562,6 +571,37 @@ struct FileAuth {
     reload_interval_secs: u64,
     #[serde(default)]
     jwt: Option<FileJwt>,
+    #[serde(default)]
+    mtls: Option<FileMtls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMtls {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    client_ca_file: PathBuf,
+    #[serde(default = "default_handshake_timeout_secs")]
+    handshake_timeout_secs: u64,
+}
+
+fn default_handshake_timeout_secs() -> u64 {
+    10
+}
+
+impl FileMtls {
+    fn validate(self) -> Result<MtlsConfig, ConfigError> {
+        Ok(MtlsConfig {
+            cert_file: self.cert_file,
+            key_file: self.key_file,
+            client_ca_file: self.client_ca_file,
+            handshake_timeout: secs(
+                "auth.mtls.handshake_timeout_secs",
+                self.handshake_timeout_secs,
+                1..=60,
+            )?,
+        })
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -1053,7 +1093,7 @@ mod tests {
             ),
             ("[auth]\nmode = \"token\"\n".to_owned(), "callers"),
             ("[auth]\nmode = \"jwt\"\n".to_owned(), "auth.jwt"),
-            ("[auth]\nmode = \"mtls\"\n".to_owned(), "auth.mode"),
+            ("[auth]\nmode = \"mtls\"\n".to_owned(), "auth.mtls"),
             ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"http://example.com/keys\"\n".to_owned(), "auth.jwt.jwks_url"),
             ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n".to_owned(), "auth.jwt"),
             ("[auth]\nmode = \"basic\"\n".to_owned(), "mode"),

@@ -15,7 +15,8 @@
 //!   authentication, per-caller rate.
 //! - [`policy`], the callers, their tokens and pools; reloaded without a restart. [`jwt`], JWT
 //!   verification against a JWKS.
-//! - [`config`], flags, environment, TOML, validated at start.
+//! - [`config`], flags, environment, TOML, validated at start. [`tls`], server TLS with client
+//!   certificates (mTLS), reloaded when the files change.
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`client`], the `reset` subcommand.
 //! - [`telemetry`], logs, OpenTelemetry traces and metrics; [`metrics`], the instruments.
@@ -37,6 +38,7 @@ pub mod middleware;
 pub mod policy;
 pub mod status;
 pub mod telemetry;
+pub mod tls;
 
 /// The generated gRPC types and the descriptor set that reflection serves.
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -13,10 +13,13 @@ use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 
+use rustls_pki_types::CertificateDer;
+
 use crate::{
     config::{AccessConfig, AuthMode, CallerConfig, LimitSettings},
     jwt::JwtVerifier,
     limits::RateLimit,
+    tls::Tls,
 };
 
 /// The name of every call when `auth.mode = "none"`.
@@ -161,6 +164,8 @@ pub struct Access {
     current: ArcSwap<Policy>,
     /// With `auth.mode = "jwt"`: its settings need a restart to change; the callers reload.
     jwt: Option<Arc<JwtVerifier>>,
+    /// With `auth.mode = "mtls"`: the server's TLS, reloaded with the files.
+    tls: Option<Arc<Tls>>,
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
@@ -185,6 +190,7 @@ impl Access {
         Self {
             current: ArcSwap::from_pointee(Policy::build(access, limits, None)),
             jwt: None,
+            tls: None,
             limits: limits.clone(),
             sources,
             config_path,
@@ -204,7 +210,19 @@ impl Access {
         if let Some(jwt) = &access.jwt {
             loaded.jwt = Some(Arc::new(JwtVerifier::new(jwt.clone()).await?));
         }
+        if let Some(mtls) = &access.mtls {
+            let tls = Tls::load(mtls.clone())?;
+            loaded
+                .sources
+                .extend(tls.files().into_iter().map(Path::to_path_buf));
+            loaded.tls = Some(Arc::new(tls));
+        }
         Ok(loaded)
+    }
+
+    /// The server's TLS, with `auth.mode = "mtls"`.
+    pub fn tls(&self) -> Option<Arc<Tls>> {
+        self.tls.clone()
     }
 
     /// The policy in force now.
@@ -212,11 +230,23 @@ impl Access {
         self.current.load()
     }
 
-    /// The caller a request's `authorization` header proves, if any.
+    /// The caller a request's credentials prove, if any: its `authorization` header, or with mTLS
+    /// the client certificate of its connection.
     pub async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
+        peer_certificate: Option<&CertificateDer<'static>>,
     ) -> Result<Arc<Caller>, AuthFailure> {
+        if self.tls.is_some() {
+            // The handshake verified the chain; the identity is the certificate's SPIFFE ID.
+            let certificate = peer_certificate.ok_or("no client certificate")?;
+            let name =
+                crate::tls::spiffe_id(certificate).ok_or("client certificate has no SPIFFE ID")?;
+            return self
+                .policy()
+                .named(&name)
+                .ok_or("the certificate's SPIFFE ID is not in [[callers]]");
+        }
         let Some(verifier) = &self.jwt else {
             return self.policy().authenticate(authorization);
         };
@@ -239,6 +269,11 @@ impl Access {
 
     /// Re-reads the files; on success swaps the policy, on failure keeps the old one and says why.
     pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+        if let Some(tls) = &self.tls
+            && let Err(error) = tls.reload()
+        {
+            tracing::error!(%error, "TLS certificates NOT reloaded; the previous ones stay in use");
+        }
         let Some(path) = &self.config_path else {
             return Ok(());
         };
@@ -252,7 +287,7 @@ impl Access {
     /// Watches the files: re-reads them when their contents change (checked every
     /// `auth.reload_interval_secs`) or when `reload_now` fires (SIGHUP). Runs until dropped.
     pub async fn watch(self: Arc<Self>, mut reload_now: tokio::sync::mpsc::Receiver<()>) {
-        if self.config_path.is_none() {
+        if self.sources.is_empty() {
             return;
         }
         let mut seen = fingerprint(&self.sources);

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use http::request::Parts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{check::Check, is_open_path, trace::CallerSlot};
 use crate::{
@@ -68,9 +69,13 @@ impl Check for Authenticate {
             .headers
             .get(http::header::AUTHORIZATION)
             .map(http::HeaderValue::as_bytes);
+        let peer_certificates = request
+            .extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(TlsConnectInfo::peer_certs);
         let caller = self
             .access
-            .authenticate(header)
+            .authenticate(header, peer_certificates.as_deref().and_then(|c| c.first()))
             .await
             .map_err(GatewayError::Unauthenticated)?;
         // The call's span (see `trace`) is current here.

@@ -11,6 +11,7 @@ mod callers;
 mod cli;
 mod local;
 mod moto;
+mod mtls;
 mod otel;
 mod server;
 mod wire;

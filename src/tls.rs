@@ -1,0 +1,174 @@
+//! Server TLS with client certificates, for `auth.mode = "mtls"`. The caller is the SPIFFE ID
+//! (`spiffe://...` URI SAN) of a client certificate that chains to `client_ca_file`.
+//!
+//! tonic's own TLS configuration is fixed at start, and certificates rotate (cert-manager, SPIRE),
+//! so the gateway accepts TLS itself: each connection's handshake uses the configuration in force,
+//! which is rebuilt when the files change. Handshakes run in their own tasks, bounded in number and
+//! time, so a slow or silent client cannot stall the accept loop.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+};
+use tokio_rustls::{TlsAcceptor, server::TlsStream};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// `[auth.mtls]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MtlsConfig {
+    /// The server's certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// The server's private key, PEM.
+    pub key_file: PathBuf,
+    /// The CAs client certificates must chain to, PEM.
+    pub client_ca_file: PathBuf,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Handshakes under way at once; more connections wait in the kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// The live TLS configuration.
+pub struct Tls {
+    config: MtlsConfig,
+    current: ArcSwap<ServerConfig>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// Reads the certificates and key; any problem is an error naming the file.
+    pub fn load(config: MtlsConfig) -> Result<Self, String> {
+        let server = build(&config)?;
+        Ok(Self {
+            config,
+            current: ArcSwap::from_pointee(server),
+        })
+    }
+
+    /// Re-reads the files; on failure the configuration in force stays.
+    pub fn reload(&self) -> Result<(), String> {
+        let server = build(&self.config)?;
+        self.current.store(Arc::new(server));
+        tracing::info!("TLS certificates reloaded");
+        Ok(())
+    }
+
+    /// The files to watch.
+    pub fn files(&self) -> [&Path; 3] {
+        [
+            &self.config.cert_file,
+            &self.config.key_file,
+            &self.config.client_ca_file,
+        ]
+    }
+
+    /// Accepts TCP connections and yields them once their TLS handshake completed (runs until the
+    /// stream is dropped).
+    pub fn incoming(
+        self: Arc<Self>,
+        listener: TcpListener,
+    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
+        let (sender, receiver) = mpsc::channel(MAX_HANDSHAKES);
+        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
+                    return;
+                };
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pass it on, keep accepting.
+                        if sender.send(Err(error)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                let _ = tcp.set_nodelay(true);
+                let acceptor = TlsAcceptor::from(self.current.load_full());
+                let timeout = self.config.handshake_timeout;
+                let ready = sender.clone();
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send(Ok(tls)).await;
+                        }
+                        // A failed handshake concerns that client only: log it, serve the rest.
+                        Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
+                        Err(_) => tracing::info!(%peer, ?timeout, "TLS handshake timed out"),
+                    }
+                });
+                if sender.is_closed() {
+                    return;
+                }
+            }
+        });
+        ReceiverStream::new(receiver)
+    }
+}
+
+fn build(config: &MtlsConfig) -> Result<ServerConfig, String> {
+    let read = |key: &str, path: &Path, e: &dyn std::fmt::Display| {
+        format!("auth.mtls.{key} {}: {e}", path.display())
+    };
+    let chain = CertificateDer::pem_file_iter(&config.cert_file)
+        .map_err(|e| read("cert_file", &config.cert_file, &e))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| read("cert_file", &config.cert_file, &e))?;
+    if chain.is_empty() {
+        return Err(read("cert_file", &config.cert_file, &"no certificate"));
+    }
+    let key = PrivateKeyDer::from_pem_file(&config.key_file)
+        .map_err(|e| read("key_file", &config.key_file, &e))?;
+    let mut roots = RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&config.client_ca_file)
+        .map_err(|e| read("client_ca_file", &config.client_ca_file, &e))?
+    {
+        let ca = ca.map_err(|e| read("client_ca_file", &config.client_ca_file, &e))?;
+        roots
+            .add(ca)
+            .map_err(|e| read("client_ca_file", &config.client_ca_file, &e))?;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // Client certificates are required: a connection without one never completes its handshake.
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider))
+            .build()
+            .map_err(|e| read("client_ca_file", &config.client_ca_file, &e))?;
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| read("key_file", &config.key_file, &e))?;
+    server.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(server)
+}
+
+/// The SPIFFE ID of a verified client certificate: its `spiffe://` URI SAN.
+pub fn spiffe_id(certificate: &CertificateDer<'_>) -> Option<String> {
+    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
+    parsed
+        .valid_uri_names()
+        .find(|uri| uri.starts_with("spiffe://"))
+        .map(str::to_owned)
+}

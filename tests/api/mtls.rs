@@ -1,0 +1,239 @@
+//! mTLS: certificates generated here (rcgen); the caller is the client certificate's SPIFFE ID.
+
+use std::{path::PathBuf, time::Duration};
+
+use cognito_gateway::{
+    config::{AccessConfig, AuthMode, CallerConfig},
+    proto::user_admin_service_client::UserAdminServiceClient,
+    tls::MtlsConfig,
+};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use tonic::{
+    Code,
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
+};
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+use crate::helpers::{
+    TestApp, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
+    test_settings,
+};
+
+const POOL: &str = "us-east-1_Mtls1";
+const BILLING: &str = "spiffe://cluster.local/ns/billing/sa/api";
+
+/// A certificate authority that can issue leaf certificates.
+struct Ca {
+    pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf (certificate PEM, key PEM) for DNS names or a SPIFFE ID.
+    fn issue(&self, dns: &[&str], spiffe: Option<&str>) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        if let Some(id) = spiffe {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.try_into().unwrap()));
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cg-mtls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn cognito() -> MockServer {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw("{}", "application/x-amz-json-1.1"))
+        .mount(&server)
+        .await;
+    server
+}
+
+/// A gateway in mTLS mode whose server certificate and client CA are `server_ca`'s and
+/// `client_ca`'s, with the callers `billing` (SPIFFE ID) allowed in POOL.
+async fn mtls_app(
+    files: &Files,
+    server_ca: &Ca,
+    client_ca_pem: &str,
+    cognito: &MockServer,
+) -> TestApp {
+    let (cert, key) = server_ca.issue(&["localhost"], None);
+    let mut config = test_config();
+    config.access = AccessConfig {
+        mode: AuthMode::Mtls,
+        callers: vec![CallerConfig {
+            name: BILLING.into(),
+            token_sha256: None,
+            user_pools: Some(vec![POOL.into()]),
+            rate_per_second: 10_000,
+            burst: 10_000,
+        }],
+        mtls: Some(MtlsConfig {
+            cert_file: files.write("server.pem", &cert),
+            key_file: files.write("server.key", &key),
+            client_ca_file: files.write("clients-ca.pem", client_ca_pem),
+            handshake_timeout: Duration::from_secs(5),
+        }),
+        reload_interval: Duration::from_secs(1),
+        ..AccessConfig::none()
+    };
+    let backend = sdk_backend(&cognito.uri(), test_settings()).await;
+    // The helper's own plaintext client is of no use here; the tests make TLS clients.
+    spawn_app_with(config, backend).await
+}
+
+async fn client(
+    app: &TestApp,
+    server_ca: &Ca,
+    identity: Option<(String, String)>,
+) -> Result<UserAdminServiceClient<Channel>, tonic::transport::Error> {
+    let mut tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&server_ca.pem))
+        .domain_name("localhost");
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(cert, key));
+    }
+    let channel = Endpoint::from_shared(format!("https://{}", app.addr))
+        .unwrap()
+        .tls_config(tls)?
+        .connect()
+        .await?;
+    Ok(UserAdminServiceClient::new(channel))
+}
+
+async fn reset(
+    client: Result<UserAdminServiceClient<Channel>, tonic::transport::Error>,
+) -> Result<(), tonic::Status> {
+    let mut client =
+        client.map_err(|e| tonic::Status::unavailable(format!("no connection: {e}")))?;
+    client
+        .reset_user_password(request(POOL, "alice"))
+        .await
+        .map(drop)
+}
+
+#[tokio::test]
+async fn a_client_certificate_names_the_caller_and_others_are_refused() {
+    let files = Files::new("callers");
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("clients CA");
+    let strangers = Ca::new("another CA");
+    let cognito = cognito().await;
+    let app = mtls_app(&files, &server_ca, &clients.pem, &cognito).await;
+
+    reset(client(&app, &server_ca, Some(clients.issue(&[], Some(BILLING)))).await)
+        .await
+        .expect("a valid client");
+
+    // No client certificate, or one from another CA: the handshake fails (the client sees a
+    // transport error; with TLS 1.3 it learns at its first request), and nothing is sent.
+    let none = reset(client(&app, &server_ca, None).await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(none.code(), Code::Unavailable | Code::Unknown),
+        "{none:?}"
+    );
+    let other = reset(client(&app, &server_ca, Some(strangers.issue(&[], Some(BILLING)))).await)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(other.code(), Code::Unavailable | Code::Unknown),
+        "{other:?}"
+    );
+
+    // A valid certificate for someone not in the policy, or without a SPIFFE ID: UNAUTHENTICATED.
+    for identity in [
+        clients.issue(&[], Some("spiffe://cluster.local/ns/other/sa/x")),
+        clients.issue(&["client.example"], None),
+    ] {
+        let status = reset(client(&app, &server_ca, Some(identity)).await)
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert_eq!(error_info(&status).reason, "UNAUTHENTICATED");
+    }
+    assert_eq!(cognito.received_requests().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_rotated_client_ca_is_picked_up_without_a_restart() {
+    let files = Files::new("rotate");
+    let server_ca = Ca::new("server CA");
+    let old = Ca::new("clients CA 2025");
+    let new = Ca::new("clients CA 2026");
+    let cognito = cognito().await;
+    let app = mtls_app(&files, &server_ca, &old.pem, &cognito).await;
+    reset(client(&app, &server_ca, Some(old.issue(&[], Some(BILLING)))).await)
+        .await
+        .unwrap();
+    assert!(
+        reset(client(&app, &server_ca, Some(new.issue(&[], Some(BILLING)))).await)
+            .await
+            .is_err()
+    );
+
+    // The CA bundle is rotated on disk, as cert-manager or a Secret update does.
+    files.write("clients-ca.pem", &new.pem);
+    let identity = new.issue(&[], Some(BILLING));
+    eventually("the new CA to be trusted", || {
+        let identity = identity.clone();
+        let app = &app;
+        let server_ca = &server_ca;
+        async move {
+            reset(client(app, server_ca, Some(identity)).await)
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+    assert!(
+        reset(client(&app, &server_ca, Some(old.issue(&[], Some(BILLING)))).await)
+            .await
+            .is_err(),
+        "the old CA is gone"
+    );
+}
