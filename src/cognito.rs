@@ -246,7 +246,33 @@ fn client_config(
         .retry_config(retry)
         .timeout_config(timeouts)
         .retry_classifier(SafeRetryClassifier)
+        .interceptor(AttemptsOnSpan)
         .build()
+}
+
+/// Records how many sends a call took (`aws.attempts`) on the CLIENT span, which is the current
+/// span while the SDK runs: the SDK's own spans are disabled by the log and trace filters.
+#[derive(Debug, Clone, Copy)]
+struct AttemptsOnSpan;
+
+impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
+    fn name(&self) -> &'static str {
+        "cognito-gateway: attempts on the span"
+    }
+
+    fn read_after_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_cognitoidentityprovider::config::RuntimeComponents,
+        cfg: &mut aws_sdk_cognitoidentityprovider::config::ConfigBag,
+    ) -> Result<(), aws_sdk_cognitoidentityprovider::error::BoxError> {
+        if let Some(attempts) =
+            cfg.load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
+        {
+            tracing::Span::current().record("aws.attempts", i64::from(attempts.attempts()));
+        }
+        Ok(())
+    }
 }
 
 impl Backend for SdkBackend {

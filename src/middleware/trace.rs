@@ -102,10 +102,7 @@ where
             propagator.extract(&HeaderExtractor(request.headers()))
         });
         let _ = span.set_parent(parent);
-        let method_attribute = KeyValue::new("rpc.method", method.to_owned());
-
-        let started = Instant::now();
-        let in_flight = InFlight::enter();
+        let in_flight = InFlight::enter(service, method, caller);
         let call = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -129,20 +126,7 @@ where
                 if is_server_side(code) {
                     recorder.record("otel.status_code", "ERROR");
                 }
-                drop(in_flight);
-                metrics().rpc_server_duration.record(
-                    started.elapsed().as_secs_f64() * 1000.0,
-                    &[
-                        KeyValue::new("rpc.system", "grpc"),
-                        method_attribute,
-                        KeyValue::new("rpc.grpc.status_code", code as i64),
-                        // Configured names only (or "" before authentication): bounded.
-                        KeyValue::new(
-                            "cognito_gateway.caller",
-                            caller.0.get().map(|c| c.to_string()).unwrap_or_default(),
-                        ),
-                    ],
-                );
+                in_flight.finish(code);
                 response
             }
             .instrument(span),
@@ -150,19 +134,76 @@ where
     }
 }
 
-/// Counts a call in flight until dropped, also when the call is (a client hanging up, tonic's own
-/// deadline).
-struct InFlight;
+/// The methods this server has. Any other path is measured as `_OTHER` (as OpenTelemetry's
+/// conventions say), so that made-up paths, which anyone can send, cannot create metric series.
+const KNOWN_METHODS: &[(&str, &str)] = &[
+    ("cognitogateway.v1.UserAdminService", "ResetUserPassword"),
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+];
+
+/// A call in flight: counted in `cognito_gateway.in_flight` until dropped, and measured in
+/// `rpc.server.duration` when it ends, also when it ends without an answer (a client hanging up,
+/// tonic's own deadline): then as CANCELLED.
+struct InFlight {
+    started: Instant,
+    service: &'static str,
+    method: &'static str,
+    caller: CallerSlot,
+    code: Option<Code>,
+}
 
 impl InFlight {
-    fn enter() -> Self {
+    fn enter(service: &str, method: &str, caller: CallerSlot) -> Self {
         metrics().in_flight.add(1, &[]);
-        Self
+        let (service, method) = KNOWN_METHODS
+            .iter()
+            .find(|known| **known == (service, method))
+            .copied()
+            .unwrap_or(("_OTHER", "_OTHER"));
+        Self {
+            started: Instant::now(),
+            service,
+            method,
+            caller,
+            code: None,
+        }
+    }
+
+    fn finish(mut self, code: Code) {
+        self.code = Some(code);
     }
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics().in_flight.add(-1, &[]);
+        let code = self.code.unwrap_or(Code::Cancelled);
+        metrics().rpc_server_duration.record(
+            self.started.elapsed().as_secs_f64() * 1000.0,
+            &[
+                KeyValue::new("rpc.system", "grpc"),
+                KeyValue::new("rpc.service", self.service),
+                KeyValue::new("rpc.method", self.method),
+                KeyValue::new("rpc.grpc.status_code", code as i64),
+                // Configured names only (or "" before authentication): bounded.
+                KeyValue::new(
+                    "cognito_gateway.caller",
+                    self.caller
+                        .0
+                        .get()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                ),
+            ],
+        );
     }
 }

@@ -247,6 +247,7 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     assert_eq!(string(client, "rpc.service"), "CognitoIdentityProvider");
     assert_eq!(string(client, "rpc.method"), "AdminResetUserPassword");
     assert_eq!(string(client, "cloud.region"), "local-1");
+    assert_eq!(int(client, "aws.attempts"), 1);
     assert!(string(client, "aws.request_id").starts_with("local-"));
 
     // The repeat is marked deduplicated and made no Cognito call.
@@ -318,6 +319,7 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
             .any(|kv| kv.key == "rpc.grpc.status_code")
     );
     assert!(server_duration.iter().any(|kv| kv.key == "rpc.method"));
+    assert!(server_duration.iter().any(|kv| kv.key == "rpc.service"));
     assert!(server_duration.iter().any(|kv| kv.key == "cognito_gateway.caller"
         && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(c)) if c == "anonymous")));
 
