@@ -129,13 +129,17 @@ impl App {
 
         // tonic 0.14's builder leaves the stream limit unset and hyper's reset-flood guard off; every
         // limit here is set explicitly from the (documented) configuration.
-        let router = tonic::transport::Server::builder()
+        let mut builder = tonic::transport::Server::builder()
             .max_concurrent_streams(server.max_concurrent_streams)
             .http2_max_local_error_reset_streams(Some(server.max_local_error_reset_streams))
             .http2_max_pending_accept_reset_streams(Some(server.max_pending_accept_reset_streams))
             .http2_max_header_list_size(server.max_header_list_size)
             .http2_keepalive_interval(Some(server.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(server.http2_keepalive_timeout))
+            .http2_keepalive_timeout(Some(server.http2_keepalive_timeout));
+        if let Some(age) = server.max_connection_age {
+            builder = builder.max_connection_age(age);
+        }
+        let router = builder
             .layer(layers(&config, &access).into_inner())
             .add_service(health_service.clone())
             .add_service(reflection_v1)

@@ -42,11 +42,20 @@ async fn call(args: &ResetArgs) -> Result<String, Status> {
         ))
     })?;
     let mut client = UserAdminServiceClient::new(channel);
-    let request = ResetUserPasswordRequest {
+    let mut request = tonic::Request::new(ResetUserPasswordRequest {
         user_pool_id: args.user_pool_id.clone(),
         username: args.username.clone(),
         client_metadata: args.client_metadata.iter().cloned().collect(),
-    };
+    });
+    if let Some(path) = &args.token_file {
+        let token = std::fs::read_to_string(path).map_err(|e| {
+            Status::invalid_argument(format!("cannot read --token-file {}: {e}", path.display()))
+        })?;
+        let value = format!("Bearer {}", token.trim()).parse().map_err(|_| {
+            Status::invalid_argument("the token file holds characters a header cannot")
+        })?;
+        request.metadata_mut().insert("authorization", value);
+    }
     let response = client.reset_user_password(request).await?;
     Ok(response.into_inner().cognito_request_id)
 }

@@ -92,6 +92,10 @@ pub struct ResetArgs {
     /// How long to wait for the answer, in milliseconds (sent as the gRPC deadline).
     #[arg(long, default_value_t = 10_000)]
     pub timeout_ms: u64,
+    /// A file holding the bearer token (or JWT) to authenticate with, e.g. a mounted Secret or a
+    /// projected service-account token. Read from a file so that it never shows in `ps`.
+    #[arg(long, env = "COGNITO_GATEWAY_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {
@@ -217,6 +221,9 @@ pub struct ServerSettings {
     pub tcp_keepalive: Duration,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// Connections are closed (gracefully) after this long, so that callers behind a Kubernetes
+    /// Service spread over replicas as they come and go; `None` keeps them open.
+    pub max_connection_age: Option<Duration>,
 }
 
 /// The Cognito client's settings (`[cognito]` in the TOML file).
@@ -792,6 +799,7 @@ struct FileServer {
     http2_keepalive_timeout_secs: u64,
     tcp_keepalive_secs: u64,
     shutdown_grace_secs: u64,
+    max_connection_age_secs: u64,
 }
 
 impl Default for FileServer {
@@ -810,6 +818,8 @@ impl Default for FileServer {
             http2_keepalive_timeout_secs: 10,
             tcp_keepalive_secs: 60,
             shutdown_grace_secs: 10,
+            // Off: a sidecar has one caller on loopback. The shared Deployment sets it.
+            max_connection_age_secs: 0,
         }
     }
 }
@@ -867,6 +877,14 @@ impl FileServer {
                 self.shutdown_grace_secs,
                 0..=600,
             )?,
+            max_connection_age: match within(
+                "server.max_connection_age_secs",
+                self.max_connection_age_secs,
+                0..=86_400,
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
         })
     }
 }
@@ -1158,10 +1176,19 @@ mod tests {
     #[test]
     fn file_values_are_read() {
         let config = load(
-            "[server]\nmax_concurrent_streams = 10\n[cognito]\noperation_timeout_ms = 750\nallowed_regions = [\"eu-west-1\"]\n",
+            "[server]\nmax_concurrent_streams = 10\nmax_connection_age_secs = 300\n[cognito]\noperation_timeout_ms = 750\nallowed_regions = [\"eu-west-1\"]\n",
         )
         .unwrap();
         assert_eq!(config.server.max_concurrent_streams, 10);
+        assert_eq!(
+            config.server.max_connection_age,
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            load("").unwrap().server.max_connection_age,
+            None,
+            "off by default"
+        );
         assert_eq!(config.cognito.operation_timeout, Duration::from_millis(750));
         assert!(
             config

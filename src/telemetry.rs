@@ -76,15 +76,16 @@ impl Telemetry {
     /// Flushes what is pending, waiting at most a few seconds: a collector that is down must not
     /// hold up the exit.
     pub fn shutdown(self) {
+        // Logged through the subscriber, still installed, so that JSON logs stay JSON.
         if let Some(tracer) = self.tracer
             && let Err(error) = tracer.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
-            eprintln!("cognito-gateway: flushing traces failed: {error}");
+            tracing::warn!(%error, "flushing traces failed");
         }
         if let Some(meter) = self.meter
             && let Err(error) = meter.shutdown_with_timeout(FLUSH_TIMEOUT)
         {
-            eprintln!("cognito-gateway: flushing metrics failed: {error}");
+            tracing::warn!(%error, "flushing metrics failed");
         }
     }
 }

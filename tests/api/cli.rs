@@ -161,3 +161,55 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
     assert_eq!(code, Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn reset_authenticates_with_a_token_file() {
+    let dir = std::env::temp_dir().join(format!("cg-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let token = dir.join("token");
+    std::fs::write(&token, "demo-token\n").unwrap();
+    let config = dir.join("gateway.toml");
+    // SHA-256 of "demo-token".
+    let hash = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(b"demo-token"));
+    std::fs::write(
+        &config,
+        format!("[auth]\nmode = \"token\"\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{hash}\"\nuser_pools = [\"*\"]\n"),
+    )
+    .unwrap();
+    let config_path = config.display().to_string();
+    let mut gateway = start_binary(&["--local", "--config", &config_path], &[]);
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "reset",
+                "--addr",
+                &format!("http://{}", gateway.addr),
+                "--user-pool-id",
+                "local-1_DemoPool",
+                "--username",
+                "alice",
+            ])
+            .args(extra)
+            .env_remove("COGNITO_GATEWAY_TOKEN_FILE")
+            .output()
+            .unwrap()
+    };
+    let refused = run(&[]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).starts_with("UNAUTHENTICATED UNAUTHENTICATED"),
+        "{refused:?}"
+    );
+    let token_path = token.display().to_string();
+    let ok = run(&["--token-file", &token_path]);
+    assert!(ok.status.success(), "{ok:?}");
+    assert_eq!(gateway.terminate(), Some(0));
+    assert!(
+        !gateway
+            .rest_of_log()
+            .iter()
+            .any(|l| l.contains("demo-token")),
+        "the token is never logged"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
