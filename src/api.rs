@@ -100,13 +100,16 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         log.pool = Some(request.user_pool_id.clone());
         tracing::Span::current().record("cognito.user_pool_id", request.user_pool_id.as_str());
 
+        // The caller's deadline bounds the caller's wait, not the Cognito call: a call another
+        // caller may share, and whose outcome decides whether a retry sends the user a second code,
+        // runs to its end (at most `operation_timeout`), so that a success is remembered and the
+        // retry deduplicated. A call with no time left at all does not start one.
         let remaining = deadline.map(|d| d.remaining());
-        let (timeout, caller_bound) = match remaining {
-            Some(remaining) if remaining <= self.operation_timeout => (remaining, true),
-            _ => (self.operation_timeout, false),
-        };
-        let gated = self.reset_once(request.clone(), timeout);
-        // A call that shares another's flight waits no longer than its own deadline.
+        if remaining == Some(Duration::ZERO) {
+            return Err(log.failed(&GatewayError::DeadlineExceeded, Some(&request)));
+        }
+        let request = Arc::new(request);
+        let gated = self.reset_once(Arc::clone(&request));
         let result = match remaining {
             Some(remaining) => tokio::time::timeout(remaining, gated)
                 .await
@@ -115,9 +118,6 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         };
         match result {
             Ok(reset) => Ok(Response::new(log.succeeded(reset))),
-            Err(GatewayError::Backend(BackendError::Timeout(_))) if caller_bound => {
-                Err(log.failed(&GatewayError::DeadlineExceeded, Some(&request)))
-            }
             Err(error) => Err(log.failed(&error, Some(&request))),
         }
     }
@@ -126,11 +126,8 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
 impl<B: Backend> UserAdmin<B> {
     /// The reset, through the user gate: only a call that must reach Cognito spends the backend
     /// guard's budget.
-    async fn reset_once(
-        &self,
-        request: ResetRequest,
-        timeout: Duration,
-    ) -> Result<GatedReset, GatewayError> {
+    async fn reset_once(&self, request: Arc<ResetRequest>) -> Result<GatedReset, GatewayError> {
+        let timeout = self.operation_timeout;
         let key = self.gate.key(&request.user_pool_id, &request.username);
         let backend = Arc::clone(&self.backend);
         let guard = Arc::clone(&self.backend_guard);

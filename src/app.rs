@@ -52,7 +52,7 @@ fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stacku
         .layer(ErrorDetailsLayer)
         // The deadline next, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
         // than tonic's CANCELLED when the caller's time runs out.
-        .layer(DeadlineLayer)
+        .layer(DeadlineLayer::new(config.server.request_timeout))
         // Shed before doing any work for the call, authentication included: under overload the
         // cheapest answer is the best one.
         .layer(CheckLayer::new(LoadShed::new(config.limits.max_in_flight)))

@@ -76,9 +76,12 @@ pub enum BackendError {
     /// No answer in time. The request may have reached Cognito.
     #[error("no answer from Cognito within {0:?}")]
     Timeout(Duration),
-    /// Cognito could not be reached (connect refused, DNS, TLS, connection lost).
+    /// Cognito could not be reached (connect refused, DNS, TLS): nothing was sent.
     #[error("Cognito unreachable: {0}")]
     Unreachable(String),
+    /// The connection failed after the request was written: the reset may have happened.
+    #[error("connection to Cognito lost: {0}")]
+    ConnectionLost(String),
     /// The request could not be built: no credentials, no region, bad endpoint.
     #[error("Cognito client misconfigured: {0}")]
     Misconfigured(String),
@@ -204,15 +207,14 @@ impl SdkBackend {
             return Ok(client.clone());
         }
         // Without an allow-list, any region-shaped prefix is accepted; the cap keeps callers from
-        // growing this map (and its connection pools) without bound.
-        if clients.len() >= self.settings.max_regions {
-            return Err(BackendError::RegionNotAllowed {
-                region,
-                why: format!(
-                    "cognito.max_regions ({}) already in use",
-                    self.settings.max_regions
-                ),
-            });
+        // growing this map (and its connection pools) without bound. Beyond it a client is
+        // dropped (and rebuilt if needed, about 2.5 ms) rather than a region refused, so made-up
+        // regions cannot lock the real ones out.
+        if clients.len() >= self.settings.max_regions
+            && let Some(evicted) = clients.keys().find(|r| **r != region).cloned()
+        {
+            tracing::warn!(%evicted, %region, max = self.settings.max_regions, "cognito.max_regions reached: dropping a client");
+            clients.remove(&evicted);
         }
         let client = Client::from_conf(client_config(&self.base, &self.settings, &region));
         tracing::info!(%region, "created Cognito client");
@@ -320,6 +322,7 @@ fn record_cognito_call(
         }
         Err(BackendError::Timeout(_)) => (None, "Timeout"),
         Err(BackendError::Unreachable(_)) => (None, "Unreachable"),
+        Err(BackendError::ConnectionLost(_)) => (None, "ConnectionLost"),
         Err(BackendError::Misconfigured(_)) => (None, "Misconfigured"),
         Err(BackendError::BadResponse { request_id, .. }) => (request_id.as_deref(), "BadResponse"),
         Err(BackendError::RegionNotAllowed { .. }) => (None, "RegionNotAllowed"),
@@ -361,6 +364,9 @@ fn sort_sdk_error(
             }
             Some(connector) if connector.is_timeout() && !is_connect_failure(connector) => {
                 BackendError::Timeout(timeout)
+            }
+            Some(connector) if !is_connect_failure(connector) => {
+                BackendError::ConnectionLost(detail())
             }
             _ => BackendError::Unreachable(detail()),
         },

@@ -221,6 +221,8 @@ pub struct ServerSettings {
     pub tcp_keepalive: Duration,
     /// How long in-flight calls may take to finish after SIGTERM.
     pub shutdown_grace: Duration,
+    /// The longest a call may take, whatever its `grpc-timeout` (or without one).
+    pub request_timeout: Duration,
     /// Connections are closed (gracefully) after this long, so that callers behind a Kubernetes
     /// Service spread over replicas as they come and go; `None` keeps them open.
     pub max_connection_age: Option<Duration>,
@@ -799,6 +801,7 @@ struct FileServer {
     http2_keepalive_timeout_secs: u64,
     tcp_keepalive_secs: u64,
     shutdown_grace_secs: u64,
+    request_timeout_secs: u64,
     max_connection_age_secs: u64,
 }
 
@@ -818,6 +821,7 @@ impl Default for FileServer {
             http2_keepalive_timeout_secs: 10,
             tcp_keepalive_secs: 60,
             shutdown_grace_secs: 10,
+            request_timeout_secs: 30,
             // Off: a sidecar has one caller on loopback. The shared Deployment sets it.
             max_connection_age_secs: 0,
         }
@@ -876,6 +880,11 @@ impl FileServer {
                 "server.shutdown_grace_secs",
                 self.shutdown_grace_secs,
                 0..=600,
+            )?,
+            request_timeout: secs(
+                "server.request_timeout_secs",
+                self.request_timeout_secs,
+                1..=3600,
             )?,
             max_connection_age: match within(
                 "server.max_connection_age_secs",

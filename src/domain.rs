@@ -9,6 +9,10 @@ use regex::Regex;
 const POOL_ID_MAX_CHARS: usize = 55;
 const USERNAME_MAX_CHARS: usize = 128;
 const METADATA_VALUE_MAX_CHARS: usize = 131_072;
+/// The gateway's own limit: Cognito documents no count, but a 4 MiB message of tiny entries
+/// decodes into a map of over half a million, tens of megabytes per call. A thousand entries is far
+/// beyond any Lambda trigger's needs.
+const METADATA_MAX_ENTRIES: usize = 1_000;
 
 /// `[\w-]+_[0-9a-zA-Z]+`, anchored. Cognito validates in Java, where `\w` is ASCII unless
 /// `UNICODE_CHARACTER_CLASS` is set, so `\w` here is `[0-9A-Za-z_]` too.
@@ -141,6 +145,12 @@ impl ClientMetadata {
             .filter(|v| v.chars().count() > METADATA_VALUE_MAX_CHARS)
             .count();
         let mut problems = Vec::new();
+        if raw.len() > METADATA_MAX_ENTRIES {
+            problems.push(format!(
+                "at most {METADATA_MAX_ENTRIES} entries, got {}",
+                raw.len()
+            ));
+        }
         if empty_keys > 0 {
             problems.push("keys must not be empty".to_owned());
         }
@@ -311,6 +321,19 @@ mod tests {
         assert!(ClientMetadata::parse(ok).is_ok());
         let long = HashMap::from([("k".to_owned(), "v".repeat(METADATA_VALUE_MAX_CHARS + 1))]);
         assert!(ClientMetadata::parse(long).is_err());
+        let many: HashMap<_, _> = (0..=METADATA_MAX_ENTRIES)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
+        assert!(
+            ClientMetadata::parse(many)
+                .unwrap_err()
+                .description
+                .contains("at most 1000 entries")
+        );
+        let enough: HashMap<_, _> = (0..METADATA_MAX_ENTRIES)
+            .map(|i| (i.to_string(), String::new()))
+            .collect();
+        assert!(ClientMetadata::parse(enough).is_ok());
         let empty_key = HashMap::from([(String::new(), "v".to_owned())]);
         assert!(
             ClientMetadata::parse(empty_key)

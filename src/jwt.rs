@@ -170,7 +170,11 @@ impl JwtVerifier {
     }
 
     async fn refetch_for_unknown_kid(&self) {
-        let mut last = self.last_fetch.lock().await;
+        // One fetch at a time, and a token never waits for another's: while a fetch runs (or
+        // within `min_refetch` of the last), an unknown kid is simply unknown.
+        let Ok(mut last) = self.last_fetch.try_lock() else {
+            return;
+        };
         if last.is_some_and(|at| at.elapsed() < self.config.min_refetch) {
             return;
         }
@@ -180,9 +184,10 @@ impl JwtVerifier {
         }
     }
 
-    /// Re-reads the keys now.
+    /// Re-reads the keys now, after any fetch under way (so that an older set never lands last).
     async fn fetch(&self) -> Result<(), String> {
-        *self.last_fetch.lock().await = Some(Instant::now());
+        let mut last = self.last_fetch.lock().await;
+        *last = Some(Instant::now());
         self.load().await
     }
 

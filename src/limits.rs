@@ -206,10 +206,14 @@ impl UserGate {
                     let call = start()?;
                     let (sender, receiver) = watch::channel(None);
                     state.entries.insert(key, Entry::InFlight(receiver.clone()));
-                    let gate = Arc::clone(self);
+                    let completion = Completion {
+                        gate: Arc::clone(self),
+                        key,
+                        done: false,
+                    };
                     tokio::spawn(async move {
                         let result = call.await;
-                        gate.complete(key, &result);
+                        completion.complete(&result);
                         // Nobody may be waiting any more (all callers hung up): that is fine.
                         let _ = sender.send(Some(result));
                     });
@@ -219,7 +223,8 @@ impl UserGate {
         };
         let result = match receiver.wait_for(Option::is_some).await {
             Ok(result) => result.clone().expect("waited for Some"),
-            // The task ended without a result: it panicked. Its entry is already gone or stale.
+            // The task ended without a result: it panicked (and its `Completion` removed the
+            // entry, so the next call starts afresh).
             Err(_) => Err(GatewayError::Backend(BackendError::Misconfigured(
                 "the reset task ended without a result".into(),
             ))),
@@ -245,6 +250,30 @@ impl UserGate {
             _ => {
                 state.entries.remove(&key);
             }
+        }
+    }
+}
+
+/// Settles a call's entry when the call ends, however it ends: with a result (remembered or
+/// forgotten by [`UserGate::complete`]), or by a panic, when the entry is removed rather than left
+/// in flight forever.
+struct Completion {
+    gate: Arc<UserGate>,
+    key: UserKey,
+    done: bool,
+}
+
+impl Completion {
+    fn complete(mut self, result: &FlightResult) {
+        self.gate.complete(self.key, result);
+        self.done = true;
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if !self.done {
+            self.gate.lock().entries.remove(&self.key);
         }
     }
 }

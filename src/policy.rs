@@ -166,6 +166,12 @@ pub struct Access {
     jwt: Option<Arc<JwtVerifier>>,
     /// With `auth.mode = "mtls"`: the server's TLS, reloaded with the files.
     tls: Option<Arc<Tls>>,
+    /// How callers authenticate, as started: a reload may change the callers, not this.
+    authentication: (
+        AuthMode,
+        Option<crate::jwt::JwtConfig>,
+        Option<crate::tls::MtlsConfig>,
+    ),
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
@@ -191,6 +197,7 @@ impl Access {
             current: ArcSwap::from_pointee(Policy::build(access, limits, None)),
             jwt: None,
             tls: None,
+            authentication: (access.mode, access.jwt.clone(), access.mtls.clone()),
             limits: limits.clone(),
             sources,
             config_path,
@@ -278,6 +285,20 @@ impl Access {
             return Ok(());
         };
         let access = AccessConfig::reload(path, self.local)?;
+        // Switching authentication off (or to another kind) on a file change would be silent and
+        // total: it takes a restart, which logs what it does.
+        if (access.mode, &access.jwt, &access.mtls)
+            != (
+                self.authentication.0,
+                &self.authentication.1,
+                &self.authentication.2,
+            )
+        {
+            return Err(crate::config::invalid(
+                "auth",
+                "auth.mode, [auth.jwt] and [auth.mtls] change only with a restart; the callers were not reloaded either",
+            ));
+        }
         let policy = Policy::build(&access, &self.limits, Some(&self.current.load()));
         tracing::info!(callers = ?policy.caller_names(), "caller policy reloaded");
         self.current.store(Arc::new(policy));
@@ -471,6 +492,14 @@ mod tests {
                 .authenticate(Some(b"Bearer tok-ops"))
                 .is_ok(),
             "old policy kept"
+        );
+
+        std::fs::write(&path, "[auth]\nmode = \"none\"\n").unwrap();
+        let error = access.reload().unwrap_err().to_string();
+        assert!(error.contains("restart"), "{error}");
+        assert!(
+            access.policy().authenticate(None).is_err(),
+            "authentication stays on"
         );
 
         std::fs::write(

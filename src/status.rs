@@ -237,6 +237,8 @@ fn gateway_row(error: &GatewayError) -> Row {
             BackendError::Cognito(failure) => cognito_row(failure),
             BackendError::Timeout(_) => row(Unavailable, "BACKEND_TIMEOUT", Extra::None),
             BackendError::Unreachable(_) => row(Unavailable, "BACKEND_UNREACHABLE", Extra::Retry),
+            // The same row, but the reset may have happened: no invitation to retry.
+            BackendError::ConnectionLost(_) => row(Unavailable, "BACKEND_UNREACHABLE", Extra::None),
             BackendError::Misconfigured(_) => row(Internal, "BACKEND_MISCONFIGURED", Extra::None),
             BackendError::BadResponse { .. } => row(Internal, "BACKEND_BAD_RESPONSE", Extra::None),
             BackendError::RegionNotAllowed { .. } => {
@@ -445,7 +447,9 @@ fn opaque_message(reason: &str, request_id: Option<&str>) -> String {
         "BACKEND_TIMEOUT" => {
             "Cognito did not answer in time; the reset may or may not have happened"
         }
-        "BACKEND_UNREACHABLE" => "Cognito could not be reached",
+        "BACKEND_UNREACHABLE" => {
+            "Cognito could not be reached, or the connection was lost; if it was lost after sending, the reset may or may not have happened"
+        }
         "COGNITO_INTERNAL_ERROR" => {
             "Cognito failed internally; the reset may or may not have happened"
         }

@@ -246,3 +246,27 @@ async fn memory_stays_bounded_under_many_distinct_users() {
     assert!(peak <= 2 * 1024, "peak {peak}");
     assert_eq!(sends.load(Ordering::SeqCst), 300_000);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_call_does_not_poison_the_user() {
+    let gate = Arc::new(UserGate::new(Duration::from_secs(30)));
+    let key = gate.key(&pool(), &user("alice"));
+    let panicked = gate
+        .reset(key, || {
+            Ok(async {
+                panic!("a backend bug");
+                #[allow(unreachable_code)]
+                Ok(ResetOutcome::default())
+            })
+        })
+        .await;
+    assert!(panicked.is_err());
+    assert!(gate.is_empty(), "the entry went with the task");
+    let sends = Arc::new(AtomicUsize::new(0));
+    let next = gate
+        .reset(key, counting(&sends, Duration::ZERO, Ok(outcome("r"))))
+        .await
+        .unwrap();
+    assert!(!next.deduplicated);
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+}

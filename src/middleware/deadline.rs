@@ -48,15 +48,29 @@ impl Deadline {
     }
 }
 
-/// Adds [`DeadlineService`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct DeadlineLayer;
+/// Adds [`DeadlineService`]. Calls without a `grpc-timeout`, or with a longer one, get `max`: a
+/// call is never open-ended, so a client that sends headers and then nothing cannot hold a
+/// load-shedding permit forever.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    max: Duration,
+}
+
+impl DeadlineLayer {
+    /// Deadlines of at most `max`.
+    pub fn new(max: Duration) -> Self {
+        Self { max }
+    }
+}
 
 impl<S> Layer<S> for DeadlineLayer {
     type Service = DeadlineService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService { inner }
+        DeadlineService {
+            inner,
+            max: self.max,
+        }
     }
 }
 
@@ -64,6 +78,7 @@ impl<S> Layer<S> for DeadlineLayer {
 #[derive(Debug, Clone)]
 pub struct DeadlineService<S> {
     inner: S,
+    max: Duration,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DeadlineService<S>
@@ -81,9 +96,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let Some(timeout) = grpc_timeout(request.headers()) else {
-            return Box::pin(self.inner.call(request));
-        };
+        let timeout = grpc_timeout(request.headers()).map_or(self.max, |t| t.min(self.max));
         let deadline = Deadline::after(timeout);
         request.extensions_mut().insert(deadline);
         let call = self.inner.call(request);

@@ -83,10 +83,10 @@ where
         request.extensions_mut().insert(caller.clone());
         let path = request.uri().path();
         let name = path.trim_start_matches('/');
-        let (service, method) = name.split_once('/').unwrap_or((name, ""));
+        let (service, method) = known_method(name);
         let span = tracing::info_span!(
             "rpc",
-            otel.name = name,
+            otel.name = if service == OTHER { OTHER } else { name },
             otel.kind = "server",
             otel.status_code = Empty,
             rpc.system = "grpc",
@@ -150,6 +150,19 @@ const KNOWN_METHODS: &[(&str, &str)] = &[
     ),
 ];
 
+/// What spans and metrics call a method that is not one of [`KNOWN_METHODS`].
+const OTHER: &str = "_OTHER";
+
+/// The (service, method) of a path `service/method`, if this server has it; else `_OTHER` twice.
+fn known_method(name: &str) -> (&'static str, &'static str) {
+    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == (service, method))
+        .copied()
+        .unwrap_or((OTHER, OTHER))
+}
+
 /// A call in flight: counted in `cognito_gateway.in_flight` until dropped, and measured in
 /// `rpc.server.duration` when it ends, also when it ends without an answer (a client hanging up,
 /// tonic's own deadline): then as CANCELLED.
@@ -162,13 +175,8 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn enter(service: &str, method: &str, caller: CallerSlot) -> Self {
+    fn enter(service: &'static str, method: &'static str, caller: CallerSlot) -> Self {
         metrics().in_flight.add(1, &[]);
-        let (service, method) = KNOWN_METHODS
-            .iter()
-            .find(|known| **known == (service, method))
-            .copied()
-            .unwrap_or(("_OTHER", "_OTHER"));
         Self {
             started: Instant::now(),
             service,

@@ -415,3 +415,104 @@ fn server_side_codes_follow_the_otel_list() {
         assert!(!is_server_side(code), "{code:?}");
     }
 }
+
+#[test]
+fn no_credentials_is_unauthenticated_and_says_nothing_more() {
+    let (status, _) = check(
+        &GatewayError::Unauthenticated("unknown token"),
+        Code::Unauthenticated,
+        "UNAUTHENTICATED",
+    );
+    assert!(
+        !status.message().contains("token"),
+        "which check failed is for the log only"
+    );
+}
+
+#[test]
+fn a_caller_outside_its_pools_is_denied_and_named() {
+    let error = GatewayError::CallerNotAllowed {
+        caller: "billing".into(),
+    };
+    let (_, details) = check(&error, Code::PermissionDenied, "CALLER_NOT_ALLOWED");
+    assert_eq!(
+        details
+            .error_info()
+            .unwrap()
+            .metadata
+            .get("caller")
+            .map(String::as_str),
+        Some("billing")
+    );
+}
+
+#[test]
+fn a_gateway_limit_says_which_and_exactly_when() {
+    let error = GatewayError::RateLimited {
+        limit: Limit::Caller("billing".into()),
+        wait: Duration::from_millis(137),
+    };
+    let (_, details) = check(&error, Code::ResourceExhausted, "RATE_LIMITED");
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_millis(137))
+    );
+    assert_eq!(
+        details.quota_failure().unwrap().violations[0].subject,
+        "caller:billing"
+    );
+    let error = GatewayError::RateLimited {
+        limit: Limit::Backend,
+        wait: Duration::from_millis(40),
+    };
+    let (_, details) = check(&error, Code::ResourceExhausted, "RATE_LIMITED");
+    assert_eq!(
+        details.quota_failure().unwrap().violations[0].subject,
+        "backend"
+    );
+}
+
+#[test]
+fn overload_is_unavailable_with_a_short_retry() {
+    let (_, details) = check(&GatewayError::Overloaded, Code::Unavailable, "OVERLOADED");
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(OVERLOAD_RETRY_DELAY)
+    );
+}
+
+#[test]
+fn a_connection_lost_after_sending_has_no_retry_invitation() {
+    let error = GatewayError::Backend(BackendError::ConnectionLost("reset by peer".into()));
+    let (status, details) = check(&error, Code::Unavailable, "BACKEND_UNREACHABLE");
+    assert!(details.retry_info().is_none());
+    assert!(status.message().contains("may or may not"));
+}
+
+#[test]
+fn tonics_own_refusals_get_a_row_too() {
+    let protocol = |code, message: &str| GatewayError::Protocol {
+        code,
+        message: message.into(),
+    };
+    check(
+        &protocol(Code::Internal, "failed to decode Protobuf message"),
+        Code::InvalidArgument,
+        "MALFORMED_REQUEST",
+    );
+    check(
+        &protocol(Code::OutOfRange, "Error, decoded message length too large"),
+        Code::ResourceExhausted,
+        "MESSAGE_TOO_LARGE",
+    );
+    check(
+        &protocol(Code::Unimplemented, ""),
+        Code::Unimplemented,
+        "UNKNOWN_METHOD",
+    );
+    check(
+        &protocol(Code::NotFound, "service not found"),
+        Code::NotFound,
+        "PROTOCOL_ERROR",
+    );
+}

@@ -421,3 +421,42 @@ async fn a_health_only_listener_serves_probes_and_nothing_else() {
     );
     assert_eq!(server.received_requests().await.unwrap().len(), 0);
 }
+
+#[tokio::test]
+async fn a_call_whose_body_never_comes_is_ended_and_frees_its_place() {
+    let server = cognito(ok()).await;
+    let mut config = test_config();
+    config.limits.max_in_flight = 1;
+    config.server.request_timeout = Duration::from_millis(500);
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(config, backend).await;
+
+    // Headers, then silence: no body, no end of stream, no grpc-timeout.
+    let tcp = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    let (send, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut send = send.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{}{RESET_PATH}", app.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _body_sender) = send.send_request(request, false).unwrap();
+
+    // It holds the only place meanwhile.
+    eventually("the silent call to hold the place", || async {
+        app.reset("us-east-1_Pool1", "probe")
+            .await
+            .is_err_and(|s| error_info(&s).reason == "OVERLOADED")
+    })
+    .await;
+    let response = tokio::time::timeout(Duration::from_secs(10), response)
+        .await
+        .expect("the server ends it")
+        .unwrap();
+    let status =
+        tonic::Status::from_header_map(response.headers()).expect("a trailers-only status");
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    // And the place is free again.
+    app.reset("us-east-1_Pool1", "alice").await.unwrap();
+}

@@ -459,6 +459,10 @@ async fn a_connection_lost_after_sending_is_not_retried() {
     let status = app.reset(POOL, "alice").await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable, "{status:?}");
     assert_eq!(error_info(&status).reason, "BACKEND_UNREACHABLE");
+    assert!(
+        details(&status).retry_info().is_none(),
+        "the outcome is unknown: no invitation to retry"
+    );
     assert_eq!(
         accepted.load(std::sync::atomic::Ordering::SeqCst),
         1,
