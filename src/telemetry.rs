@@ -18,8 +18,15 @@
 use std::time::Duration;
 
 use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
+use opentelemetry_otlp::{
+    MetricExporter, SpanExporter, WithTonicConfig,
+    tonic_types::transport::{Certificate, ClientTlsConfig, Identity},
+};
 use opentelemetry_sdk::{
-    Resource, metrics::SdkMeterProvider, propagation::TraceContextPropagator,
+    Resource,
+    metrics::SdkMeterProvider,
+    propagation::TraceContextPropagator,
+    resource::{EnvResourceDetector, TelemetryResourceDetector},
     trace::SdkTracerProvider,
 };
 use tracing::{Level, Metadata};
@@ -90,19 +97,93 @@ impl Telemetry {
     }
 }
 
-fn configured(signal: &str) -> bool {
-    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    set("OTEL_EXPORTER_OTLP_ENDPOINT") || set(&format!("OTEL_EXPORTER_OTLP_{signal}_ENDPOINT"))
+/// `OTEL_EXPORTER_OTLP_<SIGNAL>_<SETTING>`, else `OTEL_EXPORTER_OTLP_<SETTING>`; empty is unset.
+fn otlp_setting(signal: &str, setting: &str) -> Option<String> {
+    let get = |name: String| std::env::var(name).ok().filter(|v| !v.is_empty());
+    get(format!("OTEL_EXPORTER_OTLP_{signal}_{setting}"))
+        .or_else(|| get(format!("OTEL_EXPORTER_OTLP_{setting}")))
 }
 
-fn resource() -> Resource {
-    let builder = Resource::builder();
-    // OTEL_SERVICE_NAME wins when set; otherwise the service is named for what it is.
-    if std::env::var_os("OTEL_SERVICE_NAME").is_some() {
-        builder.build()
-    } else {
-        builder.with_service_name("cognito-gateway").build()
+fn configured(signal: &str) -> bool {
+    otlp_setting(signal, "ENDPOINT").is_some()
+}
+
+/// TLS to the collector, unless the endpoint says `http://` (a schemeless endpoint is secure under
+/// the OTLP spec unless `OTEL_EXPORTER_OTLP_INSECURE`, and tonic uses TLS only for `https` anyway).
+/// The server is checked against the CA in `..._CERTIFICATE` alone when set, else the system's
+/// roots; `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` give a client certificate to collectors that
+/// ask for one.
+fn collector_tls(signal: &str) -> Result<Option<ClientTlsConfig>, String> {
+    let plaintext = otlp_setting(signal, "ENDPOINT")
+        .is_some_and(|endpoint| endpoint.to_ascii_lowercase().starts_with("http://"));
+    if plaintext {
+        return Ok(None);
     }
+    let read = |setting: &str| -> Result<Option<Vec<u8>>, String> {
+        otlp_setting(signal, setting)
+            .map(|path| std::fs::read(&path).map_err(|e| format!("{path}: {e}")))
+            .transpose()
+    };
+    let mut tls = match read("CERTIFICATE")? {
+        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+        None => ClientTlsConfig::new().with_native_roots(),
+    };
+    match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
+        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(cert, key)),
+        (None, None) => {}
+        _ => {
+            return Err("a client certificate needs both CLIENT_CERTIFICATE and CLIENT_KEY".into());
+        }
+    }
+    Ok(Some(tls))
+}
+
+fn exporter_builder<B: WithTonicConfig>(signal: &str, builder: B) -> Result<B, String> {
+    Ok(match collector_tls(signal)? {
+        Some(tls) => builder.with_tls_config(tls),
+        None => builder,
+    })
+}
+
+/// The resource, weakest first: the gateway's defaults, then the SDK's own attributes and
+/// `OTEL_RESOURCE_ATTRIBUTES`, then `OTEL_SERVICE_NAME`, as the spec orders them.
+/// `service.instance.id` is a random UUID unless given: without it, the cumulative series of two
+/// replicas (or of a process and its restart) would collide in Prometheus.
+fn resource() -> Resource {
+    let mut builder = Resource::builder_empty()
+        .with_attributes([
+            KeyValue::new("service.name", "cognito-gateway"),
+            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.instance.id", random_uuid()),
+        ])
+        .with_detectors(&[
+            Box::new(TelemetryResourceDetector),
+            Box::new(EnvResourceDetector::new()),
+        ]);
+    if let Ok(name) = std::env::var("OTEL_SERVICE_NAME")
+        && !name.is_empty()
+    {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
+}
+
+/// A version 4 UUID, as the semantic conventions suggest for `service.instance.id`.
+fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    // Without the OS's randomness the id is all zeros: still valid, merely not unique.
+    let _ = getrandom::fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }
 
 /// Installs the global subscriber, propagator and, where an endpoint is configured, the OTLP
@@ -110,15 +191,16 @@ fn resource() -> Resource {
 pub fn init(format: LogFormat) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let mut telemetry = Telemetry::default();
+    // One resource for both signals: one instance id.
+    let resource = resource();
 
     let otel_layer = if configured("TRACES") {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        let exporter = exporter_builder("TRACES", SpanExporter::builder().with_tonic())
+            .and_then(|builder| builder.build().map_err(|e| e.to_string()));
+        match exporter {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
-                    .with_resource(resource())
+                    .with_resource(resource.clone())
                     .with_batch_exporter(exporter)
                     .build();
                 let tracer = provider.tracer("cognito-gateway");
@@ -141,13 +223,12 @@ pub fn init(format: LogFormat) -> Telemetry {
     };
 
     if configured("METRICS") {
-        match opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        let exporter = exporter_builder("METRICS", MetricExporter::builder().with_tonic())
+            .and_then(|builder| builder.build().map_err(|e| e.to_string()));
+        match exporter {
             Ok(exporter) => {
                 let provider = SdkMeterProvider::builder()
-                    .with_resource(resource())
+                    .with_resource(resource.clone())
                     .with_periodic_exporter(exporter)
                     .build();
                 global::set_meter_provider(provider.clone());

@@ -5,6 +5,7 @@
 use std::{
     io::{BufRead, BufReader},
     net::SocketAddr,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::mpsc,
     time::Duration,
@@ -19,6 +20,7 @@ use cognito_gateway::{
         user_admin_service_client::UserAdminServiceClient,
     },
 };
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{
     Request, Status,
@@ -317,5 +319,68 @@ pub mod raw {
             grpc_status,
             status,
         }
+    }
+}
+
+/// A certificate authority that can issue leaf certificates.
+pub struct Ca {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        let pem = params.self_signed(&key).unwrap().pem();
+        Self {
+            pem,
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf (certificate PEM, key PEM) for DNS names or a SPIFFE ID.
+    pub fn issue(&self, dns: &[&str], spiffe: Option<&str>) -> (String, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+                .unwrap();
+        if let Some(id) = spiffe {
+            params
+                .subject_alt_names
+                .push(SanType::URI(id.try_into().unwrap()));
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+}
+
+/// A temporary directory for key material, removed on drop.
+pub struct Files {
+    dir: PathBuf,
+}
+
+impl Files {
+    pub fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("cg-tls-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self { dir }
+    }
+
+    /// Writes atomically (rename), as a Secret update does.
+    pub fn write(&self, name: &str, contents: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        let tmp = self.dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, contents).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+}
+
+impl Drop for Files {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -1,13 +1,12 @@
 //! mTLS: certificates generated here (rcgen); the caller is the client certificate's SPIFFE ID.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
 use cognito_gateway::{
     config::{AccessConfig, AuthMode, CallerConfig},
     proto::user_admin_service_client::UserAdminServiceClient,
     tls::MtlsConfig,
 };
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
@@ -15,73 +14,12 @@ use tonic::{
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
 use crate::helpers::{
-    TestApp, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
+    Ca, Files, TestApp, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
     test_settings,
 };
 
 const POOL: &str = "us-east-1_Mtls1";
 const BILLING: &str = "spiffe://cluster.local/ns/billing/sa/api";
-
-/// A certificate authority that can issue leaf certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A leaf (certificate PEM, key PEM) for DNS names or a SPIFFE ID.
-    fn issue(&self, dns: &[&str], spiffe: Option<&str>) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
-                .unwrap();
-        if let Some(id) = spiffe {
-            params
-                .subject_alt_names
-                .push(SanType::URI(id.try_into().unwrap()));
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
-
-struct Files {
-    dir: PathBuf,
-}
-
-impl Files {
-    fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cg-mtls-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        Self { dir }
-    }
-
-    fn write(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, contents).unwrap();
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for Files {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 async fn cognito() -> MockServer {
     let server = MockServer::start().await;

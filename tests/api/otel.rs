@@ -22,9 +22,12 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind},
 };
 use prost::Message as _;
-use tonic::{Request, Response, Status};
+use tonic::{
+    Request, Response, Status,
+    transport::{Identity, ServerTlsConfig},
+};
 
-use crate::helpers::{Gateway, start_binary};
+use crate::helpers::{Ca, Files, Gateway, start_binary};
 
 /// A metric's name and the attributes of all its data points.
 type MetricSeen = (String, Vec<KeyValue>);
@@ -34,7 +37,29 @@ type MetricSeen = (String, Vec<KeyValue>);
 struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     metric_names: Arc<Mutex<Vec<MetricSeen>>>,
+    /// Each export's resource attributes, traces and metrics alike.
+    resources: Arc<Mutex<Vec<Vec<KeyValue>>>>,
     raw: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Collector {
+    /// The one resource every export carried (one process, one resource).
+    fn resource(&self) -> Vec<KeyValue> {
+        let mut resources: Vec<Vec<KeyValue>> = self.resources.lock().unwrap().clone();
+        for resource in &mut resources {
+            resource.sort_by(|a, b| a.key.cmp(&b.key));
+        }
+        let first = resources.first().expect("an export").clone();
+        assert!(resources.iter().all(|r| *r == first), "{resources:?}");
+        first
+    }
+}
+
+fn resource_string<'a>(resource: &'a [KeyValue], key: &str) -> &'a str {
+    match attribute(resource, key) {
+        Some(Value::StringValue(s)) => s,
+        other => panic!("resource {key}: {other:?}"),
+    }
 }
 
 #[tonic::async_trait]
@@ -47,6 +72,8 @@ impl TraceService for Collector {
         self.raw.lock().unwrap().extend(request.encode_to_vec());
         let mut spans = self.spans.lock().unwrap();
         for resource in request.resource_spans {
+            let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
+            self.resources.lock().unwrap().push(attributes);
             for scope in resource.scope_spans {
                 spans.extend(scope.spans);
             }
@@ -66,6 +93,8 @@ impl MetricsService for Collector {
         self.raw.lock().unwrap().extend(request.encode_to_vec());
         let mut names = self.metric_names.lock().unwrap();
         for resource in request.resource_metrics {
+            let attributes = resource.resource.map(|r| r.attributes).unwrap_or_default();
+            self.resources.lock().unwrap().push(attributes);
             for scope in resource.scope_metrics {
                 for metric in scope.metrics {
                     // Every data point's attributes, flattened: enough to check labels.
@@ -96,10 +125,21 @@ impl MetricsService for Collector {
 }
 
 async fn start_collector() -> (SocketAddr, Collector) {
+    start_collector_with(None).await
+}
+
+/// A collector serving TLS with `identity` when given.
+async fn start_collector_with(identity: Option<Identity>) -> (SocketAddr, Collector) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
-    let server = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(identity) = identity {
+        server = server
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .unwrap();
+    }
+    let server = server
         .add_service(TraceServiceServer::new(collector.clone()))
         .add_service(MetricsServiceServer::new(collector.clone()));
     tokio::spawn(
@@ -173,6 +213,10 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
             ("OTEL_SERVICE_NAME", "gateway-under-test"),
+            (
+                "OTEL_RESOURCE_ATTRIBUTES",
+                "deployment.environment.name=test,service.name=loses-to-OTEL_SERVICE_NAME",
+            ),
         ],
     );
     let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN}-01");
@@ -338,9 +382,25 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
             "{secret} was logged"
         );
     }
+    // The resource: OTEL_SERVICE_NAME over OTEL_RESOURCE_ATTRIBUTES over the defaults, and an
+    // instance id that tells this process's series from any other's.
+    let resource = collector.resource();
+    assert_eq!(
+        resource_string(&resource, "service.name"),
+        "gateway-under-test"
+    );
+    assert_eq!(
+        resource_string(&resource, "deployment.environment.name"),
+        "test"
+    );
+    assert_eq!(
+        resource_string(&resource, "service.version"),
+        env!("CARGO_PKG_VERSION")
+    );
+    let instance = resource_string(&resource, "service.instance.id");
     assert!(
-        raw.contains("gateway-under-test"),
-        "OTEL_SERVICE_NAME names the service"
+        instance.len() == 36 && instance.as_bytes()[14] == b'4',
+        "a version 4 UUID: {instance}"
     );
 
     // Logs and traces join on the trace id.
@@ -381,4 +441,43 @@ async fn a_collector_that_is_down_changes_no_outcome() {
         "{:?}",
         started.elapsed()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_to_a_tls_collector_trusting_the_configured_ca() {
+    let files = Files::new("otlp");
+    let ca = Ca::new("collector CA");
+    let (cert, key) = ca.issue(&["localhost"], None);
+    let (collector_addr, collector) =
+        start_collector_with(Some(Identity::from_pem(cert, key))).await;
+    let ca_file = files.write("collector-ca.pem", &ca.pem);
+    let endpoint = format!("https://localhost:{}", collector_addr.port());
+    let gateway = start_binary(
+        &["--local"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "service.instance.id=pod-a"),
+        ],
+    );
+    reset(&gateway, "alice", None).await.unwrap();
+    let (code, logs) = stop(gateway).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        !logs.iter().any(|l| l.contains("OTLP")),
+        "no exporter error: {logs:?}"
+    );
+
+    let spans = collector.spans.lock().unwrap().clone();
+    assert!(
+        spans.iter().any(|s| s.kind == SpanKind::Server as i32),
+        "the server span arrived over TLS"
+    );
+    let resource = collector.resource();
+    assert_eq!(
+        resource_string(&resource, "service.name"),
+        "cognito-gateway"
+    );
+    assert_eq!(resource_string(&resource, "service.instance.id"), "pod-a");
 }
