@@ -124,8 +124,8 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
 }
 
 impl<B: Backend> UserAdmin<B> {
-    /// The reset, through the user gate: only a call that must reach Cognito spends the backend
-    /// guard's budget.
+    /// The reset, through the user gate: only a call that must reach Cognito, and can, spends the
+    /// backend guard's budget.
     async fn reset_once(&self, request: Arc<ResetRequest>) -> Result<GatedReset, GatewayError> {
         let timeout = self.operation_timeout;
         let key = self.gate.key(&request.user_pool_id, &request.username);
@@ -133,6 +133,9 @@ impl<B: Backend> UserAdmin<B> {
         let guard = Arc::clone(&self.backend_guard);
         self.gate
             .reset(key, move || {
+                backend
+                    .serves(&request.user_pool_id)
+                    .map_err(GatewayError::Backend)?;
                 guard.check().map_err(|wait| GatewayError::RateLimited {
                     limit: Limit::Backend,
                     wait,

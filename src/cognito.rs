@@ -42,7 +42,7 @@ use tokio::time::Instant;
 
 use crate::{
     config::CognitoSettings,
-    domain::ResetRequest,
+    domain::{ResetRequest, UserPoolId},
     metrics::{cognito_attributes, metrics},
 };
 
@@ -111,6 +111,12 @@ pub trait Backend: Send + Sync + 'static {
         request: &ResetRequest,
         timeout: Duration,
     ) -> impl Future<Output = Result<ResetOutcome, BackendError>> + Send;
+
+    /// Whether this backend can serve the pool at all, checked before a call spends the backend
+    /// guard's budget: a call that cannot be sent must not crowd out one that can.
+    fn serves(&self, _pool: &UserPoolId) -> Result<(), BackendError> {
+        Ok(())
+    }
 }
 
 /// The production backend: the AWS SDK, one client per region.
@@ -173,8 +179,8 @@ impl SdkBackend {
         }
     }
 
-    fn region_for(&self, request: &ResetRequest) -> Result<String, BackendError> {
-        let prefix = request.user_pool_id.region_prefix();
+    fn region_for(&self, pool: &UserPoolId) -> Result<String, BackendError> {
+        let prefix = pool.region_prefix();
         let region = if REGION.is_match(prefix) {
             prefix.to_owned()
         } else if let Some(fallback) = self.base.region() {
@@ -278,12 +284,16 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
 }
 
 impl Backend for SdkBackend {
+    fn serves(&self, pool: &UserPoolId) -> Result<(), BackendError> {
+        self.region_for(pool).map(drop)
+    }
+
     async fn reset_user_password(
         &self,
         request: &ResetRequest,
         timeout: Duration,
     ) -> Result<ResetOutcome, BackendError> {
-        let region = self.region_for(request)?;
+        let region = self.region_for(&request.user_pool_id)?;
         tracing::Span::current().record("cloud.region", region.as_str());
         let client = self.client_for(region.clone())?;
         let metadata = &request.client_metadata;

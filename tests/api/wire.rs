@@ -352,11 +352,16 @@ async fn regions_outside_the_allow_list_are_refused_before_sending() {
         allowed_regions: Some(["eu-west-1".to_owned()].into()),
         ..test_settings()
     };
+    // One Cognito call's worth of budget: refused calls must not spend it.
+    config.limits.backend_rps = 1;
+    config.limits.backend_burst = 1;
     let backend = sdk_backend(&server.uri(), config.cognito.clone()).await;
     let app = spawn_app_with(config, backend).await;
-    let status = app.reset("us-east-1_Pool1", "alice").await.unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(error_info(&status).reason, "REGION_NOT_ALLOWED");
+    for user in ["alice", "bob", "carol"] {
+        let status = app.reset("us-east-1_Pool1", user).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(error_info(&status).reason, "REGION_NOT_ALLOWED");
+    }
     assert_eq!(sends(&server).await, 0);
     app.reset("eu-west-1_Pool1", "alice").await.unwrap();
     assert_eq!(sends(&server).await, 1);
