@@ -118,10 +118,13 @@ impl App {
         let counted = Arc::clone(&access);
         crate::metrics::observe_callers(move || counted.policy().caller_names().len());
         let limits = &config.limits;
+        // One budget for every request to Cognito: a call's first is checked by the handler, its
+        // retries after throttling by the backend.
+        let backend_guard = Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst));
         let api = UserAdminServiceServer::new(UserAdmin::new(
-            Arc::new(backend),
+            Arc::new(backend.with_send_budget(Arc::clone(&backend_guard))),
             Arc::new(UserGate::new(limits.user_cooldown)),
-            Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst)),
+            backend_guard,
             config.cognito.operation_timeout,
         ))
         .max_decoding_message_size(server.max_decoding_message_size)

@@ -9,12 +9,13 @@
 //! - **What may be retried.** Each send of `AdminResetUserPassword` may e-mail the user a new code,
 //!   so [`SafeRetryClassifier`] retries only what certainly did not reach Cognito's business logic:
 //!   throttling and failures to connect. Never HTTP 500, `LimitExceededException`, or a timeout
-//!   after the request was written.
+//!   after the request was written. A retry after throttling is another request against Cognito's
+//!   quota, so it draws on the backend guard's budget like a call does, and is not made without it.
 
 use std::{
     collections::{BTreeSet, HashMap},
     future::Future,
-    sync::{LazyLock, RwLock},
+    sync::{Arc, LazyLock, RwLock},
     time::Duration,
 };
 
@@ -34,8 +35,12 @@ use aws_sdk_cognitoidentityprovider::{
     operation::{RequestId, admin_reset_user_password::AdminResetUserPasswordError},
 };
 use aws_smithy_runtime_api::client::{
-    dns::ResolveDnsError, interceptors::context::InterceptorContext,
-    retries::classifiers::RetryClassifierPriority,
+    dns::ResolveDnsError,
+    interceptors::context::{
+        Error as InterceptorError, FinalizerInterceptorContextMut, InterceptorContext,
+    },
+    orchestrator::OrchestratorError,
+    retries::{RequestAttempts, classifiers::RetryClassifierPriority},
 };
 use regex::Regex;
 use tokio::time::Instant;
@@ -43,6 +48,7 @@ use tokio::time::Instant;
 use crate::{
     config::CognitoSettings,
     domain::{ResetRequest, UserPoolId},
+    limits::RateLimit,
     metrics::{cognito_attributes, metrics},
 };
 
@@ -117,6 +123,16 @@ pub trait Backend: Send + Sync + 'static {
     fn serves(&self, _pool: &UserPoolId) -> Result<(), BackendError> {
         Ok(())
     }
+
+    /// Gives the backend the gateway-wide budget of Cognito requests (the backend guard), for the
+    /// requests it makes beyond a call's first: retries after throttling.
+    #[must_use]
+    fn with_send_budget(self, _budget: Arc<RateLimit>) -> Self
+    where
+        Self: Sized,
+    {
+        self
+    }
 }
 
 /// The production backend: the AWS SDK, one client per region.
@@ -124,6 +140,8 @@ pub trait Backend: Send + Sync + 'static {
 pub struct SdkBackend {
     base: SdkConfig,
     settings: CognitoSettings,
+    /// What throttling retries draw on; without one they are bounded by `max_attempts` alone.
+    send_budget: Option<Arc<RateLimit>>,
     clients: RwLock<HashMap<String, Client>>,
 }
 
@@ -175,6 +193,7 @@ impl SdkBackend {
         Self {
             base,
             settings,
+            send_budget: None,
             clients: RwLock::new(HashMap::new()),
         }
     }
@@ -222,7 +241,13 @@ impl SdkBackend {
             tracing::warn!(%evicted, %region, max = self.settings.max_regions, "cognito.max_regions reached: dropping a client");
             clients.remove(&evicted);
         }
-        let client = Client::from_conf(client_config(&self.base, &self.settings, &region));
+        let budget = SendBudget(self.send_budget.clone());
+        let client = Client::from_conf(client_config(
+            &self.base,
+            &self.settings,
+            &region,
+            budget,
+        ));
         tracing::info!(%region, "created Cognito client");
         clients.insert(region, client.clone());
         Ok(client)
@@ -240,6 +265,7 @@ fn client_config(
     base: &SdkConfig,
     settings: &CognitoSettings,
     region: &str,
+    budget: SendBudget,
 ) -> aws_sdk_cognitoidentityprovider::Config {
     let retry = RetryConfig::standard()
         .with_max_attempts(settings.max_attempts)
@@ -254,6 +280,7 @@ fn client_config(
         .retry_config(retry)
         .timeout_config(timeouts)
         .retry_classifier(SafeRetryClassifier)
+        .interceptor(budget)
         .interceptor(AttemptsOnSpan)
         .build()
 }
@@ -274,10 +301,48 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
         _runtime_components: &aws_sdk_cognitoidentityprovider::config::RuntimeComponents,
         cfg: &mut aws_sdk_cognitoidentityprovider::config::ConfigBag,
     ) -> Result<(), aws_sdk_cognitoidentityprovider::error::BoxError> {
-        if let Some(attempts) =
-            cfg.load::<aws_smithy_runtime_api::client::retries::RequestAttempts>()
-        {
+        if let Some(attempts) = cfg.load::<RequestAttempts>() {
             tracing::Span::current().record("aws.attempts", i64::from(attempts.attempts()));
+        }
+        Ok(())
+    }
+}
+
+/// Charges a retry after throttling to the backend guard, once per attempt, before the retry
+/// decision: a retry is one more request against the quota that just refused one. When the guard
+/// has no room it marks the response, and [`SafeRetryClassifier`] forbids the retry.
+#[derive(Debug, Clone)]
+struct SendBudget(Option<Arc<RateLimit>>);
+
+/// The mark: no budget was left for a retry.
+#[derive(Debug, Clone, Copy)]
+struct RetryBudgetSpent;
+
+impl aws_sdk_cognitoidentityprovider::config::Intercept for SendBudget {
+    fn name(&self) -> &'static str {
+        "cognito-gateway: retries draw on the backend guard"
+    }
+
+    fn modify_before_attempt_completion(
+        &self,
+        context: &mut FinalizerInterceptorContextMut<'_>,
+        _runtime_components: &aws_sdk_cognitoidentityprovider::config::RuntimeComponents,
+        cfg: &mut aws_sdk_cognitoidentityprovider::config::ConfigBag,
+    ) -> Result<(), aws_sdk_cognitoidentityprovider::error::BoxError> {
+        let Some(budget) = &self.0 else {
+            return Ok(());
+        };
+        if !matches!(context.output_or_error(), Some(Err(error)) if is_throttling(error)) {
+            return Ok(());
+        }
+        // The last attempt has no retry to pay for.
+        let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
+        let max = cfg.load::<RetryConfig>().map_or(1, |c| c.max_attempts());
+        if attempts < max
+            && budget.check().is_err()
+            && let Some(response) = context.response_mut()
+        {
+            response.add_extension(RetryBudgetSpent);
         }
         Ok(())
     }
@@ -286,6 +351,11 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
 impl Backend for SdkBackend {
     fn serves(&self, pool: &UserPoolId) -> Result<(), BackendError> {
         self.region_for(pool).map(drop)
+    }
+
+    fn with_send_budget(mut self, budget: Arc<RateLimit>) -> Self {
+        self.send_budget = Some(budget);
+        self
     }
 
     async fn reset_user_password(
@@ -411,6 +481,14 @@ fn never_left_the_process(connector: &ConnectorError) -> bool {
 
 /// Whether a connector error happened before the request could be written: connection refused,
 /// DNS, TLS handshake, connect timeout. Only these are certain not to have reached Cognito.
+fn is_throttling(error: &OrchestratorError<InterceptorError>) -> bool {
+    error
+        .as_operation_error()
+        .and_then(|e| e.downcast_ref::<AdminResetUserPasswordError>())
+        .and_then(|e| e.code())
+        == Some("TooManyRequestsException")
+}
+
 fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {
@@ -432,6 +510,11 @@ fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
 /// retry throttling and connect failures, forbid everything else. The SDK's defaults would also
 /// retry HTTP 500, `LimitExceededException` and timeouts, each of which may send the user another
 /// code.
+///
+/// A throttled request is not retried when [`SendBudget`] found no room for the retry.
+///
+/// The SDK runs its classifiers more than once per attempt (connection poisoning asks too), so this
+/// one decides from what it is shown and changes nothing.
 #[derive(Debug, Clone, Copy)]
 pub struct SafeRetryClassifier;
 
@@ -440,12 +523,15 @@ impl ClassifyRetry for SafeRetryClassifier {
         let Some(Err(error)) = ctx.output_or_error() else {
             return RetryAction::NoActionIndicated;
         };
-        let code = error
-            .as_operation_error()
-            .and_then(|e| e.downcast_ref::<AdminResetUserPasswordError>())
-            .and_then(|e| e.code());
-        if code == Some("TooManyRequestsException") {
-            return RetryAction::throttling_error();
+        if is_throttling(error) {
+            let budget_spent = ctx
+                .response()
+                .is_some_and(|r| r.extension::<RetryBudgetSpent>().is_some());
+            return if budget_spent {
+                RetryAction::RetryForbidden
+            } else {
+                RetryAction::throttling_error()
+            };
         }
         if error
             .as_connector_error()

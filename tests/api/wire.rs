@@ -216,6 +216,32 @@ async fn throttling_then_success_is_retried_once() {
 }
 
 #[tokio::test]
+async fn throttling_retries_draw_on_the_backend_guard() {
+    let server = fake_cognito(cognito_error(
+        400,
+        "TooManyRequestsException",
+        "Rate exceeded",
+        "rid-t",
+    ))
+    .await;
+    let mut config = test_config();
+    // Room for two requests (refilled at 1/s, far slower than this test): the call's own send and
+    // one retry. max_attempts (3) would allow a third send.
+    config.limits.backend_rps = 1;
+    config.limits.backend_burst = 2;
+    let backend = sdk_backend(&server.uri(), config.cognito.clone()).await;
+    let app = spawn_app_with(config, backend).await;
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).reason, "COGNITO_THROTTLED");
+    assert_eq!(sends(&server).await, 2, "the retry without budget was not sent");
+    // And the next call finds the budget spent: refused before sending.
+    let status = app.reset(POOL, "bob").await.unwrap_err();
+    assert_eq!(error_info(&status).reason, "RATE_LIMITED");
+    assert_eq!(sends(&server).await, 2);
+}
+
+#[tokio::test]
 async fn a_slow_cognito_is_a_backend_timeout_sent_once() {
     let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
     let mut config = test_config();
