@@ -242,12 +242,7 @@ impl SdkBackend {
             clients.remove(&evicted);
         }
         let budget = SendBudget(self.send_budget.clone());
-        let client = Client::from_conf(client_config(
-            &self.base,
-            &self.settings,
-            &region,
-            budget,
-        ));
+        let client = Client::from_conf(client_config(&self.base, &self.settings, &region, budget));
         tracing::info!(%region, "created Cognito client");
         clients.insert(region, client.clone());
         Ok(client)

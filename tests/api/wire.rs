@@ -234,7 +234,11 @@ async fn throttling_retries_draw_on_the_backend_guard() {
     let status = app.reset(POOL, "alice").await.unwrap_err();
     assert_eq!(status.code(), Code::ResourceExhausted);
     assert_eq!(error_info(&status).reason, "COGNITO_THROTTLED");
-    assert_eq!(sends(&server).await, 2, "the retry without budget was not sent");
+    assert_eq!(
+        sends(&server).await,
+        2,
+        "the retry without budget was not sent"
+    );
     // And the next call finds the budget spent: refused before sending.
     let status = app.reset(POOL, "bob").await.unwrap_err();
     assert_eq!(error_info(&status).reason, "RATE_LIMITED");
