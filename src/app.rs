@@ -117,6 +117,7 @@ impl App {
         tracing::info!(mode = ?config.access.mode, callers = ?access.policy().caller_names(), "caller policy loaded");
         let counted = Arc::clone(&access);
         crate::metrics::observe_callers(move || counted.policy().caller_names().len());
+        crate::metrics::observe_limits(&config.limits);
         let limits = &config.limits;
         // One budget for every request to Cognito: a call's first is checked by the handler, its
         // retries after throttling by the backend.

@@ -14,6 +14,8 @@ use opentelemetry::{
     metrics::{Counter, Histogram, UpDownCounter},
 };
 
+use crate::config::LimitSettings;
+
 /// The instruments. Built on first use, from the global meter provider, so telemetry must be set up
 /// first (the binary does that before anything else).
 pub struct Metrics {
@@ -94,5 +96,25 @@ pub fn observe_callers(count: impl Fn() -> usize + Send + Sync + 'static) {
         .u64_observable_gauge("cognito_gateway.callers")
         .with_description("Callers in the policy in force")
         .with_callback(move |gauge| gauge.observe(count() as u64, &[]))
+        .build();
+}
+
+/// `cognito_gateway.limit`: the configured limits, by `setting`, so that dashboards draw demand
+/// against the deployment's own values rather than numbers typed into them.
+pub fn observe_limits(limits: &LimitSettings) {
+    let values = [
+        ("backend_rps", f64::from(limits.backend_rps)),
+        ("backend_burst", f64::from(limits.backend_burst)),
+        ("max_in_flight", limits.max_in_flight as f64),
+        ("user_cooldown_secs", limits.user_cooldown.as_secs_f64()),
+    ];
+    let _gauge = global::meter("cognito-gateway")
+        .f64_observable_gauge("cognito_gateway.limit")
+        .with_description("Configured limits: limits.<setting>")
+        .with_callback(move |gauge| {
+            for (setting, value) in values {
+                gauge.observe(value, &[KeyValue::new("setting", setting)]);
+            }
+        })
         .build();
 }

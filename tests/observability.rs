@@ -118,6 +118,13 @@ const EXPORTED: &[Metric] = &[
         prometheus: "cognito_gateway_callers",
     },
     Metric {
+        otel: "cognito_gateway.limit",
+        unit: "",
+        kind: Kind::Gauge,
+        attributes: &["setting"],
+        prometheus: "cognito_gateway_limit",
+    },
+    Metric {
         otel: "process.memory.usage",
         unit: "By",
         kind: Kind::Gauge,
@@ -215,6 +222,16 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
         ],
     ),
     ("cpu_mode", &["user", "system"]),
+    // src/metrics.rs, `observe_limits`.
+    (
+        "setting",
+        &[
+            "backend_rps",
+            "backend_burst",
+            "max_in_flight",
+            "user_cooldown_secs",
+        ],
+    ),
 ];
 
 /// Where the runbook for every alert lives.

@@ -344,6 +344,7 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
         "rpc.client.duration",
         "cognito_gateway.deduplicated",
         "cognito_gateway.in_flight",
+        "cognito_gateway.limit",
         "process.memory.usage",
     ] {
         assert!(
@@ -366,6 +367,17 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     assert!(server_duration.iter().any(|kv| kv.key == "rpc.service"));
     assert!(server_duration.iter().any(|kv| kv.key == "cognito_gateway.caller"
         && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(c)) if c == "anonymous")));
+
+    let settings: Vec<_> = metrics
+        .iter()
+        .filter(|(n, _)| n == "cognito_gateway.limit")
+        .flat_map(|(_, a)| a)
+        .filter(|kv| kv.key == "setting")
+        .collect();
+    assert!(
+        settings.iter().any(|kv| matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(s)) if s == "backend_rps")),
+        "{settings:?}"
+    );
 
     // Nothing the caller sent as sensitive left the process.
     let raw = collector.raw.lock().unwrap().clone();
