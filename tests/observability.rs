@@ -70,6 +70,7 @@ const EXPORTED: &[Metric] = &[
         kind: Kind::Histogram,
         attributes: &[
             "rpc.system",
+            "rpc.service",
             "rpc.method",
             "rpc.grpc.status_code",
             "cognito_gateway.caller",
@@ -202,7 +203,19 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
         ],
     ),
     ("rpc_system", &["grpc", "aws-api"]),
-    ("rpc_service", &["CognitoIdentityProvider"]),
+    // Cognito's, and this server's (src/middleware/trace.rs, `KNOWN_METHODS`; `_OTHER` for any
+    // other path).
+    (
+        "rpc_service",
+        &[
+            "CognitoIdentityProvider",
+            "cognitogateway.v1.UserAdminService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+            "_OTHER",
+        ],
+    ),
     // The API's method (proto/), health's and reflection's, and Cognito's.
     (
         "rpc_method",
@@ -212,6 +225,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "Watch",
             "ServerReflectionInfo",
             "AdminResetUserPassword",
+            "_OTHER",
         ],
     ),
     (
