@@ -33,8 +33,8 @@ pub struct UserAdmin<B> {
 }
 
 impl<B> UserAdmin<B> {
-    /// A service calling `backend` through `gate` and `backend_guard`, each call bounded by
-    /// `operation_timeout` (or the caller's deadline, if sooner).
+    /// A service calling `backend` through `gate` and `backend_guard`. Each Cognito call is bounded
+    /// by `operation_timeout`; each caller's wait, by their own deadline as well.
     pub fn new(
         backend: Arc<B>,
         gate: Arc<UserGate>,
@@ -159,7 +159,7 @@ impl<B: Backend> UserAdmin<B> {
                     backend
                         .reset_user_password(&request, timeout)
                         .await
-                        .map_err(GatewayError::Backend)
+                        .map_err(|error| GatewayError::Backend(error.scrubbed(&request)))
                 }
                 .instrument(span))
             })
@@ -214,7 +214,11 @@ impl CallLog {
             _ => None,
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        let detail = scrub(&error.to_string(), request);
+        // Backend errors are scrubbed where the call ran; this is for the rest, and belt and braces.
+        let detail = match request {
+            Some(request) => request.scrub(&error.to_string()),
+            None => error.to_string(),
+        };
         if let Some(attributes) = rejection_attributes(error) {
             metrics().rejections.add(1, &attributes);
         }
@@ -246,47 +250,5 @@ impl CallLog {
             );
         }
         status
-    }
-}
-
-/// Cognito's messages may quote the request (validation errors echo values, Lambda errors say
-/// anything). The log must never hold the username or metadata, so they are cut out here.
-fn scrub(text: &str, request: Option<&ResetRequest>) -> String {
-    let Some(request) = request else {
-        return text.to_owned();
-    };
-    let mut text = text.replace(request.username.expose(), "<username>");
-    for value in request.client_metadata.expose().values() {
-        // Very short values would blank out ordinary words without protecting anything.
-        if value.chars().count() >= 4 {
-            text = text.replace(value.as_str(), "<metadata>");
-        }
-    }
-    text
-}
-
-#[cfg(test)]
-mod tests {
-    use std::collections::HashMap;
-
-    use super::*;
-
-    #[test]
-    fn scrub_removes_username_and_metadata_values() {
-        let request = ResetRequest::parse(
-            "us-east-1_Abc".into(),
-            "jane.doe@example.com".into(),
-            HashMap::from([
-                ("k".into(), "tenant-42".into()),
-                ("short".into(), "ab".into()),
-            ]),
-        )
-        .unwrap();
-        let text = "Value 'jane.doe@example.com' at 'username'; lambda said tenant-42 ab";
-        let scrubbed = scrub(text, Some(&request));
-        assert_eq!(
-            scrubbed,
-            "Value '<username>' at 'username'; lambda said <metadata> ab"
-        );
     }
 }

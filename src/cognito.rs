@@ -109,9 +109,33 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The error with `request`'s username and metadata cut out of every text it carries. Applied
+    /// where the call ran, with the request that was sent: callers sharing the call get (and log)
+    /// this version, never another caller's metadata.
+    #[must_use]
+    pub fn scrubbed(self, request: &ResetRequest) -> Self {
+        match self {
+            Self::Cognito(failure) => Self::Cognito(CognitoFailure {
+                message: request.scrub(&failure.message),
+                ..failure
+            }),
+            Self::Unreachable(text) => Self::Unreachable(request.scrub(&text)),
+            Self::ConnectionLost(text) => Self::ConnectionLost(request.scrub(&text)),
+            Self::Misconfigured(text) => Self::Misconfigured(request.scrub(&text)),
+            Self::BadResponse { request_id, detail } => Self::BadResponse {
+                request_id,
+                detail: request.scrub(&detail),
+            },
+            Self::Timeout(_) | Self::RegionNotAllowed { .. } => self,
+        }
+    }
+}
+
 /// The operations the gateway needs from Cognito. One method per operation used.
 pub trait Backend: Send + Sync + 'static {
-    /// `AdminResetUserPassword`, bounded by `timeout` (the caller's deadline or the configured cap).
+    /// `AdminResetUserPassword`, bounded by `timeout`: the configured cap (a call may be shared by
+    /// several callers, each of whom waits only as long as their own deadline allows).
     fn reset_user_password(
         &self,
         request: &ResetRequest,

@@ -231,7 +231,8 @@ pub struct ServerSettings {
 /// The Cognito client's settings (`[cognito]` in the TOML file).
 #[derive(Debug, Clone)]
 pub struct CognitoSettings {
-    /// Upper bound on one reset, retries included; the caller's deadline can only shorten it.
+    /// Upper bound on one Cognito call, retries included. A caller waits at most its own deadline;
+    /// the call, which other callers may share, runs on to its end.
     pub operation_timeout: Duration,
     /// Upper bound on establishing a connection to Cognito.
     pub connect_timeout: Duration,

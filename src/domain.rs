@@ -216,11 +216,76 @@ impl ResetRequest {
                 .collect()),
         }
     }
+
+    /// `text` without this request's username and metadata: for Cognito's messages, which may
+    /// quote the request (validation errors echo values, Lambda errors say anything). Matches
+    /// ignore ASCII case, as a case-insensitive pool might echo the name. Very short metadata keys
+    /// and values are left: they would blank out ordinary words without protecting anything.
+    /// Best effort by nature: a Lambda may say things about the user the request never named.
+    pub fn scrub(&self, text: &str) -> String {
+        let mut text = replace_ignore_ascii_case(text, self.username.expose(), "<username>");
+        for (key, value) in self.client_metadata.expose() {
+            for (secret, mask) in [(value, "<metadata>"), (key, "<metadata-key>")] {
+                if secret.chars().count() >= 4 {
+                    text = replace_ignore_ascii_case(&text, secret, mask);
+                }
+            }
+        }
+        text
+    }
+}
+
+fn replace_ignore_ascii_case(text: &str, needle: &str, with: &str) -> String {
+    if needle.is_empty() || needle.len() > text.len() {
+        return text.to_owned();
+    }
+    let (bytes, pattern) = (text.as_bytes(), needle.as_bytes());
+    let mut out = String::with_capacity(text.len());
+    let (mut copied, mut at) = (0, 0);
+    while at + pattern.len() <= bytes.len() {
+        // Both are UTF-8 and ASCII case folding maps ASCII to ASCII, so a match starts and ends on
+        // character boundaries.
+        if bytes[at..at + pattern.len()].eq_ignore_ascii_case(pattern) {
+            out.push_str(&text[copied..at]);
+            out.push_str(with);
+            at += pattern.len();
+            copied = at;
+        } else {
+            at += 1;
+        }
+    }
+    out.push_str(&text[copied..]);
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scrub_removes_username_and_metadata_in_any_ascii_case() {
+        let request = ResetRequest::parse(
+            "us-east-1_Abc".into(),
+            "Jane.Doe@example.com".into(),
+            HashMap::from([
+                ("tenant_name".into(), "Tenant-42".into()),
+                ("short".into(), "ab".into()),
+            ]),
+        )
+        .unwrap();
+        let text = "Value 'jane.doe@EXAMPLE.com' at 'username'; lambda said tenant-42 ab for TENANT_NAME; Jane.Doe@example.com";
+        assert_eq!(
+            request.scrub(text),
+            "Value '<username>' at 'username'; lambda said <metadata> ab for <metadata-key>; <username>"
+        );
+        // Non-ASCII text around and inside the name survives the byte-wise matching.
+        let request =
+            ResetRequest::parse("us-east-1_Abc".into(), "Zoë".into(), HashMap::new()).unwrap();
+        assert_eq!(
+            request.scrub("é ZOË zoë Zoë ü"),
+            "é ZOË <username> <username> ü"
+        );
+    }
 
     fn pool(s: &str) -> Result<UserPoolId, FieldViolation> {
         UserPoolId::parse(s.to_owned())

@@ -542,3 +542,49 @@ async fn no_credentials_is_backend_misconfigured_and_nothing_is_sent() {
     assert_eq!(error_info(&status).reason, "BACKEND_MISCONFIGURED");
     assert_eq!(sends(&server).await, 0);
 }
+
+/// A Lambda whose error quotes everything it was given, as a careless one might.
+struct EchoingLambda;
+
+impl wiremock::Respond for EchoingLambda {
+    fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
+        let body: Value = serde_json::from_slice(&request.body).unwrap();
+        let quoted = format!(
+            "CustomMessage failed for {} with {}",
+            body["Username"], body["ClientMetadata"]
+        );
+        cognito_error(400, "UserLambdaValidationException", &quoted, "rid-lambda")
+            .set_delay(Duration::from_millis(300))
+    }
+}
+
+#[tokio::test]
+async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(EchoingLambda)
+        .mount(&server)
+        .await;
+    let app = spawn_app(&server.uri()).await;
+    let with_metadata = |value: &str| {
+        let mut r = request(POOL, "Jane.Doe@example.com");
+        r.client_metadata = HashMap::from([("tenant".to_owned(), value.to_owned())]);
+        r
+    };
+    // Both calls are for the same user, so they share one send (the reply takes 300 ms): one
+    // caller's metadata goes to Cognito, and the Lambda quotes it to both.
+    let (mut a, mut b) = (app.client.clone(), app.client.clone());
+    let (first, second) = tokio::join!(
+        a.reset_user_password(with_metadata("first-secret")),
+        b.reset_user_password(with_metadata("second-secret")),
+    );
+    assert_eq!(sends(&server).await, 1);
+    for status in [first.unwrap_err(), second.unwrap_err()] {
+        assert_eq!(error_info(&status).reason, "LAMBDA_VALIDATION_FAILED");
+        let everything = format!("{} {:?}", status.message(), details(&status));
+        assert!(everything.contains("<metadata>"), "{everything}");
+        for secret in ["first-secret", "second-secret", "Jane.Doe", "jane.doe"] {
+            assert!(!everything.contains(secret), "{secret} in {everything}");
+        }
+    }
+}
