@@ -175,6 +175,8 @@ pub struct Access {
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
+    /// What the files held when the policy in force was read.
+    loaded: Vec<Vec<u8>>,
     config_path: Option<PathBuf>,
     local: bool,
     reload_interval: Duration,
@@ -188,12 +190,14 @@ impl Access {
         config_path: Option<PathBuf>,
         local: bool,
     ) -> Self {
-        let sources = config_path
+        let sources: Vec<PathBuf> = config_path
             .iter()
             .chain(access.token_file.iter())
             .cloned()
             .collect();
         Self {
+            // Taken now, not when the watcher starts: an edit in between is then still a change.
+            loaded: fingerprint(&sources),
             current: ArcSwap::from_pointee(Policy::build(access, limits, None)),
             jwt: None,
             tls: None,
@@ -311,19 +315,22 @@ impl Access {
         if self.sources.is_empty() {
             return;
         }
-        let mut seen = fingerprint(&self.sources);
+        let mut seen = self.loaded.clone();
         let mut tick = tokio::time::interval(self.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut signals_open = true;
         loop {
             let forced = tokio::select! {
                 _ = tick.tick() => false,
-                signal = reload_now.recv() => {
-                    if signal.is_none() {
-                        // No more signals can come; keep watching the files.
-                        std::future::pending::<()>().await;
+                signal = reload_now.recv(), if signals_open => match signal {
+                    Some(()) => true,
+                    // No more signals can come (or none could be registered); the files are still
+                    // watched.
+                    None => {
+                        signals_open = false;
+                        continue;
                     }
-                    true
-                }
+                },
             };
             let now = fingerprint(&self.sources);
             if !forced && now == seen {
@@ -453,6 +460,49 @@ mod tests {
         let rate = |p: &Policy, n: &str| Arc::clone(&p.named(n).unwrap().rate);
         assert!(Arc::ptr_eq(&rate(&old, "billing"), &rate(&new, "billing")));
         assert!(!Arc::ptr_eq(&rate(&old, "ops"), &rate(&new, "ops")));
+    }
+
+    #[tokio::test]
+    async fn files_are_still_watched_when_no_signal_can_come() {
+        let dir = std::env::temp_dir().join(format!("cg-policy-watch-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("gateway.toml");
+        let with_token = |token: &str| {
+            format!(
+                "[auth]\nmode = \"token\"\nreload_interval_secs = 1\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
+                hex::encode(sha(token))
+            )
+        };
+        std::fs::write(&path, with_token("tok-old")).unwrap();
+        let config = AccessConfig::reload(&path, false).unwrap();
+        let access = Arc::new(Access::new(
+            &config,
+            &LimitSettings::default(),
+            Some(path.clone()),
+            false,
+        ));
+        // The SIGHUP side is gone (as when the signal cannot be registered).
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        drop(sender);
+        tokio::spawn(Arc::clone(&access).watch(receiver));
+        // Twice: the watcher must go on after it has seen the signals end.
+        for token in ["tok-new", "tok-newer"] {
+            std::fs::write(&path, with_token(token)).unwrap();
+            let header = format!("Bearer {token}");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            while access
+                .policy()
+                .authenticate(Some(header.as_bytes()))
+                .is_err()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the file with {token} was never read"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
