@@ -8,17 +8,27 @@ use tonic_types::StatusExt as _;
 
 use crate::{
     config::ResetArgs,
-    proto::{ResetUserPasswordRequest, user_admin_service_client::UserAdminServiceClient},
+    proto::{
+        ResetUserPasswordRequest, ResetUserPasswordResponse,
+        user_admin_service_client::UserAdminServiceClient,
+    },
     status::code_name,
 };
 
 /// Calls the gateway and prints the outcome: stdout on success, stderr on failure.
 pub async fn run(args: ResetArgs) -> ExitCode {
     match call(&args).await {
-        Ok(request_id) => {
+        Ok(response) if response.deduplicated => {
+            println!(
+                "OK: already reset moments ago; no new code was sent (Cognito request id: {})",
+                or_none(&response.cognito_request_id)
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(response) => {
             println!(
                 "OK: password reset (Cognito request id: {})",
-                or_none(&request_id)
+                or_none(&response.cognito_request_id)
             );
             ExitCode::SUCCESS
         }
@@ -29,12 +39,11 @@ pub async fn run(args: ResetArgs) -> ExitCode {
     }
 }
 
-async fn call(args: &ResetArgs) -> Result<String, Status> {
+async fn call(args: &ResetArgs) -> Result<ResetUserPasswordResponse, Status> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let endpoint = Endpoint::from_shared(args.addr.clone())
         .map_err(|e| Status::invalid_argument(format!("bad --addr {:?}: {e}", args.addr)))?
-        .connect_timeout(timeout)
-        .timeout(timeout);
+        .connect_timeout(timeout);
     let channel = endpoint.connect().await.map_err(|e| {
         Status::unavailable(format!(
             "cannot connect to the gateway at {}: {e}",
@@ -56,8 +65,16 @@ async fn call(args: &ResetArgs) -> Result<String, Status> {
         })?;
         request.metadata_mut().insert("authorization", value);
     }
-    let response = client.reset_user_password(request).await?;
-    Ok(response.into_inner().cognito_request_id)
+    // The deadline goes to the gateway (`grpc-timeout`), which answers DEADLINE_EXCEEDED when it
+    // runs out; the local bound, a little later, is only for a gateway that never answers.
+    request.set_timeout(timeout);
+    let answer = client.reset_user_password(request);
+    match tokio::time::timeout(timeout + Duration::from_secs(1), answer).await {
+        Ok(response) => Ok(response?.into_inner()),
+        Err(_) => Err(Status::deadline_exceeded(
+            "no answer from the gateway; the reset may or may not have happened",
+        )),
+    }
 }
 
 /// One line a person can read: `CODE REASON: message [details]`.

@@ -154,6 +154,45 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
         authorization.contains("/ap-south-1/cognito-idp/"),
         "the pool's region, not AWS_REGION"
     );
+
+    // --timeout-ms goes to the gateway as the call's deadline: a slow Cognito makes it
+    // DEADLINE_EXCEEDED, the gateway's answer, not a local CANCELLED.
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::body_string_contains(
+            "\"Username\":\"slow\"",
+        ))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("x-amzn-RequestId", "rid-slow")
+                .set_body_raw("{}", "application/x-amz-json-1.1")
+                .set_delay(std::time::Duration::from_secs(3)),
+        )
+        .with_priority(1)
+        .mount(&cognito)
+        .await;
+    let run = |user: &'static str, extra: &'static [&'static str]| {
+        let addr = gateway.addr.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(BIN)
+                .args(["reset", "--addr", &format!("http://{addr}")])
+                .args(["--user-pool-id", "ap-south-1_Env1", "--username", user])
+                .args(extra)
+                .output()
+                .unwrap()
+        })
+    };
+    let slow = run("slow", &["--timeout-ms", "300"]).await.unwrap();
+    let stderr = String::from_utf8_lossy(&slow.stderr);
+    assert!(
+        stderr.starts_with("DEADLINE_EXCEEDED DEADLINE_EXCEEDED"),
+        "{stderr}"
+    );
+    // And a repeat inside the cooldown says that no new code went out.
+    let repeat = run("alice", &[]).await.unwrap();
+    assert!(repeat.status.success(), "{repeat:?}");
+    let stdout = String::from_utf8_lossy(&repeat.stdout);
+    assert!(stdout.contains("no new code was sent"), "{stdout}");
+
     let mut gateway = gateway;
     let code = tokio::task::spawn_blocking(move || gateway.terminate())
         .await
