@@ -50,7 +50,7 @@ use aws_sdk_cognitoidentityprovider::{Client as SdkClient, config::Credentials};
 use cognito_gateway::{
     App, Config,
     api::UserAdmin,
-    cognito::{Backend, BackendError, ResetOutcome, SdkBackend},
+    cognito::{Backend, BackendError, CallBounds, ResetOutcome, SdkBackend},
     config::{
         AccessConfig, AuthMode, CallerConfig, CognitoSettings, LimitSettings, ServerSettings,
     },
@@ -974,7 +974,7 @@ impl Backend for InstantBackend {
     fn reset_user_password(
         &self,
         _request: &ResetRequest,
-        _timeout: Duration,
+        _bounds: CallBounds,
     ) -> impl Future<Output = Result<ResetOutcome, BackendError>> + Send {
         self.0.fetch_add(1, Ordering::Relaxed);
         std::future::ready(Ok(ResetOutcome {

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::{
-    cognito::{Backend, BackendError},
+    cognito::{Backend, BackendError, CallBounds},
     domain::{ResetRequest, UserPoolId},
     limits::{GatedReset, RateLimit, UserGate},
     metrics::metrics,
@@ -100,16 +100,18 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         log.pool = Some(request.user_pool_id.clone());
         tracing::Span::current().record("cognito.user_pool_id", request.user_pool_id.as_str());
 
-        // The caller's deadline bounds the caller's wait, not the Cognito call: a call another
-        // caller may share, and whose outcome decides whether a retry sends the user a second code,
-        // runs to its end (at most `operation_timeout`), so that a success is remembered and the
-        // retry deduplicated. A call with no time left at all does not start one.
+        // The caller's deadline bounds the caller's wait and the Cognito call's retries, not the
+        // call itself: a call another caller may share, and whose outcome decides whether a retry
+        // sends the user a second code, runs to its end (at most `operation_timeout`), so that a
+        // success is remembered and the retry deduplicated. A call with no time left at all does
+        // not start one.
         let remaining = deadline.map(|d| d.remaining());
         if remaining == Some(Duration::ZERO) {
             return Err(log.failed(&GatewayError::DeadlineExceeded, Some(&request)));
         }
         let request = Arc::new(request);
-        let gated = self.reset_once(Arc::clone(&request));
+        let retry_until = remaining.map(|remaining| Instant::now() + remaining);
+        let gated = self.reset_once(Arc::clone(&request), retry_until);
         let result = match remaining {
             Some(remaining) => tokio::time::timeout(remaining, gated)
                 .await
@@ -126,8 +128,15 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
 impl<B: Backend> UserAdmin<B> {
     /// The reset, through the user gate: only a call that must reach Cognito, and can, spends the
     /// backend guard's budget.
-    async fn reset_once(&self, request: Arc<ResetRequest>) -> Result<GatedReset, GatewayError> {
-        let timeout = self.operation_timeout;
+    async fn reset_once(
+        &self,
+        request: Arc<ResetRequest>,
+        retry_until: Option<Instant>,
+    ) -> Result<GatedReset, GatewayError> {
+        let bounds = CallBounds {
+            timeout: self.operation_timeout,
+            retry_until,
+        };
         let key = self.gate.key(&request.user_pool_id, &request.username);
         let backend = Arc::clone(&self.backend);
         let guard = Arc::clone(&self.backend_guard);
@@ -157,7 +166,7 @@ impl<B: Backend> UserAdmin<B> {
                 );
                 Ok(async move {
                     backend
-                        .reset_user_password(&request, timeout)
+                        .reset_user_password(&request, bounds)
                         .await
                         .map_err(|error| GatewayError::Backend(error.scrubbed(&request)))
                 }

@@ -13,6 +13,7 @@
 //!   quota, so it draws on the backend guard's budget like a call does, and is not made without it.
 
 use std::{
+    cell::Cell,
     collections::{BTreeSet, HashMap},
     future::Future,
     sync::{Arc, LazyLock, RwLock},
@@ -132,14 +133,25 @@ impl BackendError {
     }
 }
 
+/// What bounds one call to Cognito.
+#[derive(Debug, Clone, Copy)]
+pub struct CallBounds {
+    /// The whole call, retries included: `cognito.operation_timeout_ms`. Not the caller's
+    /// deadline: a call may be shared by several callers, and its outcome decides whether a retry
+    /// sends the user a second code, so it runs to its end (each caller waits only as long as
+    /// their own deadline allows).
+    pub timeout: Duration,
+    /// No retry is sent after this: the deadline of the caller whose request it is.
+    pub retry_until: Option<Instant>,
+}
+
 /// The operations the gateway needs from Cognito. One method per operation used.
 pub trait Backend: Send + Sync + 'static {
-    /// `AdminResetUserPassword`, bounded by `timeout`: the configured cap (a call may be shared by
-    /// several callers, each of whom waits only as long as their own deadline allows).
+    /// `AdminResetUserPassword`, within `bounds`.
     fn reset_user_password(
         &self,
         request: &ResetRequest,
-        timeout: Duration,
+        bounds: CallBounds,
     ) -> impl Future<Output = Result<ResetOutcome, BackendError>> + Send;
 
     /// Whether this backend can serve the pool at all, checked before a call spends the backend
@@ -265,8 +277,10 @@ impl SdkBackend {
             tracing::warn!(%evicted, %region, max = self.settings.max_regions, "cognito.max_regions reached: dropping a client");
             clients.remove(&evicted);
         }
-        let budget = SendBudget(self.send_budget.clone());
-        let client = Client::from_conf(client_config(&self.base, &self.settings, &region, budget));
+        let gate = RetryGate {
+            budget: self.send_budget.clone(),
+        };
+        let client = Client::from_conf(client_config(&self.base, &self.settings, &region, gate));
         tracing::info!(%region, "created Cognito client");
         clients.insert(region, client.clone());
         Ok(client)
@@ -284,7 +298,7 @@ fn client_config(
     base: &SdkConfig,
     settings: &CognitoSettings,
     region: &str,
-    budget: SendBudget,
+    gate: RetryGate,
 ) -> aws_sdk_cognitoidentityprovider::Config {
     let retry = RetryConfig::standard()
         .with_max_attempts(settings.max_attempts)
@@ -299,7 +313,7 @@ fn client_config(
         .retry_config(retry)
         .timeout_config(timeouts)
         .retry_classifier(SafeRetryClassifier)
-        .interceptor(budget)
+        .interceptor(gate)
         .interceptor(AttemptsOnSpan)
         .build()
 }
@@ -327,19 +341,31 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
     }
 }
 
-/// Charges a retry after throttling to the backend guard, once per attempt, before the retry
-/// decision: a retry is one more request against the quota that just refused one. When the guard
-/// has no room it marks the response, and [`SafeRetryClassifier`] forbids the retry.
+tokio::task_local! {
+    /// The call being made: its retry window, and whether its last attempt may be retried. Set by
+    /// [`RetryGate`] once per attempt; read by [`SafeRetryClassifier`], which the SDK runs more
+    /// than once per attempt and which therefore only reads.
+    static RETRY: RetryState;
+}
+
+struct RetryState {
+    until: Option<Instant>,
+    refused: Cell<bool>,
+}
+
+/// Decides, once per failed attempt that could be retried, whether the retry may go out:
+/// - only if it can be sent before the caller's deadline (`CallBounds::retry_until`), counting the
+///   longest backoff the SDK could wait first;
+/// - after throttling, only if the backend guard has room: the retry is one more request against
+///   the quota that just refused one.
 #[derive(Debug, Clone)]
-struct SendBudget(Option<Arc<RateLimit>>);
+struct RetryGate {
+    budget: Option<Arc<RateLimit>>,
+}
 
-/// The mark: no budget was left for a retry.
-#[derive(Debug, Clone, Copy)]
-struct RetryBudgetSpent;
-
-impl aws_sdk_cognitoidentityprovider::config::Intercept for SendBudget {
+impl aws_sdk_cognitoidentityprovider::config::Intercept for RetryGate {
     fn name(&self) -> &'static str {
-        "cognito-gateway: retries draw on the backend guard"
+        "cognito-gateway: retries within the caller's deadline and the backend guard"
     }
 
     fn modify_before_attempt_completion(
@@ -348,21 +374,34 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for SendBudget {
         _runtime_components: &aws_sdk_cognitoidentityprovider::config::RuntimeComponents,
         cfg: &mut aws_sdk_cognitoidentityprovider::config::ConfigBag,
     ) -> Result<(), aws_sdk_cognitoidentityprovider::error::BoxError> {
-        let Some(budget) = &self.0 else {
+        let Some(Err(error)) = context.output_or_error() else {
             return Ok(());
         };
-        if !matches!(context.output_or_error(), Some(Err(error)) if is_throttling(error)) {
+        let throttled = is_throttling(error);
+        if !throttled && !is_connect_failure_error(error) {
             return Ok(());
         }
-        // The last attempt has no retry to pay for.
         let attempts = cfg.load::<RequestAttempts>().map_or(1, |a| a.attempts());
-        let max = cfg.load::<RetryConfig>().map_or(1, |c| c.max_attempts());
-        if attempts < max
-            && budget.check().is_err()
-            && let Some(response) = context.response_mut()
-        {
-            response.add_extension(RetryBudgetSpent);
+        let Some(retry) = cfg.load::<RetryConfig>() else {
+            return Ok(());
+        };
+        // The last attempt has no retry to decide on, or to pay for.
+        if attempts >= retry.max_attempts() {
+            return Ok(());
         }
+        // The SDK waits up to initial_backoff * 2^(attempts - 1), at most max_backoff.
+        let backoff = retry
+            .initial_backoff()
+            .saturating_mul(1 << (attempts - 1).min(16))
+            .min(retry.max_backoff());
+        let _outside_a_call = RETRY.try_with(|state| {
+            let too_late = state
+                .until
+                .is_some_and(|until| Instant::now() + backoff >= until);
+            let no_budget =
+                || throttled && self.budget.as_ref().is_some_and(|b| b.check().is_err());
+            state.refused.set(too_late || no_budget());
+        });
         Ok(())
     }
 }
@@ -380,12 +419,13 @@ impl Backend for SdkBackend {
     async fn reset_user_password(
         &self,
         request: &ResetRequest,
-        timeout: Duration,
+        bounds: CallBounds,
     ) -> Result<ResetOutcome, BackendError> {
         let region = self.region_for(&request.user_pool_id)?;
         tracing::Span::current().record("cloud.region", region.as_str());
         let client = self.client_for(region.clone())?;
         let metadata = &request.client_metadata;
+        let timeout = bounds.timeout;
         let send = client
             .admin_reset_user_password()
             .user_pool_id(request.user_pool_id.as_str())
@@ -393,8 +433,15 @@ impl Backend for SdkBackend {
             .set_client_metadata((!metadata.is_empty()).then(|| metadata.expose().clone()))
             .send();
         let started = Instant::now();
+        let retry = RetryState {
+            until: bounds.retry_until,
+            refused: Cell::new(false),
+        };
         // Dropping the send future on timeout cancels any retry in progress as well.
-        let result = match tokio::time::timeout(timeout, send).await {
+        let result = match RETRY
+            .scope(retry, tokio::time::timeout(timeout, send))
+            .await
+        {
             Err(_elapsed) => Err(BackendError::Timeout(timeout)),
             Ok(Ok(output)) => Ok(ResetOutcome {
                 request_id: output.request_id().map(str::to_owned),
@@ -500,6 +547,12 @@ fn never_left_the_process(connector: &ConnectorError) -> bool {
 
 /// Whether a connector error happened before the request could be written: connection refused,
 /// DNS, TLS handshake, connect timeout. Only these are certain not to have reached Cognito.
+fn is_connect_failure_error(error: &OrchestratorError<InterceptorError>) -> bool {
+    error
+        .as_connector_error()
+        .is_some_and(|connector| is_connect_failure(connector))
+}
+
 fn is_throttling(error: &OrchestratorError<InterceptorError>) -> bool {
     error
         .as_operation_error()
@@ -530,7 +583,7 @@ fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
 /// retry HTTP 500, `LimitExceededException` and timeouts, each of which may send the user another
 /// code.
 ///
-/// A throttled request is not retried when [`SendBudget`] found no room for the retry.
+/// A retry is not made when [`RetryGate`] refused it (too late for the caller, or no budget).
 ///
 /// The SDK runs its classifiers more than once per attempt (connection poisoning asks too), so this
 /// one decides from what it is shown and changes nothing.
@@ -542,23 +595,17 @@ impl ClassifyRetry for SafeRetryClassifier {
         let Some(Err(error)) = ctx.output_or_error() else {
             return RetryAction::NoActionIndicated;
         };
-        if is_throttling(error) {
-            let budget_spent = ctx
-                .response()
-                .is_some_and(|r| r.extension::<RetryBudgetSpent>().is_some());
-            return if budget_spent {
-                RetryAction::RetryForbidden
-            } else {
-                RetryAction::throttling_error()
-            };
+        let throttled = is_throttling(error);
+        if !throttled && !is_connect_failure_error(error) {
+            return RetryAction::RetryForbidden;
         }
-        if error
-            .as_connector_error()
-            .is_some_and(|connector| is_connect_failure(connector))
-        {
-            return RetryAction::transient_error();
+        if RETRY.try_with(|state| state.refused.get()).unwrap_or(false) {
+            RetryAction::RetryForbidden
+        } else if throttled {
+            RetryAction::throttling_error()
+        } else {
+            RetryAction::transient_error()
         }
-        RetryAction::RetryForbidden
     }
 
     fn name(&self) -> &'static str {

@@ -286,6 +286,34 @@ async fn the_callers_deadline_gives_deadline_exceeded_not_cancelled() {
 }
 
 #[tokio::test]
+async fn no_retry_is_sent_after_the_callers_deadline() {
+    // Throttled, after 1 s: by then the caller's 200 ms are long gone, so the retry max_attempts
+    // would allow (two more sends) is not made.
+    let throttled = cognito_error(400, "TooManyRequestsException", "Rate exceeded", "rid-t")
+        .set_delay(Duration::from_secs(1));
+    let server = fake_cognito(throttled).await;
+    let app = spawn_app(&server.uri()).await;
+    let status = app
+        .reset_request(with_deadline(
+            request(POOL, "alice"),
+            Duration::from_millis(200),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    // A second caller for the same user joins the call still in flight and gets its outcome:
+    // the throttling, after the one send.
+    let status = app.reset(POOL, "alice").await.unwrap_err();
+    assert_eq!(
+        error_info(&status).reason,
+        "COGNITO_THROTTLED",
+        "{status:?}"
+    );
+    assert!(!error_info(&status).metadata.is_empty());
+    assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
 async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
     // tonic's client enforces the deadline itself (reporting CANCELLED if its timer wins); the
     // server answers early enough for its DEADLINE_EXCEEDED to arrive first.
