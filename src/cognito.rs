@@ -21,8 +21,11 @@ use std::{
 };
 
 use aws_config::{
-    BehaviorVersion, SdkConfig, environment::region::EnvironmentVariableRegionProvider,
-    meta::region::RegionProviderChain, profile::ProfileFileRegionProvider,
+    BehaviorVersion, SdkConfig,
+    default_provider::{credentials::DefaultCredentialsChain, token::DefaultTokenChain},
+    environment::region::EnvironmentVariableRegionProvider,
+    meta::region::RegionProviderChain,
+    profile::ProfileFileRegionProvider,
 };
 use aws_credential_types::provider::error::CredentialsError;
 use aws_sdk_cognitoidentityprovider::{
@@ -192,10 +195,25 @@ impl SdkBackend {
     /// is read from the environment and profile only, never from IMDS: a pod's IMDS can hang for
     /// seconds, and the pool id names the region anyway.
     pub async fn from_env(settings: CognitoSettings) -> Self {
-        let region = RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
-            .or_else(ProfileFileRegionProvider::new());
+        let region: Option<Region> =
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(ProfileFileRegionProvider::new())
+                .region()
+                .await;
+        // The credential and token chains look for a region of their own (IMDS included) unless
+        // given one: they get this one, even when it is none.
+        let credentials = DefaultCredentialsChain::builder()
+            .region(region.clone())
+            .build()
+            .await;
+        let token = DefaultTokenChain::builder()
+            .region(region.clone())
+            .build()
+            .await;
         let base = aws_config::defaults(BehaviorVersion::latest())
             .region(region)
+            .credentials_provider(credentials)
+            .token_provider(token)
             .load()
             .await;
         Self::new(base, settings)

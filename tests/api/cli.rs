@@ -252,3 +252,31 @@ fn reset_authenticates_with_a_token_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn without_aws_region_the_start_never_asks_imds() {
+    // An IMDS that counts: a listener nobody should connect to.
+    let imds = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    imds.set_nonblocking(true).unwrap();
+    let endpoint = format!("http://{}", imds.local_addr().unwrap());
+    let dir = std::env::temp_dir().join(format!("cg-imds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
+    let mut gateway = start_binary(
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("AWS_EC2_METADATA_SERVICE_ENDPOINT", endpoint.as_str()),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+        ],
+    );
+    // SERVING was printed: the start is over.
+    assert!(
+        imds.accept()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "the start connected to IMDS"
+    );
+    assert_eq!(gateway.terminate(), Some(0));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

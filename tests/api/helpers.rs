@@ -202,6 +202,9 @@ pub fn start_binary(args: &[&str], env: &[(&str, &str)]) -> Gateway {
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
         .args(args)
         .env_remove("RUST_LOG")
+        // Whatever the machine has; tests that need a region say so.
+        .env_remove("AWS_REGION")
+        .env_remove("AWS_DEFAULT_REGION")
         .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
