@@ -19,7 +19,10 @@ use crate::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,
     },
-    status::{GatewayError, Limit, code_name, is_server_side, rejection_attributes, to_status},
+    status::{
+        GatewayError, Limit, code_name, is_server_side, message_is_aws_text, rejection_attributes,
+        to_status,
+    },
     telemetry::current_ids,
 };
 
@@ -205,7 +208,8 @@ impl CallLog {
     }
 
     /// Builds the status and writes the call's one log line; server-side failures are logged in
-    /// full (with anything the caller sent scrubbed out), since their status is opaque.
+    /// full (with anything the caller sent scrubbed out, and text a Lambda wrote left out), since
+    /// their status is opaque.
     fn failed(&self, error: &GatewayError, request: Option<&ResetRequest>) -> Status {
         let status = to_status(error, self.pool.as_ref());
         let reason = tonic_types::StatusExt::get_details_error_info(&status)
@@ -223,10 +227,21 @@ impl CallLog {
             _ => None,
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
-        // Backend errors are scrubbed where the call ran; this is for the rest, and belt and braces.
-        let detail = match request {
-            Some(request) => request.scrub(&error.to_string()),
-            None => error.to_string(),
+        let detail = match (error, request) {
+            (GatewayError::Backend(BackendError::Cognito(failure)), _)
+                if !message_is_aws_text(&failure.code) =>
+            {
+                format!(
+                    "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
+                    failure.code,
+                    failure.http_status,
+                    failure.message.chars().count()
+                )
+            }
+            // Backend errors are scrubbed where the call ran; this is for the rest, and belt and
+            // braces.
+            (_, Some(request)) => request.scrub(&error.to_string()),
+            (_, None) => error.to_string(),
         };
         if let Some(attributes) = rejection_attributes(error) {
             metrics().rejections.add(1, &attributes);

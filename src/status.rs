@@ -24,6 +24,17 @@ pub const GATEWAY_DOMAIN: &str = "cognito-gateway";
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// Exception names that mean the gateway's own AWS credentials or IAM policy are wrong.
+/// Whether Cognito's message for `exception` is AWS's own text, fit for the log. A Lambda error's
+/// message is whatever the pool's Lambda said, and an unknown exception's anything at all: either
+/// may quote the request (username, metadata, even in forms scrubbing cannot recognise), so their
+/// text stays out of the logs; the caller-side rows' messages are not logged at all.
+pub fn message_is_aws_text(exception: &str) -> bool {
+    matches!(
+        exception,
+        "InternalErrorException" | "OperationNotEnabledException"
+    ) || CREDENTIAL_CODES.contains(&exception)
+}
+
 const CREDENTIAL_CODES: &[&str] = &[
     "AccessDeniedException",
     "AccessDenied",

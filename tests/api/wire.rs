@@ -13,8 +13,8 @@ use wiremock::{
 };
 
 use crate::helpers::{
-    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with, test_config,
-    test_settings, with_deadline,
+    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with, start_binary,
+    test_config, test_settings, with_deadline,
 };
 
 const TARGET: &str = "AWSCognitoIdentityProviderService.AdminResetUserPassword";
@@ -571,8 +571,9 @@ async fn no_credentials_is_backend_misconfigured_and_nothing_is_sent() {
     assert_eq!(sends(&server).await, 0);
 }
 
-/// A Lambda whose error quotes everything it was given, as a careless one might.
-struct EchoingLambda;
+/// A Lambda whose error (of the exception named) quotes everything it was given, as a careless one
+/// might.
+struct EchoingLambda(&'static str);
 
 impl wiremock::Respond for EchoingLambda {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
@@ -581,8 +582,7 @@ impl wiremock::Respond for EchoingLambda {
             "CustomMessage failed for {} with {}",
             body["Username"], body["ClientMetadata"]
         );
-        cognito_error(400, "UserLambdaValidationException", &quoted, "rid-lambda")
-            .set_delay(Duration::from_millis(300))
+        cognito_error(400, self.0, &quoted, "rid-lambda").set_delay(Duration::from_millis(300))
     }
 }
 
@@ -590,7 +590,7 @@ impl wiremock::Respond for EchoingLambda {
 async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
-        .respond_with(EchoingLambda)
+        .respond_with(EchoingLambda("UserLambdaValidationException"))
         .mount(&server)
         .await;
     let app = spawn_app(&server.uri()).await;
@@ -615,4 +615,63 @@ async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
             assert!(!everything.contains(secret), "{secret} in {everything}");
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_lambda_says_stays_out_of_the_log() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(EchoingLambda("UnexpectedLambdaException"))
+        .mount(&server)
+        .await;
+    let dir = std::env::temp_dir().join(format!("cg-lambda-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
+    let (config_path, endpoint) = (config.display().to_string(), server.uri());
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        start_binary(
+            &["--config", &config_path],
+            &[
+                ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", &endpoint),
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("AWS_CONFIG_FILE", "/nonexistent"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+                ("RUST_LOG", "trace"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let mut client =
+        cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
+            format!("http://{}", gateway.addr),
+        )
+        .await
+        .unwrap();
+    let mut sent = request(POOL, "Zoë.Doe");
+    // A short value and a key: scrubbing lets both through, the log must not.
+    sent.client_metadata = HashMap::from([("tenantKey".to_owned(), "q7".to_owned())]);
+    let status = client.reset_user_password(sent).await.unwrap_err();
+    assert_eq!(status.code(), Code::Internal, "{status:?}");
+    assert_eq!(error_info(&status).reason, "LAMBDA_FAILED");
+    let log = tokio::task::spawn_blocking(move || {
+        assert_eq!(gateway.terminate(), Some(0));
+        gateway.rest_of_log()
+    })
+    .await
+    .unwrap();
+    let line = log
+        .iter()
+        .find(|l| l.contains("LAMBDA_FAILED"))
+        .unwrap_or_else(|| panic!("the call's log line: {log:?}"));
+    assert!(line.contains("is not logged"), "{line}");
+    for secret in ["Doe", "tenantKey", "q7"] {
+        assert!(
+            !log.iter().any(|l| l.contains(secret)),
+            "{secret} logged: {log:?}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
