@@ -260,15 +260,41 @@ pub fn init(format: LogFormat) -> Telemetry {
     telemetry
 }
 
-/// The current trace and span ids (hex), when the call is traced: for log lines, so that logs and
-/// traces join.
+tokio::task_local! {
+    /// The trace id a call came with (W3C `traceparent`). With no OTLP endpoint there is no
+    /// OpenTelemetry layer to carry it, yet logs and `RequestInfo` should still name the caller's
+    /// trace.
+    static INCOMING_TRACE: Option<String>;
+}
+
+/// Runs the synchronous part of a call (a layer may answer at once) with the trace id it came with.
+pub fn in_incoming_trace<R>(trace_id: Option<String>, call: impl FnOnce() -> R) -> R {
+    INCOMING_TRACE.sync_scope(trace_id, call)
+}
+
+/// Runs a call's future with the trace id it came with, if any.
+pub fn with_incoming_trace<F: Future>(
+    trace_id: Option<String>,
+    call: F,
+) -> impl Future<Output = F::Output> {
+    INCOMING_TRACE.scope(trace_id, call)
+}
+
+/// The current trace and span ids (hex): for log lines, so that logs and traces join. Without
+/// tracing, the caller's trace id and no span id.
 pub fn current_ids() -> Option<(String, String)> {
     use opentelemetry::trace::TraceContextExt as _;
     let context = tracing::Span::current().context();
     let span = context.span();
     let ids = span.span_context();
-    ids.is_valid()
-        .then(|| (ids.trace_id().to_string(), ids.span_id().to_string()))
+    if ids.is_valid() {
+        return Some((ids.trace_id().to_string(), ids.span_id().to_string()));
+    }
+    INCOMING_TRACE
+        .try_with(Clone::clone)
+        .ok()
+        .flatten()
+        .map(|trace_id| (trace_id, String::new()))
 }
 
 /// `process.memory.usage` and `process.cpu.time`, read from `/proc` when the exporter asks (every

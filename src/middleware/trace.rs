@@ -21,7 +21,11 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
-use crate::{metrics::metrics, status::is_server_side};
+use crate::{
+    metrics::metrics,
+    status::is_server_side,
+    telemetry::{in_incoming_trace, with_incoming_trace},
+};
 
 /// Where the authentication layer leaves the caller's name for the duration metric: the trace
 /// layer sits outside authentication, so it learns who called only after the fact.
@@ -101,15 +105,20 @@ where
         let parent = global::get_text_map_propagator(|propagator| {
             propagator.extract(&HeaderExtractor(request.headers()))
         });
+        let incoming = {
+            use opentelemetry::trace::TraceContextExt as _;
+            let remote = parent.span().span_context().clone();
+            remote.is_valid().then(|| remote.trace_id().to_string())
+        };
         let _ = span.set_parent(parent);
         let in_flight = InFlight::enter(service, method, caller);
         let call = {
             let _entered = span.enter();
-            self.inner.call(request)
+            in_incoming_trace(incoming.clone(), || self.inner.call(request))
         };
         let recorder = span.clone();
         Box::pin(
-            async move {
+            with_incoming_trace(incoming, async move {
                 let response = call.await;
                 let code = match &response {
                     // Unary replies that fail carry the status in the headers (trailers-only); a
@@ -128,7 +137,7 @@ where
                 }
                 in_flight.finish(code);
                 response
-            }
+            })
             .instrument(span),
         )
     }

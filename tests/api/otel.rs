@@ -493,3 +493,24 @@ async fn exports_to_a_tls_collector_trusting_the_configured_ca() {
     );
     assert_eq!(resource_string(&resource, "service.instance.id"), "pod-a");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_the_callers_trace_id_still_names_the_call() {
+    let gateway = start_binary(&["--local"], &[]);
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN}-01");
+    let invalid = reset(&gateway, "not valid", Some(&traceparent))
+        .await
+        .unwrap_err();
+    let info = tonic_types::StatusExt::get_error_details(&invalid)
+        .request_info()
+        .cloned()
+        .unwrap();
+    assert_eq!(info.request_id, TRACE_ID);
+    let (code, logs) = stop(gateway).await;
+    assert_eq!(code, Some(0));
+    assert!(
+        logs.iter()
+            .any(|l| l.contains(TRACE_ID) && l.contains("INVALID_ARGUMENT")),
+        "{logs:?}"
+    );
+}
