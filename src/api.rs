@@ -58,6 +58,34 @@ struct CallLog {
     started: Instant,
     caller: Option<Arc<str>>,
     pool: Option<UserPoolId>,
+    /// Whether the call's line was written; if not when dropped, the call ended without an
+    /// answer, and that is the line.
+    written: bool,
+}
+
+impl Drop for CallLog {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        // The caller hung up, or the connection closed, before the answer. A reset it started
+        // goes on; its outcome is logged when it ends, if nobody is left to be told.
+        let (trace_id, span_id) = current_ids().unwrap_or_default();
+        tracing::info!(
+            code = "CANCELLED",
+            trace_id,
+            span_id,
+            reason = "",
+            caller = self.caller.as_deref().unwrap_or_default(),
+            user_pool_id = self
+                .pool
+                .as_ref()
+                .map(UserPoolId::as_str)
+                .unwrap_or_default(),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "ResetUserPassword",
+        );
+    }
 }
 
 #[tonic::async_trait]
@@ -73,6 +101,7 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
             started: Instant::now(),
             caller: caller.as_ref().map(|c| Arc::clone(&c.name)),
             pool: None,
+            written: false,
         };
 
         // Fail closed: the authentication layer always sets a caller for this path.
@@ -180,7 +209,8 @@ impl<B: Backend> UserAdmin<B> {
 }
 
 impl CallLog {
-    fn succeeded(self, reset: GatedReset) -> ResetUserPasswordResponse {
+    fn succeeded(mut self, reset: GatedReset) -> ResetUserPasswordResponse {
+        self.written = true;
         if reset.deduplicated {
             metrics().deduplicated.add(1, &[]);
         }
@@ -210,7 +240,8 @@ impl CallLog {
     /// Builds the status and writes the call's one log line; server-side failures are logged in
     /// full (with anything the caller sent scrubbed out, and text a Lambda wrote left out), since
     /// their status is opaque.
-    fn failed(&self, error: &GatewayError, request: Option<&ResetRequest>) -> Status {
+    fn failed(&mut self, error: &GatewayError, request: Option<&ResetRequest>) -> Status {
+        self.written = true;
         let status = to_status(error, self.pool.as_ref());
         let reason = tonic_types::StatusExt::get_details_error_info(&status)
             .map(|info| info.reason)

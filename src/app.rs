@@ -71,6 +71,7 @@ pub struct App {
     health_only: Option<(TcpListener, Router<Stack<ErrorDetailsLayer, Identity>>)>,
     health: HealthReporter,
     access: Arc<Access>,
+    gate: Arc<UserGate>,
     config: Config,
 }
 
@@ -122,9 +123,10 @@ impl App {
         // One budget for every request to Cognito: a call's first is checked by the handler, its
         // retries after throttling by the backend.
         let backend_guard = Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst));
+        let gate = Arc::new(UserGate::new(limits.user_cooldown));
         let api = UserAdminServiceServer::new(UserAdmin::new(
             Arc::new(backend.with_send_budget(Arc::clone(&backend_guard))),
-            Arc::new(UserGate::new(limits.user_cooldown)),
+            Arc::clone(&gate),
             backend_guard,
             config.cognito.operation_timeout,
         ))
@@ -175,6 +177,7 @@ impl App {
             health_only,
             health,
             access,
+            gate,
             config,
         })
     }
@@ -196,7 +199,8 @@ impl App {
     }
 
     /// Serves until `shutdown` completes; then health turns NOT_SERVING, no new connection is
-    /// accepted, and in-flight calls get `server.shutdown_grace` to finish before they are dropped.
+    /// accepted, and in-flight calls (and Cognito calls that outlived their callers) get
+    /// `server.shutdown_grace` to finish before they are dropped.
     pub async fn run(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -207,6 +211,7 @@ impl App {
             health_only,
             health,
             access,
+            gate,
             config,
         } = self;
         // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
@@ -254,7 +259,13 @@ impl App {
         let grace = config.server.shutdown_grace;
         let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only]);
         tokio::select! {
-            result = serve => result,
+            result = async {
+                let result = serve.await;
+                // Resets whose callers have all gone still run: they end, and are logged, rather
+                // than being cut off with their outcome unknown.
+                gate.settled().await;
+                result
+            } => result,
             () = async {
                 // Only once shutdown began does the grace period run; if the serve future never
                 // signals (it owns the sender), this branch stays pending.

@@ -14,6 +14,7 @@ use std::{
     sync::{Arc, Mutex},
     time::Duration,
 };
+use tokio_util::task::TaskTracker;
 
 use governor::{
     Quota, RateLimiter,
@@ -118,6 +119,9 @@ pub struct UserGate {
     hmac_key: [u8; 32],
     cooldown: Duration,
     state: Mutex<GateState>,
+    /// The Cognito calls running, which outlive the callers that started them: shutdown waits
+    /// for them (see [`UserGate::settled`]).
+    calls: TaskTracker,
 }
 
 impl std::fmt::Debug for UserGate {
@@ -142,7 +146,16 @@ impl UserGate {
                 entries: HashMap::new(),
                 sweep_above: MIN_SWEEP,
             }),
+            calls: TaskTracker::new(),
         }
+    }
+
+    /// Waits until the Cognito calls running now have ended: at shutdown, so that a reset whose
+    /// callers have gone still ends (and is logged) rather than being cut off, outcome unknown.
+    /// Calls started meanwhile are waited for too.
+    pub async fn settled(&self) {
+        self.calls.close();
+        self.calls.wait().await;
     }
 
     /// The keyed hash of a user. HMAC-SHA-256, truncated to 128 bits: collisions (which would
@@ -190,7 +203,7 @@ impl UserGate {
         F: FnOnce() -> Result<Fut, GatewayError>,
         Fut: Future<Output = FlightResult> + Send + 'static,
     {
-        let (mut receiver, deduplicated) = {
+        let (mut receiver, deduplicated, call) = {
             let now = Instant::now();
             let mut state = self.lock();
             state.sweep(now);
@@ -201,26 +214,34 @@ impl UserGate {
                         deduplicated: true,
                     });
                 }
-                Some(Entry::InFlight(receiver)) => (receiver.clone(), true),
+                Some(Entry::InFlight(receiver)) => (receiver.clone(), true, None),
                 _ => {
                     let call = start()?;
                     let (sender, receiver) = watch::channel(None);
                     state.entries.insert(key, Entry::InFlight(receiver.clone()));
-                    let completion = Completion {
-                        gate: Arc::clone(self),
-                        key,
-                        done: false,
-                    };
-                    tokio::spawn(async move {
-                        let result = call.await;
-                        completion.complete(&result);
-                        // Nobody may be waiting any more (all callers hung up): that is fine.
-                        let _ = sender.send(Some(result));
-                    });
-                    (receiver, false)
+                    (receiver, false, Some((call, sender)))
                 }
             }
         };
+        // Spawned with the lock released: a runtime shutting down drops the task at once, and the
+        // drop takes the lock.
+        if let Some((call, sender)) = call {
+            let completion = Completion {
+                gate: Arc::clone(self),
+                key,
+                done: false,
+            };
+            self.calls.spawn(async move {
+                let result = call.await;
+                completion.complete(&result);
+                if sender.receiver_count() == 0 {
+                    // Every caller hung up or ran out of time: the outcome is nobody's answer, so
+                    // it is logged here, since the reset may well have happened.
+                    log_unanswered(&result);
+                }
+                let _ = sender.send(Some(result));
+            });
+        }
         let result = match receiver.wait_for(Option::is_some).await {
             Ok(result) => result.clone().expect("waited for Some"),
             // The task ended without a result: it panicked (and its `Completion` removed the
@@ -252,6 +273,21 @@ impl UserGate {
             }
         }
     }
+}
+
+fn log_unanswered(result: &FlightResult) {
+    let (outcome, request_id) = match result {
+        Ok(outcome) => ("OK", outcome.request_id.as_deref()),
+        Err(GatewayError::Backend(BackendError::Cognito(failure))) => {
+            (failure.code.as_str(), failure.request_id.as_deref())
+        }
+        Err(_) => ("no answer from Cognito", None),
+    };
+    tracing::info!(
+        outcome,
+        cognito_request_id = request_id.unwrap_or_default(),
+        "a reset ended after all its callers had gone"
+    );
 }
 
 /// Settles a call's entry when the call ends, however it ends: with a result (remembered or

@@ -675,3 +675,65 @@ async fn what_a_lambda_says_stays_out_of_the_log() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_abandoned_mid_reset_is_logged_and_so_is_the_reset() {
+    let server = fake_cognito(cognito_ok("rid-orphan").set_delay(Duration::from_secs(1))).await;
+    let dir = std::env::temp_dir().join(format!("cg-orphan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.toml");
+    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
+    let (config_path, endpoint) = (config.display().to_string(), server.uri());
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        start_binary(
+            &["--config", &config_path],
+            &[
+                ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", &endpoint),
+                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+                ("AWS_SECRET_ACCESS_KEY", "secret"),
+                ("AWS_CONFIG_FILE", "/nonexistent"),
+                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let mut client =
+        cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
+            format!("http://{}", gateway.addr),
+        )
+        .await
+        .unwrap();
+    {
+        // The caller hangs up once Cognito has the request (it answers a second later).
+        let call = client.reset_user_password(request(POOL, "alice"));
+        tokio::pin!(call);
+        while sends(&server).await == 0 {
+            tokio::select! {
+                answer = &mut call => panic!("answered before Cognito did: {answer:?}"),
+                () = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+        }
+    }
+    // Shutdown waits for the reset, which nobody is waiting for any more, to end.
+    let log = tokio::task::spawn_blocking(move || {
+        assert_eq!(gateway.terminate(), Some(0));
+        gateway.rest_of_log()
+    })
+    .await
+    .unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("\"code\":\"CANCELLED\"") && l.contains("ResetUserPassword")),
+        "the abandoned call's line: {log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.contains("after all its callers had gone")
+                && l.contains("\"outcome\":\"OK\"")
+                && l.contains("rid-orphan")),
+        "the reset's outcome: {log:?}"
+    );
+    assert_eq!(sends(&server).await, 1);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
