@@ -198,6 +198,8 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "UnrecognizedClientException",
             "Timeout",
             "Unreachable",
+            "ConnectionLost",
+            "RegionNotAllowed",
             "Misconfigured",
             "BadResponse",
         ],
