@@ -182,6 +182,8 @@ pub struct SdkBackend {
     /// What throttling retries draw on; without one they are bounded by `max_attempts` alone.
     send_budget: Option<Arc<RateLimit>>,
     clients: RwLock<HashMap<String, Client>>,
+    /// The regions metrics name (see [`SdkBackend::region_label`]).
+    region_labels: std::sync::Mutex<BTreeSet<String>>,
 }
 
 /// A region name's shape (`us-east-1`, `us-gov-west-1`, `local-1`): lower-case words joined by
@@ -249,6 +251,7 @@ impl SdkBackend {
             settings,
             send_budget: None,
             clients: RwLock::new(HashMap::new()),
+            region_labels: std::sync::Mutex::new(BTreeSet::new()),
         }
     }
 
@@ -302,6 +305,27 @@ impl SdkBackend {
         tracing::info!(%region, "created Cognito client");
         clients.insert(region, client.clone());
         Ok(client)
+    }
+
+    /// The region as a metric label. Without `cognito.allowed_regions` any region-shaped prefix a
+    /// caller sends is a region, so only the first `cognito.max_regions` seen are named; the rest
+    /// are `_OTHER` (spans still name them).
+    fn region_label(&self, region: &str) -> String {
+        if self.settings.allowed_regions.is_some() {
+            return region.to_owned();
+        }
+        let mut labelled = self
+            .region_labels
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if labelled.contains(region) {
+            region.to_owned()
+        } else if labelled.len() < self.settings.max_regions {
+            labelled.insert(region.to_owned());
+            region.to_owned()
+        } else {
+            "_OTHER".to_owned()
+        }
     }
 
     fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Client>> {
@@ -466,16 +490,17 @@ impl Backend for SdkBackend {
             }),
             Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
         };
-        record_cognito_call(&result, &region, started);
+        record_cognito_call(&result, &self.region_label(&region), started);
         result
     }
 }
 
 /// Finishes the CLIENT span (the current one, made by the caller) and the `rpc.client.duration`
-/// metric.
+/// metric, whose labels take a bounded set of values: `region_label`, and an exception the error
+/// table knows or `_OTHER`.
 fn record_cognito_call(
     result: &Result<ResetOutcome, BackendError>,
-    region: &str,
+    region_label: &str,
     started: Instant,
 ) {
     let span = tracing::Span::current();
@@ -498,9 +523,13 @@ fn record_cognito_call(
         span.record("aws.exception", exception);
         span.record("otel.status_code", "ERROR");
     }
+    let exception_label = match result {
+        Err(BackendError::Cognito(_)) if !crate::status::is_known_exception(exception) => "_OTHER",
+        _ => exception,
+    };
     metrics().rpc_client_duration.record(
         started.elapsed().as_secs_f64() * 1000.0,
-        &cognito_attributes(exception, region),
+        &cognito_attributes(exception_label, region_label),
     );
 }
 
@@ -646,6 +675,19 @@ pub(crate) type RegionSet = BTreeSet<String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn metrics_name_at_most_max_regions_regions() {
+        let settings = CognitoSettings {
+            max_regions: 2,
+            ..CognitoSettings::default()
+        };
+        let backend = SdkBackend::with_endpoint("http://127.0.0.1:1", "us-east-1", settings).await;
+        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
+        assert_eq!(backend.region_label("eu-west-1"), "eu-west-1");
+        assert_eq!(backend.region_label("xx-made-up-1"), "_OTHER");
+        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
+    }
 
     #[test]
     fn region_shapes() {

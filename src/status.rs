@@ -189,6 +189,18 @@ const fn row(code: Code, reason: &'static str, extra: Extra) -> Row {
 }
 
 /// The Cognito half of the table, by exception name.
+/// Whether `exception` is one the table names (else it is UNKNOWN_COGNITO_ERROR): metrics label
+/// only these, since Cognito's reply, or whatever stands in its place, may name anything.
+pub fn is_known_exception(exception: &str) -> bool {
+    let failure = CognitoFailure {
+        code: exception.to_owned(),
+        message: String::new(),
+        request_id: None,
+        http_status: 400,
+    };
+    cognito_row(&failure).reason != "UNKNOWN_COGNITO_ERROR"
+}
+
 fn cognito_row(failure: &CognitoFailure) -> Row {
     use Code::*;
     match failure.code.as_str() {

@@ -202,6 +202,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "RegionNotAllowed",
             "Misconfigured",
             "BadResponse",
+            "_OTHER",
         ],
     ),
     ("rpc_system", &["grpc", "aws-api"]),
