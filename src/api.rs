@@ -11,7 +11,7 @@ use tracing::{Instrument as _, field::Empty};
 use crate::{
     cognito::{Backend, BackendError, CallBounds},
     domain::{ResetRequest, UserPoolId},
-    limits::{GatedReset, RateLimit, UserGate},
+    limits::{GatedReset, PoolRateLimit, RateLimit, UserGate},
     metrics::metrics,
     middleware::deadline::Deadline,
     policy::Caller,
@@ -32,6 +32,7 @@ pub struct UserAdmin<B> {
     backend: Arc<B>,
     gate: Arc<UserGate>,
     backend_guard: Arc<RateLimit>,
+    pool_limit: Option<Arc<PoolRateLimit>>,
     operation_timeout: Duration,
 }
 
@@ -48,8 +49,16 @@ impl<B> UserAdmin<B> {
             backend,
             gate,
             backend_guard,
+            pool_limit: None,
             operation_timeout,
         }
+    }
+
+    /// Adds a limit per pool on the calls that reach Cognito, checked before the backend guard.
+    #[must_use]
+    pub fn with_pool_limit(mut self, limit: PoolRateLimit) -> Self {
+        self.pool_limit = Some(Arc::new(limit));
+        self
     }
 }
 
@@ -172,11 +181,20 @@ impl<B: Backend> UserAdmin<B> {
         let key = self.gate.key(&request.user_pool_id, &request.username);
         let backend = Arc::clone(&self.backend);
         let guard = Arc::clone(&self.backend_guard);
+        let pool_limit = self.pool_limit.clone();
         self.gate
             .reset(key, move || {
                 backend
                     .serves(&request.user_pool_id)
                     .map_err(GatewayError::Backend)?;
+                if let Some(limit) = &pool_limit {
+                    limit.check(&request.user_pool_id).map_err(|wait| {
+                        GatewayError::RateLimited {
+                            limit: Limit::Pool(request.user_pool_id.clone()),
+                            wait,
+                        }
+                    })?;
+                }
                 guard.check().map_err(|wait| GatewayError::RateLimited {
                     limit: Limit::Backend,
                     wait,

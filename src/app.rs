@@ -15,7 +15,7 @@ use crate::{
     api::UserAdmin,
     cognito::Backend,
     config::{AuthMode, Config},
-    limits::{RateLimit, UserGate},
+    limits::{PoolRateLimit, RateLimit, UserGate},
     middleware::{
         admission::{Authenticate, CallerRate, LoadShed},
         check::CheckLayer,
@@ -124,14 +124,19 @@ impl App {
         // retries after throttling by the backend.
         let backend_guard = Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst));
         let gate = Arc::new(UserGate::new(limits.user_cooldown));
-        let api = UserAdminServiceServer::new(UserAdmin::new(
+        let mut handler = UserAdmin::new(
             Arc::new(backend.with_send_budget(Arc::clone(&backend_guard))),
             Arc::clone(&gate),
             backend_guard,
             config.cognito.operation_timeout,
-        ))
-        .max_decoding_message_size(server.max_decoding_message_size)
-        .max_encoding_message_size(server.max_encoding_message_size);
+        );
+        if limits.pool_rps > 0 {
+            handler =
+                handler.with_pool_limit(PoolRateLimit::new(limits.pool_rps, limits.pool_burst));
+        }
+        let api = UserAdminServiceServer::new(handler)
+            .max_decoding_message_size(server.max_decoding_message_size)
+            .max_encoding_message_size(server.max_encoding_message_size);
 
         // tonic 0.14's builder leaves the stream limit unset and hyper's reset-flood guard off; every
         // limit here is set explicitly from the (documented) configuration.

@@ -179,6 +179,11 @@ pub struct LimitSettings {
     pub backend_rps: u32,
     /// Cognito calls that may go in one burst.
     pub backend_burst: u32,
+    /// Cognito calls per second for each user pool, so that one pool cannot take the whole
+    /// backend guard; 0: no such limit.
+    pub pool_rps: u32,
+    /// Each pool's burst.
+    pub pool_burst: u32,
     /// After a successful reset, repeats for the same user within this window are answered without
     /// calling Cognito (`deduplicated = true`).
     pub user_cooldown: Duration,
@@ -736,6 +741,8 @@ struct FileCaller {
 struct FileLimits {
     backend_rps: u32,
     backend_burst: Option<u32>,
+    pool_rps: u32,
+    pool_burst: Option<u32>,
     user_cooldown_secs: u64,
     max_in_flight: usize,
     default_rate_per_second: u32,
@@ -747,6 +754,8 @@ impl Default for FileLimits {
         Self {
             backend_rps: 25,
             backend_burst: None,
+            pool_rps: 0,
+            pool_burst: None,
             user_cooldown_secs: 30,
             max_in_flight: 256,
             default_rate_per_second: 10,
@@ -764,6 +773,12 @@ impl FileLimits {
             backend_burst: within(
                 "limits.backend_burst",
                 self.backend_burst.unwrap_or(backend_rps),
+                1..=10_000,
+            )?,
+            pool_rps: within("limits.pool_rps", self.pool_rps, 0..=10_000)?,
+            pool_burst: within(
+                "limits.pool_burst",
+                self.pool_burst.unwrap_or(self.pool_rps.max(1)),
                 1..=10_000,
             )?,
             user_cooldown: secs(
@@ -1217,6 +1232,11 @@ mod tests {
                 "server.max_concurrent_streams",
             ),
             ("[cognito]\nmax_attempts = 99\n", "cognito.max_attempts"),
+            ("[limits]\npool_rps = 20000\n", "limits.pool_rps"),
+            (
+                "[limits]\npool_rps = 5\npool_burst = 0\n",
+                "limits.pool_burst",
+            ),
             (
                 "[cognito]\nallowed_regions = [\"mars\"]\n",
                 "cognito.allowed_regions",

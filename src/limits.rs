@@ -3,6 +3,8 @@
 //! - [`RateLimit`]: a governor token bucket with an exact wait, for each caller and for the
 //!   gateway-wide backend guard (Cognito's account-recovery quota is shared by every pool and
 //!   replica, so the gateway keeps below it rather than queueing).
+//! - [`PoolRateLimit`]: a bucket per user pool, so that one pool cannot take the whole backend
+//!   guard.
 //! - [`UserGate`]: at most one Cognito call per user per cooldown. Identical concurrent resets share
 //!   one call (single-flight); a repeat after a success inside the window is answered without
 //!   calling Cognito. A caller's retry therefore never sends the person a second code.
@@ -20,7 +22,7 @@ use governor::{
     Quota, RateLimiter,
     clock::{Clock, DefaultClock},
     middleware::NoOpMiddleware,
-    state::{InMemoryState, NotKeyed},
+    state::{InMemoryState, NotKeyed, keyed::HashMapStateStore},
 };
 use hmac::{KeyInit as _, Mac as _};
 use tokio::{sync::watch, time::Instant};
@@ -78,6 +80,62 @@ impl<C: Clock + Clone> RateLimit<C> {
     /// Whether this bucket has the given shape (a reload keeps a bucket whose shape is unchanged).
     pub fn has_shape(&self, rate: u32, burst: u32) -> bool {
         self.rate == rate && self.burst == burst
+    }
+}
+
+/// A token bucket per user pool (`limits.pool_rps`, `pool_burst`), for the calls that reach
+/// Cognito: so that one pool's users cannot spend the whole backend guard.
+pub struct PoolRateLimit<C: Clock = DefaultClock> {
+    limiter: RateLimiter<UserPoolId, HashMapStateStore<UserPoolId>, C, NoOpMiddleware<C::Instant>>,
+    clock: C,
+}
+
+impl<C: Clock> std::fmt::Debug for PoolRateLimit<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolRateLimit").finish_non_exhaustive()
+    }
+}
+
+/// Buckets kept before the full ones (idle long enough to be back at their burst) are dropped:
+/// pool ids come from callers, and memory must stay bounded.
+const POOL_BUCKETS_BEFORE_CLEANUP: usize = 10_000;
+
+impl PoolRateLimit {
+    /// Buckets on the real clock.
+    pub fn new(rate: u32, burst: u32) -> Self {
+        Self::with_clock(rate, burst, DefaultClock::default())
+    }
+}
+
+impl<C: Clock + Clone> PoolRateLimit<C> {
+    /// Buckets on a given clock (governor's `FakeRelativeClock` in tests).
+    pub fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
+        let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
+        Self {
+            limiter: RateLimiter::hashmap_with_clock(quota, clock.clone()),
+            clock,
+        }
+    }
+
+    /// Takes one of `pool`'s tokens, or says exactly how long until one is free.
+    pub fn check(&self, pool: &UserPoolId) -> Result<(), Duration> {
+        if self.limiter.len() > POOL_BUCKETS_BEFORE_CLEANUP {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(pool)
+            .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
+    }
+
+    /// How many pools have a bucket.
+    pub fn len(&self) -> usize {
+        self.limiter.len()
+    }
+
+    /// Whether no pool has a bucket.
+    pub fn is_empty(&self) -> bool {
+        self.limiter.is_empty()
     }
 }
 

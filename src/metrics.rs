@@ -105,6 +105,7 @@ pub fn observe_limits(limits: &LimitSettings) {
     let values = [
         ("backend_rps", f64::from(limits.backend_rps)),
         ("backend_burst", f64::from(limits.backend_burst)),
+        ("pool_rps", f64::from(limits.pool_rps)),
         ("max_in_flight", limits.max_in_flight as f64),
         ("user_cooldown_secs", limits.user_cooldown.as_secs_f64()),
     ];

@@ -59,6 +59,8 @@ const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
 pub enum Limit {
     /// The caller's own rate (`callers[].rate_per_second`, `burst`).
     Caller(Arc<str>),
+    /// The pool's share of Cognito calls (`limits.pool_rps`, `pool_burst`).
+    Pool(UserPoolId),
     /// The gateway-wide budget for Cognito calls (`limits.backend_rps`).
     Backend,
 }
@@ -67,6 +69,7 @@ impl fmt::Display for Limit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Caller(name) => write!(f, "caller:{name}"),
+            Self::Pool(pool) => write!(f, "pool:{}", pool.as_str()),
             Self::Backend => f.write_str("backend"),
         }
     }
@@ -76,6 +79,7 @@ impl Limit {
     fn description(&self) -> &'static str {
         match self {
             Self::Caller(_) => "the caller's request rate (callers[].rate_per_second and burst)",
+            Self::Pool(_) => "the pool's share of Cognito calls (limits.pool_rps and pool_burst)",
             Self::Backend => {
                 "the gateway-wide budget for Cognito calls (limits.backend_rps), below Cognito's account quota"
             }
@@ -135,7 +139,12 @@ pub fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::K
     let mut attributes = vec![KeyValue::new("reason", row.reason)];
     match error {
         GatewayError::RateLimited { limit, .. } => {
-            attributes.push(KeyValue::new("limit", limit.to_string()));
+            // Callers are few and configured; pool ids are whatever callers send.
+            let label = match limit {
+                Limit::Pool(_) => "pool".to_owned(),
+                other => other.to_string(),
+            };
+            attributes.push(KeyValue::new("limit", label));
         }
         GatewayError::Unauthenticated(_)
         | GatewayError::CallerNotAllowed { .. }

@@ -245,6 +245,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
         &[
             "backend_rps",
             "backend_burst",
+            "pool_rps",
             "max_in_flight",
             "user_cooldown_secs",
         ],
@@ -286,7 +287,7 @@ fn series() -> BTreeMap<String, BTreeSet<String>> {
 /// Whether `value` is one a matcher on `label` may name literally.
 fn known_value(label: &str, value: &str) -> bool {
     if label == "limit" {
-        return value == "backend" || value.starts_with("caller:");
+        return value == "backend" || value == "pool" || value.starts_with("caller:");
     }
     match LABEL_VALUES.iter().find(|(l, _)| *l == label) {
         Some((_, values)) => values.contains(&value),

@@ -45,6 +45,30 @@ fn the_backend_guard_default_holds_25_per_second() {
     assert!((250..=275).contains(&admitted), "{admitted}");
 }
 
+#[test]
+fn each_pool_has_its_own_bucket_and_memory_stays_bounded() {
+    let clock = FakeRelativeClock::default();
+    let limit = PoolRateLimit::with_clock(2, 2, clock.clone());
+    let (a, b) = (pool(), UserPoolId::parse("us-east-1_Other".into()).unwrap());
+    limit.check(&a).unwrap();
+    limit.check(&a).unwrap();
+    assert_eq!(limit.check(&a), Err(Duration::from_millis(500)));
+    limit.check(&b).unwrap();
+    clock.advance(Duration::from_millis(500));
+    limit.check(&a).unwrap();
+    // Made-up pools, each used once: the buckets of those long idle are dropped.
+    for i in 0..3 * POOL_BUCKETS_BEFORE_CLEANUP {
+        let pool = UserPoolId::parse(format!("us-east-1_P{i}")).unwrap();
+        limit.check(&pool).unwrap();
+        clock.advance(Duration::from_secs(1));
+    }
+    assert!(
+        limit.len() <= POOL_BUCKETS_BEFORE_CLEANUP + 1,
+        "{}",
+        limit.len()
+    );
+}
+
 fn pool() -> UserPoolId {
     UserPoolId::parse("us-east-1_Gate".into()).unwrap()
 }

@@ -227,6 +227,29 @@ async fn the_backend_guard_caps_cognito_calls_across_callers() {
 }
 
 #[tokio::test]
+async fn a_pool_limit_keeps_one_pool_from_taking_the_backend_budget() {
+    let server = cognito(Duration::ZERO).await;
+    let mut config = test_config();
+    config.limits.pool_rps = 1;
+    config.limits.pool_burst = 2;
+    let app = app_for(config, &server).await;
+    app.reset(POOL, "a").await.unwrap();
+    app.reset(POOL, "b").await.unwrap();
+    let status = app.reset(POOL, "c").await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+    assert_eq!(error_info(&status).reason, "RATE_LIMITED");
+    let details = details(&status);
+    assert!(details.retry_info().unwrap().retry_delay.unwrap() > Duration::ZERO);
+    assert_eq!(
+        details.quota_failure().unwrap().violations[0].subject,
+        format!("pool:{POOL}")
+    );
+    // Another pool has its own share.
+    app.reset("us-east-1_Callers2", "a").await.unwrap();
+    assert_eq!(sends(&server).await, 3, "the refused call was not sent");
+}
+
+#[tokio::test]
 async fn fifty_identical_calls_make_one_send_and_a_repeat_makes_none() {
     let server = cognito(Duration::from_millis(200)).await;
     let mut config = test_config();
