@@ -273,6 +273,9 @@ impl CallLog {
             .unwrap_or_default();
         let request_id = match error {
             GatewayError::Backend(BackendError::Cognito(failure)) => failure.request_id.as_deref(),
+            GatewayError::Backend(BackendError::BadResponse { request_id, .. }) => {
+                request_id.as_deref()
+            }
             _ => None,
         };
         let duration_ms = self.started.elapsed().as_millis() as u64;
