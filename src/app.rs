@@ -84,7 +84,7 @@ impl App {
         let listener = TcpListener::bind(config.listen).await?;
         let server = &config.server;
 
-        let (health, health_service) = tonic_health::server::health_reporter();
+        let (health, health_service) = crate::health::health();
         health
             .set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;

@@ -18,6 +18,7 @@
 //! - [`config`], flags, environment, TOML, validated at start. [`tls`], server TLS with client
 //!   certificates (mTLS), reloaded when the files change.
 //! - [`local`], the embedded local Cognito of `serve --local`.
+//! - [`health`], `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
 //! - [`telemetry`], logs, OpenTelemetry traces and metrics; [`metrics`], the instruments.
 //!
@@ -30,6 +31,7 @@ pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
+pub mod health;
 pub mod jwt;
 pub mod limits;
 pub mod local;
