@@ -189,6 +189,9 @@ pub struct LimitSettings {
     pub user_cooldown: Duration,
     /// Calls in flight at once; more are shed with UNAVAILABLE OVERLOADED.
     pub max_in_flight: usize,
+    /// Calls in flight at once from any one authenticated caller, so that one caller (stalled
+    /// streams, say) cannot hold every place; more are shed likewise.
+    pub max_in_flight_per_caller: usize,
     /// Rate of callers that set none.
     pub default_rate_per_second: u32,
     /// Burst of callers that set none.
@@ -745,6 +748,7 @@ struct FileLimits {
     pool_burst: Option<u32>,
     user_cooldown_secs: u64,
     max_in_flight: usize,
+    max_in_flight_per_caller: Option<usize>,
     default_rate_per_second: u32,
     default_burst: u32,
 }
@@ -758,6 +762,7 @@ impl Default for FileLimits {
             pool_burst: None,
             user_cooldown_secs: 30,
             max_in_flight: 256,
+            max_in_flight_per_caller: None,
             default_rate_per_second: 10,
             default_burst: 20,
         }
@@ -787,6 +792,13 @@ impl FileLimits {
                 0..=86_400,
             )?,
             max_in_flight: within("limits.max_in_flight", self.max_in_flight, 1..=100_000)?,
+            // Half by default: one caller can then never shut the others out.
+            max_in_flight_per_caller: within(
+                "limits.max_in_flight_per_caller",
+                self.max_in_flight_per_caller
+                    .unwrap_or(self.max_in_flight.div_ceil(2)),
+                1..=self.max_in_flight.max(1),
+            )?,
             default_rate_per_second: within(
                 "limits.default_rate_per_second",
                 self.default_rate_per_second,
@@ -1233,6 +1245,10 @@ mod tests {
             ),
             ("[cognito]\nmax_attempts = 99\n", "cognito.max_attempts"),
             ("[limits]\npool_rps = 20000\n", "limits.pool_rps"),
+            (
+                "[limits]\nmax_in_flight = 10\nmax_in_flight_per_caller = 11\n",
+                "limits.max_in_flight_per_caller",
+            ),
             (
                 "[limits]\npool_rps = 5\npool_burst = 0\n",
                 "limits.pool_burst",

@@ -107,6 +107,10 @@ pub fn observe_limits(limits: &LimitSettings) {
         ("backend_burst", f64::from(limits.backend_burst)),
         ("pool_rps", f64::from(limits.pool_rps)),
         ("max_in_flight", limits.max_in_flight as f64),
+        (
+            "max_in_flight_per_caller",
+            limits.max_in_flight_per_caller as f64,
+        ),
         ("user_cooldown_secs", limits.user_cooldown.as_secs_f64()),
     ];
     let _gauge = global::meter("cognito-gateway")

@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
     time::Duration,
 };
+use tokio::sync::Semaphore;
 
 use arc_swap::ArcSwap;
 use sha2::{Digest as _, Sha256};
@@ -34,6 +35,9 @@ pub struct Caller {
     user_pools: Option<HashSet<String>>,
     /// Its own rate.
     pub rate: Arc<RateLimit>,
+    /// Its places for calls in flight (`limits.max_in_flight_per_caller`).
+    pub in_flight: Arc<Semaphore>,
+    in_flight_cap: usize,
 }
 
 impl std::fmt::Debug for Caller {
@@ -73,7 +77,7 @@ impl Policy {
         let mut callers: Vec<Arc<Caller>> = access
             .callers
             .iter()
-            .map(|config| Arc::new(caller(config, previous)))
+            .map(|config| Arc::new(caller(config, limits.max_in_flight_per_caller, previous)))
             .collect();
         if access.mode == AuthMode::None && !callers.iter().any(|c| &*c.name == ANONYMOUS) {
             // Without authentication everyone is `anonymous`; unless configured otherwise, it may
@@ -86,6 +90,8 @@ impl Policy {
                     rate_per_second: limits.default_rate_per_second,
                     burst: limits.default_burst,
                 },
+                // Everyone is `anonymous`: its share is the whole process's.
+                limits.max_in_flight,
                 previous,
             )));
         }
@@ -131,12 +137,17 @@ impl Policy {
     }
 }
 
-fn caller(config: &CallerConfig, previous: Option<&Policy>) -> Caller {
-    let rate = previous
-        .and_then(|p| p.named(&config.name))
+fn caller(config: &CallerConfig, in_flight_cap: usize, previous: Option<&Policy>) -> Caller {
+    let old = previous.and_then(|p| p.named(&config.name));
+    let rate = old
+        .as_ref()
         .map(|old| Arc::clone(&old.rate))
         .filter(|rate| rate.has_shape(config.rate_per_second, config.burst))
         .unwrap_or_else(|| Arc::new(RateLimit::new(config.rate_per_second, config.burst)));
+    let in_flight = old
+        .filter(|old| old.in_flight_cap == in_flight_cap)
+        .map(|old| Arc::clone(&old.in_flight))
+        .unwrap_or_else(|| Arc::new(Semaphore::new(in_flight_cap)));
     Caller {
         name: config.name.as_str().into(),
         token_sha256: config.token_sha256,
@@ -145,6 +156,8 @@ fn caller(config: &CallerConfig, previous: Option<&Policy>) -> Caller {
             .as_ref()
             .map(|pools| pools.iter().cloned().collect()),
         rate,
+        in_flight,
+        in_flight_cap,
     }
 }
 

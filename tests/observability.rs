@@ -247,6 +247,7 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
             "backend_burst",
             "pool_rps",
             "max_in_flight",
+            "max_in_flight_per_caller",
             "user_cooldown_secs",
         ],
     ),

@@ -88,16 +88,18 @@ impl Check for Authenticate {
     }
 }
 
-/// Each caller's own rate (`callers[].rate_per_second`, `burst`).
+/// Each caller's own rate (`callers[].rate_per_second`, `burst`; RESOURCE_EXHAUSTED) and share of
+/// the places for calls in flight (`limits.max_in_flight_per_caller`; UNAVAILABLE OVERLOADED, like
+/// the process-wide cap).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallerRate;
 
 impl Check for CallerRate {
-    type Guard = ();
+    type Guard = Option<OwnedSemaphorePermit>;
 
-    async fn check(&self, request: &mut Parts) -> Result<(), GatewayError> {
+    async fn check(&self, request: &mut Parts) -> Result<Self::Guard, GatewayError> {
         let Some(caller) = request.extensions.get::<Arc<Caller>>() else {
-            return Ok(());
+            return Ok(None);
         };
         caller
             .rate
@@ -105,6 +107,10 @@ impl Check for CallerRate {
             .map_err(|wait| GatewayError::RateLimited {
                 limit: Limit::Caller(Arc::clone(&caller.name)),
                 wait,
-            })
+            })?;
+        Arc::clone(&caller.in_flight)
+            .try_acquire_owned()
+            .map(Some)
+            .map_err(|_| GatewayError::Overloaded)
     }
 }

@@ -318,6 +318,46 @@ async fn beyond_max_in_flight_calls_are_shed_not_queued() {
     app.reset(POOL, "c").await.unwrap();
 }
 
+#[tokio::test]
+async fn one_caller_cannot_take_every_place_in_flight() {
+    let server = cognito(Duration::from_secs(2)).await;
+    let mut config = token_config(vec![
+        caller("billing", "tok-billing", None),
+        caller("support", "tok-support", None),
+    ]);
+    config.limits.max_in_flight = 4;
+    config.limits.max_in_flight_per_caller = 2;
+    let app = Arc::new(app_for(config, &server).await);
+    let held: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|user| {
+            let app = Arc::clone(&app);
+            tokio::spawn(async move {
+                app.reset_request(with_token(request(POOL, user), "tok-billing"))
+                    .await
+            })
+        })
+        .collect();
+    eventually("billing's two calls in flight", || async {
+        sends(&server).await == 2
+    })
+    .await;
+    let status = app
+        .reset_request(with_token(request(POOL, "c"), "tok-billing"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable);
+    assert_eq!(error_info(&status).reason, "OVERLOADED");
+    // Another caller still has places.
+    app.reset_request(with_token(request(POOL, "d"), "tok-support"))
+        .await
+        .unwrap();
+    for call in held {
+        call.await.unwrap().unwrap();
+    }
+    assert_eq!(sends(&server).await, 3);
+}
+
 /// A config file on disk, as an operator writes it, for the reload tests.
 struct ConfigFile {
     dir: PathBuf,
