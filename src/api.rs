@@ -148,7 +148,7 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         // not start one.
         let remaining = deadline.map(|d| d.remaining());
         if remaining == Some(Duration::ZERO) {
-            return Err(log.failed(&GatewayError::DeadlineExceeded, Some(&request)));
+            return Err(log.failed(&GatewayError::DeadlineExceededUnsent, Some(&request)));
         }
         let request = Arc::new(request);
         let retry_until = remaining.map(|remaining| Instant::now() + remaining);

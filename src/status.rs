@@ -117,6 +117,9 @@ pub enum GatewayError {
     /// The caller's `grpc-timeout` ran out.
     #[error("the caller's deadline ran out")]
     DeadlineExceeded,
+    /// The caller's `grpc-timeout` had run out before anything was sent to Cognito.
+    #[error("the caller's deadline ran out before anything was sent")]
+    DeadlineExceededUnsent,
     /// Cognito, or the way to it, failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -263,7 +266,9 @@ fn gateway_row(error: &GatewayError) -> Row {
         GatewayError::RateLimited { .. } => row(ResourceExhausted, "RATE_LIMITED", Extra::None),
         GatewayError::Overloaded => row(Unavailable, "OVERLOADED", Extra::None),
         GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
-        GatewayError::DeadlineExceeded => row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None),
+        GatewayError::DeadlineExceeded | GatewayError::DeadlineExceededUnsent => {
+            row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
+        }
         GatewayError::Protocol { code, message } => protocol_row(*code, message),
         GatewayError::Backend(backend) => match backend {
             BackendError::Cognito(failure) => cognito_row(failure),
@@ -373,6 +378,9 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     let message = if let GatewayError::Protocol { message, .. } = error {
         // tonic's messages describe the call's framing, never its contents: safe to pass on.
         message.clone()
+    } else if let GatewayError::DeadlineExceededUnsent = error {
+        "the call's deadline ran out before anything was sent to Cognito: no reset happened"
+            .to_owned()
     } else if is_server_side(row.code) {
         opaque_message(row.reason, request_id)
     } else {

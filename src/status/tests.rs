@@ -318,6 +318,12 @@ fn caller_deadline_is_deadline_exceeded() {
         Code::DeadlineExceeded,
         "DEADLINE_EXCEEDED",
     );
+    let (unsent, _) = check(
+        &GatewayError::DeadlineExceededUnsent,
+        Code::DeadlineExceeded,
+        "DEADLINE_EXCEEDED",
+    );
+    assert!(unsent.message().contains("no reset happened"), "{unsent:?}");
 }
 
 #[test]
