@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use crate::helpers::{BIN, start_binary};
+use crate::helpers::{BIN, start_binary, start_binary_against};
 
 fn reset(addr: &str, user: &str) -> std::process::Output {
     Command::new(BIN)
@@ -98,32 +98,14 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
         )
         .mount(&cognito)
         .await;
-    let dir = std::env::temp_dir().join(format!("cg-env-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
-    let endpoint = cognito.uri();
-    let config_path = config.display().to_string();
-    let gateway = tokio::task::spawn_blocking(move || {
-        start_binary(
-            &["--config", &config_path],
-            &[
-                (
-                    "AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER",
-                    endpoint.as_str(),
-                ),
-                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_REGION", "eu-west-1"),
-                // Nothing from the developer's machine may leak in.
-                ("AWS_CONFIG_FILE", "/nonexistent"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-                ("AWS_EC2_METADATA_DISABLED", "true"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (gateway, _files) = start_binary_against(
+        &cognito.uri(),
+        &[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    )
+    .await;
     let addr = gateway.addr.clone();
     let output = tokio::task::spawn_blocking(move || {
         Command::new(BIN)
@@ -198,7 +180,6 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
         .await
         .unwrap();
     assert_eq!(code, Some(0));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -367,7 +367,9 @@ pub struct Files {
 
 impl Files {
     pub fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cg-tls-{name}-{}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("cg-{name}-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         Self { dir }
     }
@@ -386,4 +388,30 @@ impl Drop for Files {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The binary as a pod runs it against a Cognito at `endpoint` (wiremock): `[auth] mode = "none"`
+/// said explicitly, fake credentials, nothing from this machine's AWS files; `env` adds to that
+/// (a later value for the same variable wins). The files live as long as the returned [`Files`].
+pub async fn start_binary_against(endpoint: &str, env: &[(&str, &str)]) -> (Gateway, Files) {
+    let files = Files::new("binary");
+    let config = files.write("gateway.toml", "[auth]\nmode = \"none\"\n");
+    let all: Vec<(String, String)> = [
+        ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", endpoint),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
+        ("AWS_SECRET_ACCESS_KEY", "secret"),
+        ("AWS_CONFIG_FILE", "/nonexistent"),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+    ]
+    .into_iter()
+    .chain(env.iter().copied())
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let gateway = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        start_binary(&["--config", config.to_str().unwrap()], &env)
+    })
+    .await
+    .unwrap();
+    (gateway, files)
 }

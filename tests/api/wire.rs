@@ -13,8 +13,8 @@ use wiremock::{
 };
 
 use crate::helpers::{
-    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with, start_binary,
-    test_config, test_settings, with_deadline,
+    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with,
+    start_binary_against, test_config, test_settings, with_deadline,
 };
 
 const TARGET: &str = "AWSCognitoIdentityProviderService.AdminResetUserPassword";
@@ -624,26 +624,7 @@ async fn what_a_lambda_says_stays_out_of_the_log() {
         .respond_with(EchoingLambda("UnexpectedLambdaException"))
         .mount(&server)
         .await;
-    let dir = std::env::temp_dir().join(format!("cg-lambda-log-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
-    let (config_path, endpoint) = (config.display().to_string(), server.uri());
-    let mut gateway = tokio::task::spawn_blocking(move || {
-        start_binary(
-            &["--config", &config_path],
-            &[
-                ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", &endpoint),
-                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_CONFIG_FILE", "/nonexistent"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-                ("RUST_LOG", "trace"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (mut gateway, _files) = start_binary_against(&server.uri(), &[("RUST_LOG", "trace")]).await;
     let mut client =
         cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
             format!("http://{}", gateway.addr),
@@ -673,31 +654,12 @@ async fn what_a_lambda_says_stays_out_of_the_log() {
             "{secret} logged: {log:?}"
         );
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_abandoned_mid_reset_is_logged_and_so_is_the_reset() {
     let server = fake_cognito(cognito_ok("rid-orphan").set_delay(Duration::from_secs(1))).await;
-    let dir = std::env::temp_dir().join(format!("cg-orphan-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.toml");
-    std::fs::write(&config, "[auth]\nmode = \"none\"\n").unwrap();
-    let (config_path, endpoint) = (config.display().to_string(), server.uri());
-    let mut gateway = tokio::task::spawn_blocking(move || {
-        start_binary(
-            &["--config", &config_path],
-            &[
-                ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", &endpoint),
-                ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE"),
-                ("AWS_SECRET_ACCESS_KEY", "secret"),
-                ("AWS_CONFIG_FILE", "/nonexistent"),
-                ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
-            ],
-        )
-    })
-    .await
-    .unwrap();
+    let (mut gateway, _files) = start_binary_against(&server.uri(), &[]).await;
     let mut client =
         cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
             format!("http://{}", gateway.addr),
@@ -735,5 +697,4 @@ async fn a_call_abandoned_mid_reset_is_logged_and_so_is_the_reset() {
         "the reset's outcome: {log:?}"
     );
     assert_eq!(sends(&server).await, 1);
-    std::fs::remove_dir_all(&dir).unwrap();
 }
