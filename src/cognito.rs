@@ -183,7 +183,7 @@ pub struct SdkBackend {
     send_budget: Option<Arc<RateLimit>>,
     clients: RwLock<HashMap<String, Client>>,
     /// The regions metrics name (see [`SdkBackend::region_label`]).
-    region_labels: std::sync::Mutex<BTreeSet<String>>,
+    region_labels: RwLock<BTreeSet<String>>,
 }
 
 /// A region name's shape (`us-east-1`, `us-gov-west-1`, `local-1`): lower-case words joined by
@@ -251,7 +251,7 @@ impl SdkBackend {
             settings,
             send_budget: None,
             clients: RwLock::new(HashMap::new()),
-            region_labels: std::sync::Mutex::new(BTreeSet::new()),
+            region_labels: RwLock::new(BTreeSet::new()),
         }
     }
 
@@ -310,21 +310,27 @@ impl SdkBackend {
     /// The region as a metric label. Without `cognito.allowed_regions` any region-shaped prefix a
     /// caller sends is a region, so only the first `cognito.max_regions` seen are named; the rest
     /// are `_OTHER` (spans still name them).
-    fn region_label(&self, region: &str) -> String {
+    fn region_label<'a>(&self, region: &'a str) -> &'a str {
         if self.settings.allowed_regions.is_some() {
-            return region.to_owned();
+            return region;
+        }
+        let known = self
+            .region_labels
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(region);
+        if known {
+            return region;
         }
         let mut labelled = self
             .region_labels
-            .lock()
+            .write()
             .unwrap_or_else(|poison| poison.into_inner());
-        if labelled.contains(region) {
-            region.to_owned()
-        } else if labelled.len() < self.settings.max_regions {
+        if labelled.len() < self.settings.max_regions {
             labelled.insert(region.to_owned());
-            region.to_owned()
+            region
         } else {
-            "_OTHER".to_owned()
+            "_OTHER"
         }
     }
 
@@ -490,7 +496,7 @@ impl Backend for SdkBackend {
             }),
             Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
         };
-        record_cognito_call(&result, &self.region_label(&region), started);
+        record_cognito_call(&result, self.region_label(&region), started);
         result
     }
 }
@@ -592,8 +598,7 @@ fn never_left_the_process(connector: &ConnectorError) -> bool {
     !network
 }
 
-/// Whether a connector error happened before the request could be written: connection refused,
-/// DNS, TLS handshake, connect timeout. Only these are certain not to have reached Cognito.
+/// Whether the attempt failed to connect (see [`is_connect_failure`]).
 fn is_connect_failure_error(error: &OrchestratorError<InterceptorError>) -> bool {
     error
         .as_connector_error()
@@ -608,6 +613,8 @@ fn is_throttling(error: &OrchestratorError<InterceptorError>) -> bool {
         == Some("TooManyRequestsException")
 }
 
+/// Whether a connector error happened before the request could be written: connection refused,
+/// DNS, TLS handshake, connect timeout. Only these are certain not to have reached Cognito.
 fn is_connect_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut next = Some(error);
     while let Some(error) = next {

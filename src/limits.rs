@@ -13,10 +13,12 @@ use std::{
     collections::HashMap,
     future::Future,
     num::NonZeroU32,
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
-use tokio_util::task::TaskTracker;
 
 use governor::{
     Quota, RateLimiter,
@@ -26,6 +28,7 @@ use governor::{
 };
 use hmac::{KeyInit as _, Mac as _};
 use tokio::{sync::watch, time::Instant};
+use tokio_util::task::TaskTracker;
 
 use crate::{
     cognito::{BackendError, ResetOutcome},
@@ -60,10 +63,8 @@ impl RateLimit {
 impl<C: Clock + Clone> RateLimit<C> {
     /// A bucket on a given clock (governor's `FakeRelativeClock` in tests).
     pub fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Self {
-            limiter: RateLimiter::direct_with_clock(quota, clock.clone()),
+            limiter: RateLimiter::direct_with_clock(quota(rate, burst), clock.clone()),
             clock,
             rate,
             burst,
@@ -88,6 +89,7 @@ impl<C: Clock + Clone> RateLimit<C> {
 pub struct PoolRateLimit<C: Clock = DefaultClock> {
     limiter: RateLimiter<UserPoolId, HashMapStateStore<UserPoolId>, C, NoOpMiddleware<C::Instant>>,
     clock: C,
+    checks: AtomicUsize,
 }
 
 impl<C: Clock> std::fmt::Debug for PoolRateLimit<C> {
@@ -97,8 +99,17 @@ impl<C: Clock> std::fmt::Debug for PoolRateLimit<C> {
 }
 
 /// Buckets kept before the full ones (idle long enough to be back at their burst) are dropped:
-/// pool ids come from callers, and memory must stay bounded.
+/// pool ids come from callers, and memory must stay bounded (to this, plus [`CLEANUP_EVERY`]).
 const POOL_BUCKETS_BEFORE_CLEANUP: usize = 10_000;
+
+/// How many checks go by between looks at the number of buckets.
+const CLEANUP_EVERY: usize = 256;
+
+/// `rate` per second, up to `burst` at once (0 counts as 1).
+fn quota(rate: u32, burst: u32) -> Quota {
+    Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
+        .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN))
+}
 
 impl PoolRateLimit {
     /// Buckets on the real clock.
@@ -110,17 +121,19 @@ impl PoolRateLimit {
 impl<C: Clock + Clone> PoolRateLimit<C> {
     /// Buckets on a given clock (governor's `FakeRelativeClock` in tests).
     pub fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
-        let quota = Quota::per_second(NonZeroU32::new(rate).unwrap_or(NonZeroU32::MIN))
-            .allow_burst(NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN));
         Self {
-            limiter: RateLimiter::hashmap_with_clock(quota, clock.clone()),
+            limiter: RateLimiter::hashmap_with_clock(quota(rate, burst), clock.clone()),
             clock,
+            checks: AtomicUsize::new(0),
         }
     }
 
     /// Takes one of `pool`'s tokens, or says exactly how long until one is free.
     pub fn check(&self, pool: &UserPoolId) -> Result<(), Duration> {
-        if self.limiter.len() > POOL_BUCKETS_BEFORE_CLEANUP {
+        // The size is looked at now and then, not on every call: it takes the map's lock too.
+        let checks = self.checks.fetch_add(1, Ordering::Relaxed);
+        if checks.is_multiple_of(CLEANUP_EVERY) && self.limiter.len() > POOL_BUCKETS_BEFORE_CLEANUP
+        {
             self.limiter.retain_recent();
         }
         self.limiter

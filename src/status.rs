@@ -23,7 +23,6 @@ pub const GATEWAY_DOMAIN: &str = "cognito-gateway";
 /// second, so a second is the shortest wait that can see a fresh budget.
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 
-/// Exception names that mean the gateway's own AWS credentials or IAM policy are wrong.
 /// Whether Cognito's message for `exception` is AWS's own text, fit for the log. A Lambda error's
 /// message is whatever the pool's Lambda said, and an unknown exception's anything at all: either
 /// may quote the request (username, metadata, even in forms scrubbing cannot recognise), so their
@@ -35,6 +34,7 @@ pub fn message_is_aws_text(exception: &str) -> bool {
     ) || CREDENTIAL_CODES.contains(&exception)
 }
 
+/// Exception names that mean the gateway's own AWS credentials or IAM policy are wrong.
 const CREDENTIAL_CODES: &[&str] = &[
     "AccessDeniedException",
     "AccessDenied",
@@ -200,23 +200,21 @@ const fn row(code: Code, reason: &'static str, extra: Extra) -> Row {
     }
 }
 
-/// The Cognito half of the table, by exception name.
 /// Whether `exception` is one the table names (else it is UNKNOWN_COGNITO_ERROR): metrics label
 /// only these, since Cognito's reply, or whatever stands in its place, may name anything.
 pub fn is_known_exception(exception: &str) -> bool {
-    let failure = CognitoFailure {
-        code: exception.to_owned(),
-        message: String::new(),
-        request_id: None,
-        http_status: 400,
-    };
-    cognito_row(&failure).reason != "UNKNOWN_COGNITO_ERROR"
+    exception_row(exception, "").reason != "UNKNOWN_COGNITO_ERROR"
 }
 
+/// The Cognito half of the table, by exception name.
 fn cognito_row(failure: &CognitoFailure) -> Row {
+    exception_row(&failure.code, &failure.message)
+}
+
+fn exception_row(exception: &str, message: &str) -> Row {
     use Code::*;
-    match failure.code.as_str() {
-        "InvalidParameterException" if says_no_verified_contact(&failure.message) => row(
+    match exception {
+        "InvalidParameterException" if says_no_verified_contact(message) => row(
             FailedPrecondition,
             "NO_VERIFIED_CONTACT",
             Extra::NoVerifiedContact,

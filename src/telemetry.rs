@@ -17,7 +17,10 @@
 
 use std::time::Duration;
 
-use opentelemetry::{KeyValue, global, trace::TracerProvider as _};
+use opentelemetry::{
+    KeyValue, global,
+    trace::{TraceId, TracerProvider as _},
+};
 use opentelemetry_otlp::{
     MetricExporter, SpanExporter, WithTonicConfig,
     tonic_types::transport::{Certificate, ClientTlsConfig, Identity},
@@ -264,17 +267,17 @@ tokio::task_local! {
     /// The trace id a call came with (W3C `traceparent`). With no OTLP endpoint there is no
     /// OpenTelemetry layer to carry it, yet logs and `RequestInfo` should still name the caller's
     /// trace.
-    static INCOMING_TRACE: Option<String>;
+    static INCOMING_TRACE: Option<TraceId>;
 }
 
 /// Runs the synchronous part of a call (a layer may answer at once) with the trace id it came with.
-pub fn in_incoming_trace<R>(trace_id: Option<String>, call: impl FnOnce() -> R) -> R {
+pub fn in_incoming_trace<R>(trace_id: Option<TraceId>, call: impl FnOnce() -> R) -> R {
     INCOMING_TRACE.sync_scope(trace_id, call)
 }
 
 /// Runs a call's future with the trace id it came with, if any.
 pub fn with_incoming_trace<F: Future>(
-    trace_id: Option<String>,
+    trace_id: Option<TraceId>,
     call: F,
 ) -> impl Future<Output = F::Output> {
     INCOMING_TRACE.scope(trace_id, call)
@@ -291,10 +294,10 @@ pub fn current_ids() -> Option<(String, String)> {
         return Some((ids.trace_id().to_string(), ids.span_id().to_string()));
     }
     INCOMING_TRACE
-        .try_with(Clone::clone)
+        .try_with(|trace_id| *trace_id)
         .ok()
         .flatten()
-        .map(|trace_id| (trace_id, String::new()))
+        .map(|trace_id| (trace_id.to_string(), String::new()))
 }
 
 /// `process.memory.usage` and `process.cpu.time`, read from `/proc` when the exporter asks (every

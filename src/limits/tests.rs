@@ -63,7 +63,7 @@ fn each_pool_has_its_own_bucket_and_memory_stays_bounded() {
         clock.advance(Duration::from_secs(1));
     }
     assert!(
-        limit.len() <= POOL_BUCKETS_BEFORE_CLEANUP + 1,
+        limit.len() <= POOL_BUCKETS_BEFORE_CLEANUP + CLEANUP_EVERY,
         "{}",
         limit.len()
     );

@@ -107,14 +107,15 @@ where
         });
         let incoming = {
             use opentelemetry::trace::TraceContextExt as _;
-            let remote = parent.span().span_context().clone();
-            remote.is_valid().then(|| remote.trace_id().to_string())
+            let remote_span = parent.span();
+            let remote = remote_span.span_context();
+            remote.is_valid().then(|| remote.trace_id())
         };
         let _ = span.set_parent(parent);
         let in_flight = InFlight::enter(service, method, caller);
         let call = {
             let _entered = span.enter();
-            in_incoming_trace(incoming.clone(), || self.inner.call(request))
+            in_incoming_trace(incoming, || self.inner.call(request))
         };
         let recorder = span.clone();
         Box::pin(
