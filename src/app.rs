@@ -14,7 +14,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::{
     api::UserAdmin,
     cognito::Backend,
-    config::{AuthMode, Config},
+    config::{AuthMode, Config, ServerSettings},
     limits::{PoolRateLimit, RateLimit, UserGate},
     middleware::{
         admission::{Authenticate, CallerRate, LoadShed},
@@ -62,6 +62,18 @@ fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stacku
         .layer(CheckLayer::new(CallerRate))
 }
 
+/// A tonic server builder with every HTTP/2 limit set from `server`: tonic 0.14's builder leaves
+/// the stream limit unset and hyper's reset-flood guard off.
+pub fn hardened_server(server: &ServerSettings) -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(server.max_concurrent_streams)
+        .http2_max_local_error_reset_streams(Some(server.max_local_error_reset_streams))
+        .http2_max_pending_accept_reset_streams(Some(server.max_pending_accept_reset_streams))
+        .http2_max_header_list_size(server.max_header_list_size)
+        .http2_keepalive_interval(Some(server.http2_keepalive_interval))
+        .http2_keepalive_timeout(Some(server.http2_keepalive_timeout))
+}
+
 /// A bound, ready-to-run gateway.
 #[derive(Debug)]
 pub struct App {
@@ -89,14 +101,9 @@ impl App {
             .set_service_status(SERVICE_NAME, ServingStatus::Serving)
             .await;
 
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(std::io::Error::other)?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        // Both versions: grpcurl and older clients still ask v1alpha.
+        let reflection_v1 = reflection().build_v1().map_err(std::io::Error::other)?;
+        let reflection_v1alpha = reflection()
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
 
@@ -138,15 +145,7 @@ impl App {
             .max_decoding_message_size(server.max_decoding_message_size)
             .max_encoding_message_size(server.max_encoding_message_size);
 
-        // tonic 0.14's builder leaves the stream limit unset and hyper's reset-flood guard off; every
-        // limit here is set explicitly from the (documented) configuration.
-        let mut builder = tonic::transport::Server::builder()
-            .max_concurrent_streams(server.max_concurrent_streams)
-            .http2_max_local_error_reset_streams(Some(server.max_local_error_reset_streams))
-            .http2_max_pending_accept_reset_streams(Some(server.max_pending_accept_reset_streams))
-            .http2_max_header_list_size(server.max_header_list_size)
-            .http2_keepalive_interval(Some(server.http2_keepalive_interval))
-            .http2_keepalive_timeout(Some(server.http2_keepalive_timeout));
+        let mut builder = hardened_server(server);
         if let Some(age) = server.max_connection_age {
             builder = builder.max_connection_age(age);
         }
@@ -163,13 +162,8 @@ impl App {
                 let listener = TcpListener::bind(addr).await?;
                 // Health alone: probes carry no credentials; anything else asked of this port is
                 // UNIMPLEMENTED, with its ErrorInfo like every other status.
-                let router = tonic::transport::Server::builder()
+                let router = hardened_server(server)
                     .max_concurrent_streams(16)
-                    .http2_max_local_error_reset_streams(Some(server.max_local_error_reset_streams))
-                    .http2_max_pending_accept_reset_streams(Some(
-                        server.max_pending_accept_reset_streams,
-                    ))
-                    .http2_max_header_list_size(server.max_header_list_size)
                     .layer(ErrorDetailsLayer)
                     .add_service(health_service);
                 Some((listener, router))
@@ -285,6 +279,13 @@ impl App {
             }
         }
     }
+}
+
+/// What reflection describes: the API and health.
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
 }
 
 /// Ends background tasks when `run` returns, however it returns.
