@@ -12,29 +12,28 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    api::UserAdmin,
+    api::{ResetGate, UserAdmin},
     cognito::Backend,
     config::{AuthMode, Config, ServerSettings},
-    limits::{PoolRateLimit, RateLimit, UserGate},
     middleware::{
-        admission::{Authenticate, CallerRate, LoadShed},
-        check::CheckLayer,
+        admission::{AdmitLayer, Authenticate, CallerRate, LoadShed},
         deadline::DeadlineLayer,
-        error_details::ErrorDetailsLayer,
+        rescue::RescueLayer,
         trace::TraceLayer,
     },
     policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
+    rate::{PoolRateLimit, RateLimit},
 };
 
 /// The layers every gRPC call passes, as `layers()` stacks them (innermost first in the type).
 type Stackup = Stack<
-    CheckLayer<CallerRate>,
+    AdmitLayer<CallerRate>,
     Stack<
-        CheckLayer<Authenticate>,
+        AdmitLayer<Authenticate>,
         Stack<
-            CheckLayer<LoadShed>,
-            Stack<DeadlineLayer, Stack<ErrorDetailsLayer, Stack<TraceLayer, Identity>>>,
+            AdmitLayer<LoadShed>,
+            Stack<DeadlineLayer, Stack<RescueLayer, Stack<TraceLayer, Identity>>>,
         >,
     >,
 >;
@@ -48,18 +47,20 @@ fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stacku
         // Outermost: the call's span and duration, so that they cover everything below and record
         // the final status.
         .layer(TraceLayer)
-        // Every reply, whoever wrote it (tonic, or a layer below), leaves with an ErrorInfo.
-        .layer(ErrorDetailsLayer)
+        // The one place a failure becomes a status, whoever failed (tonic, a layer below, the
+        // handler), and where the call's log line is written: inside the span, so that the line
+        // carries its trace id.
+        .layer(RescueLayer)
         // The deadline next, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
         // than tonic's CANCELLED when the caller's time runs out.
         .layer(DeadlineLayer::new(config.server.request_timeout))
         // Shed before doing any work for the call, authentication included: under overload the
         // cheapest answer is the best one.
-        .layer(CheckLayer::new(LoadShed::new(config.limits.max_in_flight)))
+        .layer(AdmitLayer::new(LoadShed::new(config.limits.max_in_flight)))
         // Who is calling; everything below knows the caller.
-        .layer(CheckLayer::new(Authenticate::new(Arc::clone(access))))
+        .layer(AdmitLayer::new(Authenticate::new(Arc::clone(access))))
         // Each caller's own rate: a buggy caller exhausts its budget, not everyone's.
-        .layer(CheckLayer::new(CallerRate))
+        .layer(AdmitLayer::new(CallerRate))
 }
 
 /// A tonic server builder with every HTTP/2 limit set from `server`: tonic 0.14's builder leaves
@@ -80,12 +81,15 @@ pub struct App {
     listener: TcpListener,
     router: Router<Layers>,
     /// The health-only listener and its server, with `--health-listen`.
-    health_only: Option<(TcpListener, Router<Stack<ErrorDetailsLayer, Identity>>)>,
+    health_only: Option<(TcpListener, Router<Stack<RescueLayer, Identity>>)>,
     health: HealthReporter,
     access: Arc<Access>,
-    gate: Arc<UserGate>,
+    gate: Arc<ResetGate>,
     config: Config,
 }
+
+/// How much longer than a Cognito call a claim on its user lasts: time to record the outcome.
+const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The gRPC service name health reports for the API, as callers and probes ask for it.
 pub const SERVICE_NAME: &str = "cognitogateway.v1.UserAdminService";
@@ -130,7 +134,9 @@ impl App {
         // One budget for every request to Cognito: a call's first is checked by the handler, its
         // retries after throttling by the backend.
         let backend_guard = Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst));
-        let gate = Arc::new(UserGate::new(limits.user_cooldown));
+        // A claim outlives the longest Cognito call, so that it lapses only when its holder died.
+        let lease = config.cognito.operation_timeout + CLAIM_MARGIN;
+        let gate = Arc::new(ResetGate::in_process(limits.user_cooldown, lease));
         let mut handler = UserAdmin::new(
             Arc::new(backend.with_send_budget(Arc::clone(&backend_guard))),
             Arc::clone(&gate),
@@ -164,7 +170,7 @@ impl App {
                 // UNIMPLEMENTED, with its ErrorInfo like every other status.
                 let router = hardened_server(server)
                     .max_concurrent_streams(16)
-                    .layer(ErrorDetailsLayer)
+                    .layer(RescueLayer)
                     .add_service(health_service);
                 Some((listener, router))
             }

@@ -52,9 +52,52 @@ use tokio::time::Instant;
 use crate::{
     config::CognitoSettings,
     domain::{ResetRequest, UserPoolId},
-    limits::RateLimit,
     metrics::{cognito_attributes, metrics},
+    rate::RateLimit,
 };
+
+/// The exceptions `AdminResetUserPassword` is documented to return (the SDK's typed variants).
+pub const RESET_EXCEPTIONS: &[&str] = &[
+    "InternalErrorException",
+    "InvalidEmailRoleAccessPolicyException",
+    "InvalidLambdaResponseException",
+    "InvalidParameterException",
+    "InvalidSmsRoleAccessPolicyException",
+    "InvalidSmsRoleTrustRelationshipException",
+    "LimitExceededException",
+    "NotAuthorizedException",
+    "OperationNotEnabledException",
+    "ResourceNotFoundException",
+    "TooManyRequestsException",
+    "UnexpectedLambdaException",
+    "UserLambdaValidationException",
+    "UserNotFoundException",
+];
+
+/// AWS's exceptions that mean the gateway's own credentials or IAM policy are wrong: any AWS API
+/// may return them.
+pub const CREDENTIAL_EXCEPTIONS: &[&str] = &[
+    "AccessDeniedException",
+    "AccessDenied",
+    "ExpiredTokenException",
+    "ExpiredToken",
+    "IncompleteSignature",
+    "IncompleteSignatureException",
+    "InvalidClientTokenId",
+    "InvalidSignatureException",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "RequestExpired",
+    "SignatureDoesNotMatch",
+    "UnrecognizedClientException",
+];
+
+/// Whether the backend knows `exception` by name ([`RESET_EXCEPTIONS`], [`CREDENTIAL_EXCEPTIONS`]):
+/// metrics label only these, since Cognito's reply, or whatever stands in its place, may name
+/// anything.
+pub fn is_known_exception(exception: &str) -> bool {
+    RESET_EXCEPTIONS.contains(&exception) || CREDENTIAL_EXCEPTIONS.contains(&exception)
+}
 
 /// What a successful reset tells the caller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,6 +157,15 @@ pub enum BackendError {
 }
 
 impl BackendError {
+    /// Cognito's request id, where Cognito answered.
+    pub fn request_id(&self) -> Option<&str> {
+        match self {
+            Self::Cognito(CognitoFailure { request_id, .. })
+            | Self::BadResponse { request_id, .. } => request_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The error with `request`'s username and metadata cut out of every text it carries. Applied
     /// where the call ran, with the request that was sent: callers sharing the call get (and log)
     /// this version, never another caller's metadata.
@@ -510,17 +562,19 @@ fn record_cognito_call(
     started: Instant,
 ) {
     let span = tracing::Span::current();
-    let (request_id, exception) = match result {
-        Ok(outcome) => (outcome.request_id.as_deref(), ""),
-        Err(BackendError::Cognito(failure)) => {
-            (failure.request_id.as_deref(), failure.code.as_str())
-        }
-        Err(BackendError::Timeout(_)) => (None, "Timeout"),
-        Err(BackendError::Unreachable(_)) => (None, "Unreachable"),
-        Err(BackendError::ConnectionLost(_)) => (None, "ConnectionLost"),
-        Err(BackendError::Misconfigured(_)) => (None, "Misconfigured"),
-        Err(BackendError::BadResponse { request_id, .. }) => (request_id.as_deref(), "BadResponse"),
-        Err(BackendError::RegionNotAllowed { .. }) => (None, "RegionNotAllowed"),
+    let request_id = match result {
+        Ok(outcome) => outcome.request_id.as_deref(),
+        Err(error) => error.request_id(),
+    };
+    let exception = match result {
+        Ok(_) => "",
+        Err(BackendError::Cognito(failure)) => failure.code.as_str(),
+        Err(BackendError::Timeout(_)) => "Timeout",
+        Err(BackendError::Unreachable(_)) => "Unreachable",
+        Err(BackendError::ConnectionLost(_)) => "ConnectionLost",
+        Err(BackendError::Misconfigured(_)) => "Misconfigured",
+        Err(BackendError::BadResponse { .. }) => "BadResponse",
+        Err(BackendError::RegionNotAllowed { .. }) => "RegionNotAllowed",
     };
     if let Some(id) = request_id {
         span.record("aws.request_id", id);
@@ -530,7 +584,7 @@ fn record_cognito_call(
         span.record("otel.status_code", "ERROR");
     }
     let exception_label = match result {
-        Err(BackendError::Cognito(_)) if !crate::status::is_known_exception(exception) => "_OTHER",
+        Err(BackendError::Cognito(_)) if !is_known_exception(exception) => "_OTHER",
         _ => exception,
     };
     metrics().rpc_client_duration.record(

@@ -2,17 +2,72 @@
 //! [`crate::app`]'s `layers()`.
 //!
 //! The admission checks (load shedding, authentication, per-caller rate) share one shape,
-//! [`check::CheckLayer`]: look at the request, then either pass it on (holding a guard until the
-//! answer is ready) or answer at once with a status from the error table.
+//! [`admission::AdmitLayer`]: look at the request, then either pass it on (holding a guard until
+//! the answer is ready) or fail it with a typed error. Every failure, theirs, the handler's or tonic's,
+//! becomes a status in one place: [`rescue`].
+
+use std::sync::{Arc, OnceLock};
+
+use crate::domain::UserPoolId;
 
 pub mod admission;
-pub mod check;
 pub mod deadline;
-pub mod error_details;
+pub mod rescue;
 pub mod trace;
 
 /// Paths open to everyone: health (Kubernetes probes carry no credentials) and reflection (it serves
 /// the API's schema, which is public, and no data).
 pub fn is_open_path(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
+}
+
+/// What a call's layers and handler learn about it as it goes, for its log line and metrics: the
+/// outermost layer puts one in the request's extensions (as `Arc<CallRecord>`), the others fill it
+/// in. Each fact is set once.
+#[derive(Debug, Default)]
+pub struct CallRecord {
+    caller: OnceLock<Arc<str>>,
+    pool: OnceLock<UserPoolId>,
+    reset: OnceLock<ResetRecord>,
+}
+
+/// What a successful reset adds to its call's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResetRecord {
+    /// Cognito's request id of the call that answered, where it sent one.
+    pub cognito_request_id: Option<String>,
+    /// Whether the answer came without a Cognito call of this call's own.
+    pub deduplicated: bool,
+}
+
+impl CallRecord {
+    /// Records who called (authentication).
+    pub fn set_caller(&self, caller: &Arc<str>) {
+        let _ = self.caller.set(Arc::clone(caller));
+    }
+
+    /// Records the (validated) pool the call is about.
+    pub fn set_pool(&self, pool: UserPoolId) {
+        let _ = self.pool.set(pool);
+    }
+
+    /// Records a successful reset.
+    pub fn set_reset(&self, reset: ResetRecord) {
+        let _ = self.reset.set(reset);
+    }
+
+    /// Who called; `""` before authentication (or without it).
+    pub fn caller_name(&self) -> &str {
+        self.caller.get().map_or("", |caller| caller)
+    }
+
+    /// The pool, once validated.
+    pub fn pool(&self) -> Option<&UserPoolId> {
+        self.pool.get()
+    }
+
+    /// The reset, if one succeeded.
+    pub fn reset(&self) -> Option<&ResetRecord> {
+        self.reset.get()
+    }
 }

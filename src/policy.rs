@@ -19,7 +19,7 @@ use rustls_pki_types::CertificateDer;
 use crate::{
     config::{AccessConfig, AuthMode, CallerConfig, LimitSettings},
     jwt::JwtVerifier,
-    limits::RateLimit,
+    rate::RateLimit,
     tls::Tls,
 };
 

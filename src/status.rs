@@ -10,8 +10,9 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::{
-    cognito::{BackendError, CognitoFailure},
+    cognito::{BackendError, CREDENTIAL_EXCEPTIONS, CognitoFailure},
     domain::{FieldViolation, UserPoolId},
+    gate::StoreError,
 };
 
 /// `ErrorInfo.domain` of errors Cognito returned.
@@ -31,25 +32,8 @@ pub fn message_is_aws_text(exception: &str) -> bool {
     matches!(
         exception,
         "InternalErrorException" | "OperationNotEnabledException"
-    ) || CREDENTIAL_CODES.contains(&exception)
+    ) || CREDENTIAL_EXCEPTIONS.contains(&exception)
 }
-
-/// Exception names that mean the gateway's own AWS credentials or IAM policy are wrong.
-const CREDENTIAL_CODES: &[&str] = &[
-    "AccessDeniedException",
-    "AccessDenied",
-    "ExpiredTokenException",
-    "ExpiredToken",
-    "IncompleteSignature",
-    "IncompleteSignatureException",
-    "InvalidClientTokenId",
-    "InvalidSignatureException",
-    "MissingAuthenticationToken",
-    "MissingAuthenticationTokenException",
-    "RequestExpired",
-    "SignatureDoesNotMatch",
-    "UnrecognizedClientException",
-];
 
 /// How long an overloaded gateway asks callers to wait: load comes and goes in well under a second.
 const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
@@ -123,6 +107,9 @@ pub enum GatewayError {
     /// Cognito, or the way to it, failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The store shared by the fleet could not be asked, and `fleet.on_unavailable = "deny"`.
+    #[error(transparent)]
+    StoreUnavailable(StoreError),
     /// tonic refused the call before our handler saw it: an undecodable or oversized message, an
     /// unknown method. `code` and `message` are tonic's.
     #[error("refused by the gRPC layer: {message}")]
@@ -132,6 +119,16 @@ pub enum GatewayError {
         /// tonic's message.
         message: String,
     },
+}
+
+impl GatewayError {
+    /// Cognito's request id, where Cognito answered.
+    pub fn cognito_request_id(&self) -> Option<&str> {
+        match self {
+            Self::Backend(backend) => backend.request_id(),
+            _ => None,
+        }
+    }
 }
 
 /// The `cognito_gateway.rejections` metric's attributes for calls the gateway refused itself (`None`
@@ -200,12 +197,6 @@ const fn row(code: Code, reason: &'static str, extra: Extra) -> Row {
     }
 }
 
-/// Whether `exception` is one the table names (else it is UNKNOWN_COGNITO_ERROR): metrics label
-/// only these, since Cognito's reply, or whatever stands in its place, may name anything.
-pub fn is_known_exception(exception: &str) -> bool {
-    exception_row(exception, "").reason != "UNKNOWN_COGNITO_ERROR"
-}
-
 /// The Cognito half of the table, by exception name.
 fn cognito_row(failure: &CognitoFailure) -> Row {
     exception_row(&failure.code, &failure.message)
@@ -246,7 +237,7 @@ fn exception_row(exception: &str, message: &str) -> Row {
         }
         "OperationNotEnabledException" => row(Unimplemented, "OPERATION_NOT_ENABLED", Extra::None),
         "InternalErrorException" => row(Unavailable, "COGNITO_INTERNAL_ERROR", Extra::Retry),
-        code if CREDENTIAL_CODES.contains(&code) => {
+        code if CREDENTIAL_EXCEPTIONS.contains(&code) => {
             row(Internal, "BACKEND_REJECTED_CREDENTIALS", Extra::None)
         }
         _ => row(Internal, "UNKNOWN_COGNITO_ERROR", Extra::None),
@@ -266,6 +257,9 @@ fn gateway_row(error: &GatewayError) -> Row {
         GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
         GatewayError::DeadlineExceeded | GatewayError::DeadlineExceededUnsent => {
             row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
+        }
+        GatewayError::StoreUnavailable(_) => {
+            row(Unavailable, "FLEET_STORE_UNAVAILABLE", Extra::Retry)
         }
         GatewayError::Protocol { code, message } => protocol_row(*code, message),
         GatewayError::Backend(backend) => match backend {
@@ -314,13 +308,7 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
         GatewayError::Backend(BackendError::Cognito(failure)) => Some(failure),
         _ => None,
     };
-    let request_id = match error {
-        GatewayError::Backend(BackendError::Cognito(failure)) => failure.request_id.as_deref(),
-        GatewayError::Backend(BackendError::BadResponse { request_id, .. }) => {
-            request_id.as_deref()
-        }
-        _ => None,
-    };
+    let request_id = error.cognito_request_id();
 
     let mut metadata = HashMap::new();
     if let Some(pool) = pool {

@@ -1,17 +1,105 @@
-//! The admission rules, in the order `app::layers()` stacks them: shed load, authenticate, then
-//! hold each caller to its rate.
+//! Admission: rules that admit or refuse a call before it reaches the service ([`Rule`], run by
+//! [`AdmitLayer`]), and the rules themselves, in the order `app::layers()` stacks them: shed load,
+//! authenticate, then hold each caller to its rate.
 
-use std::sync::Arc;
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
-use http::request::Parts;
+use http::{Request, Response, request::Parts};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tower::{Layer, Service};
 
-use super::{check::Check, is_open_path, trace::CallerSlot};
+use super::{CallRecord, is_open_path, rescue::fail};
 use crate::{
     policy::{Access, Caller},
     status::{GatewayError, Limit},
 };
+
+/// One admission rule.
+pub trait Rule: Clone + Send + Sync + 'static {
+    /// Held until the call's answer is ready (a concurrency permit, say).
+    type Guard: Send + 'static;
+
+    /// Admits the call (and may add to its extensions), or says why not. It may wait (for a JWKS
+    /// refetch, say); most rules answer at once.
+    fn check(
+        &self,
+        request: &mut http::request::Parts,
+    ) -> impl Future<Output = Result<Self::Guard, GatewayError>> + Send;
+}
+
+/// Runs a [`Rule`] before the inner service.
+#[derive(Debug, Clone)]
+pub struct AdmitLayer<R> {
+    rule: R,
+}
+
+impl<R> AdmitLayer<R> {
+    /// A layer running `rule`.
+    pub fn new(rule: R) -> Self {
+        Self { rule }
+    }
+}
+
+impl<S, R: Clone> Layer<S> for AdmitLayer<R> {
+    type Service = Admit<S, R>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Admit {
+            inner,
+            rule: self.rule.clone(),
+        }
+    }
+}
+
+/// See [`AdmitLayer`].
+#[derive(Debug, Clone)]
+pub struct Admit<S, R> {
+    inner: S,
+    rule: R,
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Admit<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Rule,
+    ReqBody: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service that was polled ready goes into the future; a clone stays for the next call
+        // (tower's usual dance for services called after an await).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let rule = self.rule.clone();
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            match rule.check(&mut parts).await {
+                Ok(guard) => {
+                    let response = inner.call(Request::from_parts(parts, body)).await;
+                    drop(guard);
+                    response
+                }
+                Err(error) => Ok(fail(error)),
+            }
+        })
+    }
+}
 
 /// A process-wide cap on calls in flight. Beyond it calls are refused at once (UNAVAILABLE
 /// OVERLOADED, with RetryInfo), never queued: a queue would only turn overload into timeouts.
@@ -30,7 +118,7 @@ impl LoadShed {
     }
 }
 
-impl Check for LoadShed {
+impl Rule for LoadShed {
     type Guard = Option<OwnedSemaphorePermit>;
 
     async fn check(&self, request: &mut Parts) -> Result<Self::Guard, GatewayError> {
@@ -58,7 +146,7 @@ impl Authenticate {
     }
 }
 
-impl Check for Authenticate {
+impl Rule for Authenticate {
     type Guard = ();
 
     async fn check(&self, request: &mut Parts) -> Result<(), GatewayError> {
@@ -80,8 +168,8 @@ impl Check for Authenticate {
             .map_err(GatewayError::Unauthenticated)?;
         // The call's span (see `trace`) is current here.
         tracing::Span::current().record("cognito_gateway.caller", &*caller.name);
-        if let Some(slot) = request.extensions.get::<CallerSlot>() {
-            slot.set(&caller.name);
+        if let Some(record) = request.extensions.get::<Arc<CallRecord>>() {
+            record.set_caller(&caller.name);
         }
         request.extensions.insert(caller);
         Ok(())
@@ -94,7 +182,7 @@ impl Check for Authenticate {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CallerRate;
 
-impl Check for CallerRate {
+impl Rule for CallerRate {
     type Guard = Option<OwnedSemaphorePermit>;
 
     async fn check(&self, request: &mut Parts) -> Result<Self::Guard, GatewayError> {

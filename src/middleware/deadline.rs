@@ -3,7 +3,7 @@
 //!
 //! tonic enforces `grpc-timeout` itself, outside every layer of ours, by dropping the call; the
 //! caller then sees CANCELLED ("Timeout expired"), which tells it nothing. So this layer parses the
-//! header (tonic has no public accessor), hands the handler a [`Deadline`], and answers
+//! header (tonic has no public accessor), hands the handler a [`CallerDeadline`], and answers
 //! DEADLINE_EXCEEDED itself a little before tonic's timer would fire. The handler bounds its own work
 //! a little earlier still, so that it normally ends the call itself and logs it.
 //!
@@ -22,7 +22,8 @@ use http::{HeaderMap, Request, Response};
 use tokio::time::Instant;
 use tower::{Layer, Service};
 
-use crate::status::{GatewayError, to_status};
+use super::rescue::fail;
+use crate::status::GatewayError;
 
 /// How much earlier than the deadline this layer answers. tokio's timers tick in milliseconds, so
 /// any margin wins over tonic's own timer; the rest is for the answer to travel to the client.
@@ -33,9 +34,9 @@ const HANDLER_MARGIN: Duration = Duration::from_millis(20);
 
 /// When the caller stops waiting: the arrival time plus its `grpc-timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Deadline(Instant);
+pub struct CallerDeadline(Instant);
 
-impl Deadline {
+impl CallerDeadline {
     /// A deadline `timeout` from now.
     pub fn after(timeout: Duration) -> Self {
         Self(Instant::now() + timeout)
@@ -48,7 +49,7 @@ impl Deadline {
     }
 }
 
-/// Adds [`DeadlineService`]. Calls without a `grpc-timeout`, or with a longer one, get `max`: a
+/// Adds [`Deadline`]. Calls without a `grpc-timeout`, or with a longer one, get `max`: a
 /// call is never open-ended, so a client that sends headers and then nothing cannot hold a
 /// load-shedding permit forever.
 #[derive(Debug, Clone, Copy)]
@@ -64,10 +65,10 @@ impl DeadlineLayer {
 }
 
 impl<S> Layer<S> for DeadlineLayer {
-    type Service = DeadlineService<S>;
+    type Service = Deadline<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        DeadlineService {
+        Deadline {
             inner,
             max: self.max,
         }
@@ -76,12 +77,12 @@ impl<S> Layer<S> for DeadlineLayer {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct DeadlineService<S> {
+pub struct Deadline<S> {
     inner: S,
     max: Duration,
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for DeadlineService<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Deadline<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -97,7 +98,7 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let timeout = grpc_timeout(request.headers()).map_or(self.max, |t| t.min(self.max));
-        let deadline = Deadline::after(timeout);
+        let deadline = CallerDeadline::after(timeout);
         request.extensions_mut().insert(deadline);
         let call = self.inner.call(request);
         Box::pin(async move {
@@ -106,8 +107,7 @@ where
                 biased;
                 response = call => response,
                 () = tokio::time::sleep_until(deadline.0 - LAYER_MARGIN.min(timeout)) => {
-                    tracing::info!(code = "DEADLINE_EXCEEDED", "call ended by the caller's deadline");
-                    Ok(to_status(&GatewayError::DeadlineExceeded, None).into_http())
+                    Ok(fail(GatewayError::DeadlineExceeded))
                 }
             }
         })
@@ -174,7 +174,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn remaining_leaves_the_handler_margin() {
-        let deadline = Deadline::after(Duration::from_millis(100));
+        let deadline = CallerDeadline::after(Duration::from_millis(100));
         assert_eq!(deadline.remaining(), Duration::from_millis(80));
         tokio::time::advance(Duration::from_millis(81)).await;
         assert_eq!(deadline.remaining(), Duration::ZERO);

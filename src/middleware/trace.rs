@@ -9,7 +9,7 @@
 use std::{
     future::Future,
     pin::Pin,
-    sync::{Arc, OnceLock},
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -21,39 +21,28 @@ use tower::{Layer, Service};
 use tracing::{Instrument as _, field::Empty};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
+use super::CallRecord;
 use crate::{
     metrics::metrics,
     status::is_server_side,
     telemetry::{in_incoming_trace, with_incoming_trace},
 };
 
-/// Where the authentication layer leaves the caller's name for the duration metric: the trace
-/// layer sits outside authentication, so it learns who called only after the fact.
-#[derive(Debug, Clone, Default)]
-pub struct CallerSlot(Arc<OnceLock<Arc<str>>>);
-
-impl CallerSlot {
-    /// Records who called (once; later calls are ignored).
-    pub fn set(&self, caller: &Arc<str>) {
-        let _ = self.0.set(Arc::clone(caller));
-    }
-}
-
-/// Adds [`Traced`].
+/// Adds [`Trace`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TraceLayer;
 
 impl<S> Layer<S> for TraceLayer {
-    type Service = Traced<S>;
+    type Service = Trace<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Traced { inner }
+        Trace { inner }
     }
 }
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Traced<S> {
+pub struct Trace<S> {
     inner: S,
 }
 
@@ -69,7 +58,7 @@ impl Extractor for HeaderExtractor<'_> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Traced<S>
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Trace<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     S::Future: Send + 'static,
@@ -83,8 +72,10 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let caller = CallerSlot::default();
-        request.extensions_mut().insert(caller.clone());
+        // The call's record: the layers below and the handler fill it in; the caller's name in it
+        // labels the duration metric.
+        let record = Arc::new(CallRecord::default());
+        request.extensions_mut().insert(Arc::clone(&record));
         let path = request.uri().path();
         let name = path.trim_start_matches('/');
         let (service, method) = known_method(name);
@@ -112,7 +103,7 @@ where
             remote.is_valid().then(|| remote.trace_id())
         };
         let _ = span.set_parent(parent);
-        let in_flight = InFlight::enter(service, method, caller);
+        let in_flight = InFlight::enter(service, method, record);
         let call = {
             let _entered = span.enter();
             in_incoming_trace(incoming, || self.inner.call(request))
@@ -180,18 +171,18 @@ struct InFlight {
     started: Instant,
     service: &'static str,
     method: &'static str,
-    caller: CallerSlot,
+    record: Arc<CallRecord>,
     code: Option<Code>,
 }
 
 impl InFlight {
-    fn enter(service: &'static str, method: &'static str, caller: CallerSlot) -> Self {
+    fn enter(service: &'static str, method: &'static str, record: Arc<CallRecord>) -> Self {
         metrics().in_flight.add(1, &[]);
         Self {
             started: Instant::now(),
             service,
             method,
-            caller,
+            record,
             code: None,
         }
     }
@@ -215,11 +206,7 @@ impl Drop for InFlight {
                 // Configured names only (or "" before authentication): bounded.
                 KeyValue::new(
                     "cognito_gateway.caller",
-                    self.caller
-                        .0
-                        .get()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
+                    self.record.caller_name().to_owned(),
                 ),
             ],
         );

@@ -1,0 +1,267 @@
+//! The one place a failed call becomes a gRPC status (in the manner of linkerd2-proxy's
+//! `ServerRescue`), and where every call's one log line is written and its outcome counted.
+//!
+//! Layers below and the handler fail with a typed [`GatewayError`], carried up as the source of a
+//! placeholder status ([`fail`]); tonic's own refusals (an undecodable or oversized message, an
+//! unknown method) arrive as plain statuses. Either way the status the caller gets is built here,
+//! from the error table ([`crate::status`]), with the pool and request ids the call's
+//! [`CallRecord`] holds.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tonic::{Code, Status};
+use tower::{Layer, Service};
+
+use super::CallRecord;
+use crate::{
+    cognito::BackendError,
+    domain::UserPoolId,
+    metrics::metrics,
+    status::{
+        GatewayError, code_name, is_server_side, message_is_aws_text, rejection_attributes,
+        to_status,
+    },
+    telemetry::current_ids,
+};
+
+/// The reply of a call that failed with `error`, for [`RescueLayer`] to turn into its status.
+pub fn fail<B: Default>(error: GatewayError) -> Response<B> {
+    placeholder(error).into_http()
+}
+
+/// A status that only carries `error` up to [`RescueLayer`] (the handler's `Err`).
+pub fn placeholder(error: GatewayError) -> Status {
+    let mut status = Status::new(Code::Unknown, "");
+    status.set_source(Arc::new(error));
+    status
+}
+
+/// Adds [`Rescue`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RescueLayer;
+
+impl<S> Layer<S> for RescueLayer {
+    type Service = Rescue<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Rescue { inner }
+    }
+}
+
+/// See the module docs.
+#[derive(Debug, Clone)]
+pub struct Rescue<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Rescue<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    S::Future: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let record = match request.extensions().get::<Arc<CallRecord>>() {
+            Some(record) => Arc::clone(record),
+            None => {
+                let record = Arc::new(CallRecord::default());
+                request.extensions_mut().insert(Arc::clone(&record));
+                record
+            }
+        };
+        let mut line = CallLine {
+            started: Instant::now(),
+            method: method_name(request.uri().path()),
+            record,
+            written: false,
+        };
+        let call = self.inner.call(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(line.rescue(response))
+        })
+    }
+}
+
+/// The method a path names, for the log line: `ResetUserPassword` for the API, else the path.
+fn method_name(path: &str) -> Arc<str> {
+    path.rsplit_once('/').map_or(path, |(_, method)| method).into()
+}
+
+/// A call's log line, written once: when its answer is ready, or, if it never is, when the call
+/// is dropped.
+struct CallLine {
+    started: Instant,
+    method: Arc<str>,
+    record: Arc<CallRecord>,
+    written: bool,
+}
+
+impl CallLine {
+    fn rescue<B: Default>(&mut self, response: Response<B>) -> Response<B> {
+        self.written = true;
+        let error = match response.extensions().get::<Status>() {
+            Some(status) if status.code() != Code::Ok => Some(
+                std::error::Error::source(status)
+                    .and_then(|source| source.downcast_ref::<GatewayError>())
+                    .cloned()
+                    .unwrap_or_else(|| protocol_error(status)),
+            ),
+            Some(_) => None,
+            // A status written into the headers without going through `Status::into_http`.
+            None => Status::from_header_map(response.headers())
+                .filter(|status| status.code() != Code::Ok)
+                .map(|status| protocol_error(&status)),
+        };
+        match error {
+            Some(error) => {
+                let status = to_status(&error, self.record.pool());
+                self.failed(&error, &status);
+                status.into_http()
+            }
+            None => {
+                if let Some(reset) = self.record.reset() {
+                    if reset.deduplicated {
+                        metrics().deduplicated.add(1, &[]);
+                    }
+                    let (trace_id, span_id) = current_ids().unwrap_or_default();
+                    tracing::info!(
+                        code = "OK",
+                        trace_id,
+                        span_id,
+                        caller = self.record.caller_name(),
+                        user_pool_id = self.pool(),
+                        cognito_request_id = reset.cognito_request_id.as_deref().unwrap_or_default(),
+                        deduplicated = reset.deduplicated,
+                        duration_ms = self.duration_ms(),
+                        "{}",
+                        self.method,
+                    );
+                }
+                response
+            }
+        }
+    }
+
+    fn pool(&self) -> &str {
+        self.record
+            .pool()
+            .map(UserPoolId::as_str)
+            .unwrap_or_default()
+    }
+
+    fn duration_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Counts a failed call and writes its line; server-side failures in full (with text a Lambda
+    /// wrote left out), since their status is opaque.
+    fn failed(&self, error: &GatewayError, status: &Status) {
+        if let Some(attributes) = rejection_attributes(error) {
+            metrics().rejections.add(1, &attributes);
+        }
+        let reason = tonic_types::StatusExt::get_details_error_info(status)
+            .map(|info| info.reason)
+            .unwrap_or_default();
+        let code = code_name(status.code());
+        let caller = self.record.caller_name();
+        let pool = self.pool();
+        let request_id = error.cognito_request_id().unwrap_or_default();
+        let duration_ms = self.duration_ms();
+        let (trace_id, span_id) = current_ids().unwrap_or_default();
+        if is_server_side(status.code()) {
+            let detail = match error {
+                GatewayError::Backend(BackendError::Cognito(failure))
+                    if !message_is_aws_text(&failure.code) =>
+                {
+                    format!(
+                        "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
+                        failure.code,
+                        failure.http_status,
+                        failure.message.chars().count()
+                    )
+                }
+                // Backend errors were scrubbed of the request where the call ran.
+                other => other.to_string(),
+            };
+            tracing::error!(
+                code,
+                trace_id,
+                span_id,
+                reason,
+                caller,
+                user_pool_id = pool,
+                cognito_request_id = request_id,
+                duration_ms,
+                error = detail,
+                "{}",
+                self.method,
+            );
+        } else {
+            // The gateway's own refusals say which check failed (the caller is told less); a
+            // caller-side Cognito error is the reason alone, as its message may quote the request.
+            let detail = match error {
+                GatewayError::Backend(_) => String::new(),
+                other => other.to_string(),
+            };
+            tracing::info!(
+                code,
+                trace_id,
+                span_id,
+                reason,
+                caller,
+                user_pool_id = pool,
+                cognito_request_id = request_id,
+                duration_ms,
+                error = detail,
+                "{}",
+                self.method,
+            );
+        }
+    }
+}
+
+impl Drop for CallLine {
+    fn drop(&mut self) {
+        if self.written {
+            return;
+        }
+        // The caller hung up, or the connection closed, before the answer. A reset it started
+        // goes on; its outcome is logged when it ends, if nobody is left to be told.
+        let (trace_id, span_id) = current_ids().unwrap_or_default();
+        tracing::info!(
+            code = "CANCELLED",
+            trace_id,
+            span_id,
+            reason = "",
+            caller = self.record.caller_name(),
+            user_pool_id = self.pool(),
+            duration_ms = self.duration_ms(),
+            "{}",
+            self.method,
+        );
+    }
+}
+
+/// A status tonic wrote itself, before or instead of our handler.
+fn protocol_error(status: &Status) -> GatewayError {
+    GatewayError::Protocol {
+        code: status.code(),
+        message: status.message().to_owned(),
+    }
+}
