@@ -18,8 +18,8 @@ use crate::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,
     },
-    rate::{PoolRateLimit, RateLimit},
-    status::{GatewayError, Limit},
+    rate::{Limit, PoolRateLimit, RateLimit},
+    status::GatewayError,
 };
 
 /// What one Cognito call gives everyone waiting on it.
@@ -82,6 +82,7 @@ impl<B: Backend> UserAdminService for UserAdmin<B> {
         let reset = self.reset(deadline, caller, &record, message).await;
         match reset {
             Ok(reset) => {
+                tracing::Span::current().record("cognito_gateway.deduplicated", reset.deduplicated);
                 let response = ResetUserPasswordResponse {
                     cognito_request_id: reset.cognito_request_id.clone().unwrap_or_default(),
                     deduplicated: reset.deduplicated,

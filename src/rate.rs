@@ -7,8 +7,12 @@
 //!   guard.
 
 use std::{
+    fmt,
     num::NonZeroU32,
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::Duration,
 };
 
@@ -20,6 +24,40 @@ use governor::{
 };
 
 use crate::domain::UserPoolId;
+
+/// Which of the gateway's limits rejected a call (`QuotaFailure.subject`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Limit {
+    /// The caller's own rate (`callers[].rate_per_second`, `burst`).
+    Caller(Arc<str>),
+    /// The pool's share of Cognito calls (`limits.pool_rps`, `pool_burst`).
+    Pool(UserPoolId),
+    /// The gateway-wide budget for Cognito calls (`limits.backend_rps`).
+    Backend,
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Caller(name) => write!(f, "caller:{name}"),
+            Self::Pool(pool) => write!(f, "pool:{}", pool.as_str()),
+            Self::Backend => f.write_str("backend"),
+        }
+    }
+}
+
+impl Limit {
+    /// What the limit is, for `QuotaFailure.description`.
+    pub fn description(&self) -> &'static str {
+        match self {
+            Self::Caller(_) => "the caller's request rate (callers[].rate_per_second and burst)",
+            Self::Pool(_) => "the pool's share of Cognito calls (limits.pool_rps and pool_burst)",
+            Self::Backend => {
+                "the gateway-wide budget for Cognito calls (limits.backend_rps), below Cognito's account quota"
+            }
+        }
+    }
+}
 
 /// A token bucket: `rate` per second, up to `burst` at once.
 pub struct RateLimit<C: Clock = DefaultClock> {

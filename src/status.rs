@@ -4,7 +4,7 @@
 //! Caller-side statuses may repeat Cognito's message. Server-side ones ([`is_server_side`]) carry an
 //! opaque message; the full error goes to the log once, where the call ends.
 
-use std::{collections::HashMap, fmt, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -13,6 +13,7 @@ use crate::{
     cognito::{BackendError, CREDENTIAL_EXCEPTIONS, CognitoFailure},
     domain::{FieldViolation, UserPoolId},
     gate::StoreError,
+    rate::Limit,
 };
 
 /// `ErrorInfo.domain` of errors Cognito returned.
@@ -37,39 +38,6 @@ pub fn message_is_aws_text(exception: &str) -> bool {
 
 /// How long an overloaded gateway asks callers to wait: load comes and goes in well under a second.
 const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
-
-/// Which of the gateway's limits rejected a call (`QuotaFailure.subject`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Limit {
-    /// The caller's own rate (`callers[].rate_per_second`, `burst`).
-    Caller(Arc<str>),
-    /// The pool's share of Cognito calls (`limits.pool_rps`, `pool_burst`).
-    Pool(UserPoolId),
-    /// The gateway-wide budget for Cognito calls (`limits.backend_rps`).
-    Backend,
-}
-
-impl fmt::Display for Limit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Caller(name) => write!(f, "caller:{name}"),
-            Self::Pool(pool) => write!(f, "pool:{}", pool.as_str()),
-            Self::Backend => f.write_str("backend"),
-        }
-    }
-}
-
-impl Limit {
-    fn description(&self) -> &'static str {
-        match self {
-            Self::Caller(_) => "the caller's request rate (callers[].rate_per_second and burst)",
-            Self::Pool(_) => "the pool's share of Cognito calls (limits.pool_rps and pool_burst)",
-            Self::Backend => {
-                "the gateway-wide budget for Cognito calls (limits.backend_rps), below Cognito's account quota"
-            }
-        }
-    }
-}
 
 /// Why a call ended without success. Each variant is one or more rows of the table.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -17,7 +17,8 @@ use tower::{Layer, Service};
 use super::{CallRecord, is_open_path, rescue::fail};
 use crate::{
     policy::{Access, Caller},
-    status::{GatewayError, Limit},
+    rate::Limit,
+    status::GatewayError,
 };
 
 /// One admission rule.
