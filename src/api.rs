@@ -11,14 +11,13 @@ use tracing::{Instrument as _, field::Empty};
 use crate::{
     cognito::{Backend, BackendError, CallBounds, ResetOutcome},
     domain::{ResetRequest, UserPoolId},
-    gate::{Answer, FlightResult, GateError, Outcome, UserGate},
+    gate::{Answer, CallerRate, FlightResult, GateError, Outcome, Ticket, UserGate},
     middleware::{CallRecord, ResetRecord, deadline::CallerDeadline, rescue::placeholder},
     policy::Caller,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,
     },
-    rate::{Limit, PoolRateLimit, RateLimit},
     status::GatewayError,
 };
 
@@ -26,40 +25,43 @@ use crate::{
 pub type ResetResult = Result<ResetOutcome, GatewayError>;
 
 /// The per-user gate, as the service uses it.
-pub type ResetGate = UserGate<ResetResult, GatewayError>;
+pub type ResetGate = UserGate<ResetResult>;
 
 /// `cognitogateway.v1.UserAdminService`.
 #[derive(Debug)]
 pub struct UserAdmin<B> {
     backend: Arc<B>,
     gate: Arc<ResetGate>,
-    backend_guard: Arc<RateLimit>,
-    pool_limit: Option<Arc<PoolRateLimit>>,
     operation_timeout: Duration,
+    cooldown: Duration,
+    /// Whether the gate's store keeps each caller's rate (a fleet's does; in one process the
+    /// admission layer is the whole of it).
+    store_keeps_caller_rates: bool,
 }
 
 impl<B> UserAdmin<B> {
-    /// A service calling `backend` through `gate` and `backend_guard`. Each Cognito call is bounded
-    /// by `operation_timeout`; each caller's wait, by their own deadline as well.
+    /// A service calling `backend` through `gate`. Each Cognito call is bounded by
+    /// `operation_timeout`; each caller's wait, by their own deadline as well. An outcome is
+    /// remembered for `cooldown`.
     pub fn new(
         backend: Arc<B>,
         gate: Arc<ResetGate>,
-        backend_guard: Arc<RateLimit>,
         operation_timeout: Duration,
+        cooldown: Duration,
     ) -> Self {
         Self {
             backend,
             gate,
-            backend_guard,
-            pool_limit: None,
             operation_timeout,
+            cooldown,
+            store_keeps_caller_rates: false,
         }
     }
 
-    /// Adds a limit per pool on the calls that reach Cognito, checked before the backend guard.
+    /// Hands each caller's rate to the gate's store as well (a fleet shares it).
     #[must_use]
-    pub fn with_pool_limit(mut self, limit: PoolRateLimit) -> Self {
-        self.pool_limit = Some(Arc::new(limit));
+    pub fn with_shared_caller_rates(mut self) -> Self {
+        self.store_keeps_caller_rates = true;
         self
     }
 }
@@ -118,54 +120,96 @@ impl<B: Backend> UserAdmin<B> {
                 caller: Arc::clone(&caller.name),
             });
         }
-        let pool_id = UserPoolId::parse(message.user_pool_id.clone());
-        if let Ok(pool) = &pool_id {
-            record.set_pool(pool.clone());
+        if let Ok(pool) = UserPoolId::parse(message.user_pool_id.clone()) {
             tracing::Span::current().record("cognito.user_pool_id", pool.as_str());
+            record.set_pool(pool);
         }
         let request = ResetRequest::parse(
             message.user_pool_id,
             message.username,
             message.client_metadata,
+            message.request_id,
         )
         .map_err(GatewayError::InvalidRequest)?;
+        // A pool the backend cannot serve (its region) is refused before anything is spent.
+        self.backend
+            .serves(&request.user_pool_id)
+            .map_err(GatewayError::Backend)?;
 
         // The caller's deadline bounds the caller's wait and the Cognito call's retries, not the
         // call itself: a call another caller may share, and whose outcome decides whether a retry
-        // sends the user a second code, runs to its end (at most `operation_timeout`), so that a
-        // success is remembered and the retry deduplicated. A call with no time left at all does
+        // sends the user a second code, runs to its end (at most `operation_timeout`), so that its
+        // outcome is remembered and the retry deduplicated. A call with no time left at all does
         // not start one.
         let remaining = deadline.map(|d| d.remaining());
         if remaining == Some(Duration::ZERO) {
             return Err(GatewayError::DeadlineExceededUnsent);
         }
         let retry_until = remaining.map(|remaining| Instant::now() + remaining);
-        let gated = self.reset_once(Arc::new(request), retry_until);
+        let gated = self.reset_once(&caller, Arc::new(request), retry_until);
         let answer = match remaining {
             Some(remaining) => tokio::time::timeout(remaining, gated)
                 .await
                 .unwrap_or(Err(GatewayError::DeadlineExceeded))?,
             None => gated.await?,
         };
-        Ok(match answer {
+        match answer {
             Answer::Flown {
                 result,
                 deduplicated,
-            } => ResetRecord {
-                cognito_request_id: result?.request_id,
-                deduplicated,
+            } => match (result.remembered(), result) {
+                (_, Ok(outcome)) => Ok(ResetRecord {
+                    cognito_request_id: outcome.request_id,
+                    deduplicated,
+                }),
+                (
+                    Some(Outcome::Unknown {
+                        exception,
+                        request_id,
+                        from_cognito,
+                    }),
+                    Err(GatewayError::Backend(cause)),
+                ) => Err(GatewayError::OutcomeUnknown {
+                    exception,
+                    request_id,
+                    from_cognito,
+                    retry_after: self.cooldown,
+                    deduplicated,
+                    cause: Some(cause),
+                }),
+                (_, Err(error)) => Err(error),
             },
-            Answer::Remembered(Outcome::Sent { request_id }) => ResetRecord {
+            Answer::Remembered {
+                outcome: Outcome::Sent { request_id },
+                ..
+            } => Ok(ResetRecord {
                 cognito_request_id: request_id,
                 deduplicated: true,
-            },
-        })
+            }),
+            Answer::Remembered {
+                outcome:
+                    Outcome::Unknown {
+                        exception,
+                        request_id,
+                        from_cognito,
+                    },
+                left,
+            } => Err(GatewayError::OutcomeUnknown {
+                exception,
+                request_id,
+                from_cognito,
+                retry_after: left,
+                deduplicated: true,
+                cause: None,
+            }),
+        }
     }
 
     /// The reset, through the user gate: only a call that must reach Cognito, and can, spends the
-    /// backend guard's budget.
+    /// budgets for Cognito calls.
     async fn reset_once(
         &self,
+        caller: &Caller,
         request: Arc<ResetRequest>,
         retry_until: Option<Instant>,
     ) -> Result<Answer<ResetResult>, GatewayError> {
@@ -173,25 +217,22 @@ impl<B: Backend> UserAdmin<B> {
             timeout: self.operation_timeout,
             retry_until,
         };
-        let key = self.gate.key(&request.user_pool_id, &request.username);
+        let ticket = Ticket {
+            user: self
+                .gate
+                .user_key(&request.user_pool_id, request.username.expose()),
+            request: request
+                .request_id
+                .as_ref()
+                .map(|id| self.gate.request_key(&caller.name, id)),
+            pool: request.user_pool_id.clone(),
+            caller: self.store_keeps_caller_rates.then(|| CallerRate {
+                name: Arc::clone(&caller.name),
+                rate: caller.rate.rate(),
+                burst: caller.rate.burst(),
+            }),
+        };
         let start = || {
-            self.backend
-                .serves(&request.user_pool_id)
-                .map_err(GatewayError::Backend)?;
-            if let Some(limit) = &self.pool_limit {
-                limit.check(&request.user_pool_id).map_err(|wait| {
-                    GatewayError::RateLimited {
-                        limit: Limit::Pool(request.user_pool_id.clone()),
-                        wait,
-                    }
-                })?;
-            }
-            self.backend_guard
-                .check()
-                .map_err(|wait| GatewayError::RateLimited {
-                    limit: Limit::Backend,
-                    wait,
-                })?;
             // The CLIENT span is made here, in the caller's span, and goes with the call into its
             // own task.
             let span = tracing::info_span!(
@@ -209,39 +250,50 @@ impl<B: Backend> UserAdmin<B> {
             );
             let backend = Arc::clone(&self.backend);
             let request = Arc::clone(&request);
-            Ok(async move {
+            async move {
                 backend
                     .reset_user_password(&request, bounds)
                     .await
                     .map_err(|error| GatewayError::Backend(error.scrubbed(&request)))
             }
-            .instrument(span))
+            .instrument(span)
         };
-        self.gate.reset(key, start).await.map_err(|error| match error {
-            GateError::Refused(refusal) => refusal,
-            GateError::Store(error) => GatewayError::StoreUnavailable(error),
-            GateError::Lost => GatewayError::Backend(BackendError::Misconfigured(
-                "the reset task ended without a result".into(),
-            )),
-        })
+        self.gate
+            .reset(ticket, start)
+            .await
+            .map_err(|error| match error {
+                GateError::Limited { limit, wait } => GatewayError::RateLimited { limit, wait },
+                GateError::RequestReused => GatewayError::RequestIdReused,
+                GateError::Store(error) => GatewayError::StoreUnavailable(error),
+                GateError::Lost => GatewayError::Backend(BackendError::Misconfigured(
+                    "the reset task ended without a result".into(),
+                )),
+            })
     }
 }
 
 impl FlightResult for ResetResult {
     fn remembered(&self) -> Option<Outcome> {
-        // A failure is not remembered: the reset did not happen (or its outcome is unknown and
-        // the caller decides), so the next call may try again.
-        self.as_ref().ok().map(|outcome| Outcome::Sent {
-            request_id: outcome.request_id.clone(),
-        })
+        match self {
+            Ok(outcome) => Some(Outcome::Sent {
+                request_id: outcome.request_id.clone(),
+            }),
+            // The reset may have happened: repeats must not send another.
+            Err(GatewayError::Backend(error)) if error.outcome_unknown() => Some(Outcome::Unknown {
+                exception: error.exception().to_owned(),
+                request_id: error.request_id().map(str::to_owned),
+                from_cognito: matches!(error, BackendError::Cognito(_)),
+            }),
+            // A definite failure is not remembered: nothing happened, so the next call may try
+            // again.
+            Err(_) => None,
+        }
     }
 
     fn unanswered(&self) {
         let (outcome, request_id) = match self {
             Ok(outcome) => ("OK", outcome.request_id.as_deref()),
-            Err(GatewayError::Backend(BackendError::Cognito(failure))) => {
-                (failure.code.as_str(), failure.request_id.as_deref())
-            }
+            Err(GatewayError::Backend(error)) => (error.exception(), error.request_id()),
             Err(_) => ("no answer from Cognito", None),
         };
         tracing::info!(

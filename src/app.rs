@@ -23,7 +23,7 @@ use crate::{
     },
     policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
-    rate::{PoolRateLimit, RateLimit},
+    gate::{MemoryStore, Times, random_key},
 };
 
 /// The layers every gRPC call passes, as `layers()` stacks them (innermost first in the type).
@@ -91,6 +91,9 @@ pub struct App {
 /// How much longer than a Cognito call a claim on its user lasts: time to record the outcome.
 const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// How long a caller's request id is remembered.
+const REQUEST_ID_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// The gRPC service name health reports for the API, as callers and probes ask for it.
 pub const SERVICE_NAME: &str = "cognitogateway.v1.UserAdminService";
 
@@ -131,22 +134,29 @@ impl App {
         crate::metrics::observe_callers(move || counted.policy().caller_names().len());
         crate::metrics::observe_limits(&config.limits);
         let limits = &config.limits;
-        // One budget for every request to Cognito: a call's first is checked by the handler, its
+        // The gate's store keeps the user gate, the request ids and the budgets for Cognito
+        // calls. A claim outlives the longest Cognito call, so that it lapses only when its holder
+        // died.
+        let times = Times {
+            cooldown: limits.user_cooldown,
+            lease: config.cognito.operation_timeout + CLAIM_MARGIN,
+            request_ttl: REQUEST_ID_TTL,
+        };
+        let store = Arc::new(MemoryStore::new(
+            times,
+            (limits.backend_rps, limits.backend_burst),
+            (limits.pool_rps, limits.pool_burst),
+        ));
+        // One budget for every request to Cognito: a call's first is spent through the gate, its
         // retries after throttling by the backend.
-        let backend_guard = Arc::new(RateLimit::new(limits.backend_rps, limits.backend_burst));
-        // A claim outlives the longest Cognito call, so that it lapses only when its holder died.
-        let lease = config.cognito.operation_timeout + CLAIM_MARGIN;
-        let gate = Arc::new(ResetGate::in_process(limits.user_cooldown, lease));
-        let mut handler = UserAdmin::new(
-            Arc::new(backend.with_send_budget(Arc::clone(&backend_guard))),
+        let backend = backend.with_send_budget(store.backend_guard());
+        let gate = Arc::new(ResetGate::new(random_key(), store));
+        let handler = UserAdmin::new(
+            Arc::new(backend),
             Arc::clone(&gate),
-            backend_guard,
             config.cognito.operation_timeout,
+            limits.user_cooldown,
         );
-        if limits.pool_rps > 0 {
-            handler =
-                handler.with_pool_limit(PoolRateLimit::new(limits.pool_rps, limits.pool_burst));
-        }
         let api = UserAdminServiceServer::new(handler)
             .max_decoding_message_size(server.max_decoding_message_size)
             .max_encoding_message_size(server.max_encoding_message_size);

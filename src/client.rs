@@ -55,6 +55,7 @@ async fn call(args: &ResetArgs) -> Result<ResetUserPasswordResponse, Status> {
         user_pool_id: args.user_pool_id.clone(),
         username: args.username.clone(),
         client_metadata: args.client_metadata.iter().cloned().collect(),
+        request_id: new_request_id(),
     });
     if let Some(path) = &args.token_file {
         let token = std::fs::read_to_string(path).map_err(|e| {
@@ -107,4 +108,22 @@ pub fn describe(status: &Status) -> String {
 
 fn or_none(id: &str) -> &str {
     if id.is_empty() { "none" } else { id }
+}
+
+/// A fresh random (version 4) UUID for the request: the gateway remembers it, so that a retry of
+/// this very call could never send the user a second code.
+pub fn new_request_id() -> String {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
 }

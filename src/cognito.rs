@@ -166,6 +166,32 @@ impl BackendError {
         }
     }
 
+    /// Whether the request may have reached Cognito and the reset happened, though no answer
+    /// says so: HTTP 5xx (above all `InternalErrorException`), a timeout, a connection lost after
+    /// the request was written. Such a reset must not be sent again (contract §3, §5).
+    pub fn outcome_unknown(&self) -> bool {
+        match self {
+            Self::Cognito(failure) => failure.http_status >= 500,
+            Self::Timeout(_) | Self::ConnectionLost(_) => true,
+            _ => false,
+        }
+    }
+
+    /// What metrics, spans and `ErrorInfo` call this failure: Cognito's exception name, or the
+    /// gateway's name for what went wrong on the way.
+    pub fn exception(&self) -> &str {
+        match self {
+            Self::Cognito(failure) if failure.code.is_empty() => "HttpError",
+            Self::Cognito(failure) => &failure.code,
+            Self::Timeout(_) => "Timeout",
+            Self::Unreachable(_) => "Unreachable",
+            Self::ConnectionLost(_) => "ConnectionLost",
+            Self::Misconfigured(_) => "Misconfigured",
+            Self::BadResponse { .. } => "BadResponse",
+            Self::RegionNotAllowed { .. } => "RegionNotAllowed",
+        }
+    }
+
     /// The error with `request`'s username and metadata cut out of every text it carries. Applied
     /// where the call ran, with the request that was sent: callers sharing the call get (and log)
     /// this version, never another caller's metadata.
@@ -568,13 +594,7 @@ fn record_cognito_call(
     };
     let exception = match result {
         Ok(_) => "",
-        Err(BackendError::Cognito(failure)) => failure.code.as_str(),
-        Err(BackendError::Timeout(_)) => "Timeout",
-        Err(BackendError::Unreachable(_)) => "Unreachable",
-        Err(BackendError::ConnectionLost(_)) => "ConnectionLost",
-        Err(BackendError::Misconfigured(_)) => "Misconfigured",
-        Err(BackendError::BadResponse { .. }) => "BadResponse",
-        Err(BackendError::RegionNotAllowed { .. }) => "RegionNotAllowed",
+        Err(error) => error.exception(),
     };
     if let Some(id) = request_id {
         span.record("aws.request_id", id);

@@ -183,6 +183,41 @@ impl fmt::Debug for ClientMetadata {
     }
 }
 
+/// A caller's request id (AIP-155): a UUID it reuses when it retries the same request, so that
+/// the retry is answered with the first call's outcome rather than sent again. Kept in its
+/// canonical lower-case form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// `""` is no request id; anything else must be a UUID (`8-4-4-4-12` hex digits).
+    pub fn parse(raw: String) -> Result<Option<Self>, FieldViolation> {
+        if raw.is_empty() {
+            return Ok(None);
+        }
+        let groups: Vec<&str> = raw.split('-').collect();
+        let shaped = groups.len() == 5
+            && groups
+                .iter()
+                .zip([8, 4, 4, 4, 12])
+                .all(|(group, len)| {
+                    group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit())
+                });
+        if !shaped {
+            return Err(FieldViolation::new(
+                "request_id",
+                "must be a UUID (for example 123e4567-e89b-12d3-a456-426614174000), or empty",
+            ));
+        }
+        Ok(Some(Self(raw.to_ascii_lowercase())))
+    }
+
+    /// The id in its canonical form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// A request that passed validation: the only kind the backend accepts.
 #[derive(Debug, Clone)]
 pub struct ResetRequest {
@@ -192,28 +227,38 @@ pub struct ResetRequest {
     pub username: Username,
     /// Passed through to Lambda triggers.
     pub client_metadata: ClientMetadata,
+    /// The caller's id for this request, if it sent one.
+    pub request_id: Option<RequestId>,
 }
 
 impl ResetRequest {
-    /// Validates all three fields and returns every violation at once.
+    /// Validates every field and returns every violation at once.
     pub fn parse(
         user_pool_id: String,
         username: String,
         client_metadata: HashMap<String, String>,
+        request_id: String,
     ) -> Result<Self, Vec<FieldViolation>> {
         let pool = UserPoolId::parse(user_pool_id);
         let user = Username::parse(username);
         let metadata = ClientMetadata::parse(client_metadata);
-        match (pool, user, metadata) {
-            (Ok(user_pool_id), Ok(username), Ok(client_metadata)) => Ok(Self {
+        let request_id = RequestId::parse(request_id);
+        match (pool, user, metadata, request_id) {
+            (Ok(user_pool_id), Ok(username), Ok(client_metadata), Ok(request_id)) => Ok(Self {
                 user_pool_id,
                 username,
                 client_metadata,
+                request_id,
             }),
-            (pool, user, metadata) => Err([pool.err(), user.err(), metadata.err()]
-                .into_iter()
-                .flatten()
-                .collect()),
+            (pool, user, metadata, request_id) => Err([
+                pool.err(),
+                user.err(),
+                metadata.err(),
+                request_id.err(),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()),
         }
     }
 
@@ -271,6 +316,7 @@ mod tests {
                 ("tenant_name".into(), "Tenant-42".into()),
                 ("short".into(), "ab".into()),
             ]),
+            String::new(),
         )
         .unwrap();
         let text = "Value 'jane.doe@EXAMPLE.com' at 'username'; lambda said tenant-42 ab for TENANT_NAME; Jane.Doe@example.com";
@@ -280,7 +326,13 @@ mod tests {
         );
         // Non-ASCII text around and inside the name survives the byte-wise matching.
         let request =
-            ResetRequest::parse("us-east-1_Abc".into(), "Zoë".into(), HashMap::new()).unwrap();
+            ResetRequest::parse(
+            "us-east-1_Abc".into(),
+            "Zoë".into(),
+            HashMap::new(),
+            String::new(),
+        )
+        .unwrap();
         assert_eq!(
             request.scrub("é ZOË zoë Zoë ü"),
             "é ZOË <username> <username> ü"
@@ -374,6 +426,7 @@ mod tests {
             "us-east-1_Abc".into(),
             "secret-person".into(),
             HashMap::from([("k".into(), "secret-value".into())]),
+            String::new(),
         )
         .unwrap();
         let printed = format!("{request:?}");
@@ -414,9 +467,36 @@ mod tests {
             String::new(),
             "a b".into(),
             HashMap::from([(String::new(), String::new())]),
+            "not-a-uuid".into(),
         )
         .unwrap_err();
         let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
-        assert_eq!(fields, ["user_pool_id", "username", "client_metadata"]);
+        assert_eq!(
+            fields,
+            ["user_pool_id", "username", "client_metadata", "request_id"]
+        );
+    }
+
+    #[test]
+    fn request_ids_are_uuids_or_nothing() {
+        assert_eq!(RequestId::parse(String::new()), Ok(None));
+        let id = RequestId::parse("123E4567-E89B-12D3-A456-426614174000".into())
+            .unwrap()
+            .unwrap();
+        assert_eq!(id.as_str(), "123e4567-e89b-12d3-a456-426614174000");
+        for bad in [
+            "123e4567e89b12d3a456426614174000",
+            "123e4567-e89b-12d3-a456-42661417400",
+            "123e4567-e89b-12d3-a456-4266141740000",
+            "{123e4567-e89b-12d3-a456-426614174000}",
+            "123e4567-e89b-12d3-a456-42661417400g",
+            "retry-1",
+        ] {
+            assert_eq!(
+                RequestId::parse(bad.into()).unwrap_err().field,
+                "request_id",
+                "{bad}"
+            );
+        }
     }
 }

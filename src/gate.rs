@@ -24,7 +24,10 @@ use hmac::{KeyInit as _, Mac as _};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
-use crate::domain::{UserPoolId, Username};
+use crate::{
+    domain::{RequestId, UserPoolId},
+    rate::Limit,
+};
 
 mod memory;
 
@@ -33,14 +36,28 @@ pub use memory::MemoryStore;
 /// A user, as the gate knows them: a keyed hash of (pool, username), never the name itself.
 pub type UserKey = [u8; 16];
 
+/// A caller's request id (AIP-155), as the gate knows it: a keyed hash of (caller, id).
+pub type RequestKey = [u8; 16];
+
 /// What the gate remembers of a call that ended, and repeats to whoever asks again within the
-/// cooldown.
+/// cooldown (and to a retry of its request id for longer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// Cognito accepted the reset.
     Sent {
         /// Cognito's `x-amzn-RequestId`, where it sent one.
         request_id: Option<String>,
+    },
+    /// The request may have reached Cognito, but no answer says whether it did (HTTP 500, a
+    /// timeout or a connection lost after sending): the person may have a code, so nothing is
+    /// sent again.
+    Unknown {
+        /// What happened (`InternalErrorException`, `Timeout`, ...).
+        exception: String,
+        /// Cognito's request id, where it sent one.
+        request_id: Option<String>,
+        /// Whether Cognito itself answered (else the gateway saw no answer).
+        from_cognito: bool,
     },
 }
 
@@ -55,15 +72,56 @@ pub trait FlightResult: Clone + Send + Sync + 'static {
     fn unanswered(&self);
 }
 
-/// What the store says about a user a call wants to reset.
+/// What one call asks of the store.
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    /// Who is to be reset.
+    pub user: UserKey,
+    /// The caller's request id, if it sent one.
+    pub request: Option<RequestKey>,
+    /// The pool, whose share of Cognito calls a call that goes to Cognito spends.
+    pub pool: UserPoolId,
+    /// The caller's own rate, where the store keeps it (a fleet); spent once per call, whatever
+    /// the answer, and `None` after that.
+    pub caller: Option<CallerRate>,
+}
+
+/// A caller's rate, as a fleet's store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallerRate {
+    /// The caller's name.
+    pub name: Arc<str>,
+    /// Calls per second.
+    pub rate: u32,
+    /// Calls at once.
+    pub burst: u32,
+}
+
+/// What the store says about a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Claim {
-    /// The call may go to Cognito: the user is this caller's until it settles, or `lease` ends.
+    /// The call may go to Cognito, and has spent its budgets: the user is this call's until it
+    /// settles, or the lease ends.
     Granted,
-    /// A call for the user is in flight elsewhere.
+    /// A call for the user is in flight elsewhere (its request id, if any, will learn the outcome).
     Busy,
-    /// A call ended within the cooldown: this is its outcome.
-    Remembered(Outcome),
+    /// A call for the user ended within the cooldown, or the request id's call ended: this is its
+    /// outcome, and `left` what remains of the cooldown.
+    Remembered {
+        /// The outcome.
+        outcome: Outcome,
+        /// What remains of the cooldown.
+        left: Duration,
+    },
+    /// A budget said no; nothing was claimed.
+    Limited {
+        /// Which.
+        limit: Limit,
+        /// When it will say yes.
+        wait: Duration,
+    },
+    /// The request id belongs to a call for another user.
+    RequestReused,
 }
 
 /// The store could not be asked.
@@ -74,20 +132,29 @@ pub struct StoreError(pub String);
 /// A future a store returns (boxed, so that stores can be chosen at run time).
 pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-/// Where the gate's decisions are kept: this process ([`MemoryStore`]) or a store shared by a
-/// fleet. Every method is one atomic decision.
-pub trait GateStore: Send + Sync + std::fmt::Debug + 'static {
-    /// Claims `key` for one call (see [`Claim`]). A claim not settled within `lease` lapses, so
-    /// that a holder that died cannot block the user for longer.
-    fn claim(&self, key: UserKey, lease: Duration) -> StoreFuture<'_, Claim>;
+/// How long the store keeps what: the same for every call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Times {
+    /// How long an outcome is repeated to whoever asks (`limits.user_cooldown_secs`).
+    pub cooldown: Duration,
+    /// How long a claim lasts unless settled: longer than any Cognito call, so that it lapses
+    /// only when its holder died.
+    pub lease: Duration,
+    /// How long a request id is remembered (`limits.request_id_ttl_secs`).
+    pub request_ttl: Duration,
+}
 
-    /// Ends a claim: remembers `outcome` for `cooldown`, or, with `None`, forgets the user.
-    fn settle(
-        &self,
-        key: UserKey,
-        outcome: Option<Outcome>,
-        cooldown: Duration,
-    ) -> StoreFuture<'_, ()>;
+/// Where the gate's decisions are kept: this process ([`MemoryStore`]) or a store shared by a
+/// fleet. Each method is one atomic decision.
+pub trait GateStore: Send + Sync + std::fmt::Debug + 'static {
+    /// Decides a call (see [`Claim`]). A claim not settled within the lease lapses, so that a
+    /// holder that died cannot block the user for longer.
+    fn claim<'a>(&'a self, ticket: &'a Ticket) -> StoreFuture<'a, Claim>;
+
+    /// Ends a claim: remembers `outcome` for the cooldown (and for the request ids that waited on
+    /// the call, for their time), or, with `None`, forgets the user and those request ids.
+    fn settle<'a>(&'a self, ticket: &'a Ticket, outcome: Option<&'a Outcome>)
+    -> StoreFuture<'a, ()>;
 }
 
 /// How a call through the gate was answered.
@@ -100,16 +167,29 @@ pub enum Answer<R> {
         /// Whether the call was another caller's.
         deduplicated: bool,
     },
-    /// From memory: a call for the user ended within the cooldown.
-    Remembered(Outcome),
+    /// From memory: a call for the user (or with this request id) ended.
+    Remembered {
+        /// Its outcome.
+        outcome: Outcome,
+        /// What remains of the cooldown.
+        left: Duration,
+    },
 }
 
-/// Why the gate could not answer.
+/// Why the gate answered without an outcome.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum GateError<E> {
-    /// The call was refused before it was sent (a limit): the caller's `start` said why.
-    #[error(transparent)]
-    Refused(E),
+pub enum GateError {
+    /// A budget said no; nothing was sent.
+    #[error("rate limited by {limit}; retry in {wait:?}")]
+    Limited {
+        /// Which.
+        limit: Limit,
+        /// When it will say yes.
+        wait: Duration,
+    },
+    /// The request id belongs to a call for another user.
+    #[error("the request id was used for another user or pool")]
+    RequestReused,
     /// The store could not be asked.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -119,57 +199,46 @@ pub enum GateError<E> {
 }
 
 /// What local callers of one user wait on: the leader's answer.
-type Shared<R, E> = Option<Result<Answer<R>, GateError<E>>>;
+type Shared<R> = Option<Result<Answer<R>, GateError>>;
 
-/// How often a call waits to ask the store again while the user's call is in flight elsewhere.
+type Flights<R> = HashMap<UserKey, watch::Receiver<Shared<R>>>;
+
+/// How often a call asks the store again while the user's call is in flight elsewhere.
 const BUSY_POLL: Duration = Duration::from_millis(20);
 
 /// At most one Cognito call per user per cooldown (see the module docs).
-pub struct UserGate<R, E> {
+pub struct UserGate<R> {
     hmac_key: [u8; 32],
-    cooldown: Duration,
-    lease: Duration,
     store: Arc<dyn GateStore>,
     /// The calls of this process in progress, by user: later callers wait on the first.
-    flights: Mutex<HashMap<UserKey, watch::Receiver<Shared<R, E>>>>,
+    flights: Mutex<Flights<R>>,
     /// The Cognito calls running, which outlive the callers that started them: shutdown waits
     /// for them (see [`UserGate::settled`]).
     calls: TaskTracker,
 }
 
-impl<R, E> std::fmt::Debug for UserGate<R, E> {
+impl<R> std::fmt::Debug for UserGate<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserGate")
-            .field("cooldown", &self.cooldown)
             .field("store", &self.store)
             .finish_non_exhaustive()
     }
 }
 
-impl<R, E> UserGate<R, E>
-where
-    R: FlightResult,
-    E: Clone + Send + Sync + 'static,
-{
-    /// A gate in this process, with a fresh random key: the hashes mean nothing outside it. A
-    /// claim lapses after `lease` (the longest a call can take).
-    pub fn in_process(cooldown: Duration, lease: Duration) -> Self {
-        let mut hmac_key = [0u8; 32];
-        getrandom::fill(&mut hmac_key).expect("the OS random source is available");
-        Self::new(hmac_key, cooldown, lease, Arc::new(MemoryStore::default()))
-    }
+/// A key for [`UserGate::new`] when no store is shared: random, so that the hashes mean nothing
+/// outside this process.
+pub fn random_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    getrandom::fill(&mut key).expect("the OS random source is available");
+    key
+}
 
-    /// A gate on `store`, hashing users with `hmac_key` (the same on every replica sharing it).
-    pub fn new(
-        hmac_key: [u8; 32],
-        cooldown: Duration,
-        lease: Duration,
-        store: Arc<dyn GateStore>,
-    ) -> Self {
+impl<R: FlightResult> UserGate<R> {
+    /// A gate on `store`, hashing users and request ids with `hmac_key` (the same on every
+    /// replica sharing the store).
+    pub fn new(hmac_key: [u8; 32], store: Arc<dyn GateStore>) -> Self {
         Self {
             hmac_key,
-            cooldown,
-            lease,
             store,
             flights: Mutex::new(HashMap::new()),
             calls: TaskTracker::new(),
@@ -184,15 +253,27 @@ where
         self.calls.wait().await;
     }
 
-    /// The keyed hash of a user. HMAC-SHA-256, truncated to 128 bits: collisions (which would
-    /// wrongly deduplicate two users) are out of reach.
-    pub fn key(&self, pool: &UserPoolId, username: &Username) -> UserKey {
+    /// The keyed hash of a user: the pool and the user's identity (the username as the pool
+    /// compares it, or the user's `sub`). HMAC-SHA-256, truncated to 128 bits: collisions (which
+    /// would wrongly deduplicate two users) are out of reach.
+    pub fn user_key(&self, pool: &UserPoolId, identity: &str) -> UserKey {
+        self.hash(b'u', pool.as_str(), identity)
+    }
+
+    /// The keyed hash of a caller's request id: ids are the caller's own, so two callers' equal
+    /// ids are different keys.
+    pub fn request_key(&self, caller: &str, id: &RequestId) -> RequestKey {
+        self.hash(b'r', caller, id.as_str())
+    }
+
+    fn hash(&self, kind: u8, first: &str, second: &str) -> [u8; 16] {
         let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.hmac_key)
             .expect("HMAC accepts keys of any length");
-        mac.update(pool.as_str().as_bytes());
+        mac.update(&[kind]);
+        mac.update(first.as_bytes());
         // A separator that can occur in neither field keeps ("a_b", "c") and ("a", "b_c") apart.
         mac.update(&[0]);
-        mac.update(username.expose().as_bytes());
+        mac.update(second.as_bytes());
         let digest = mac.finalize().into_bytes();
         let mut key = [0u8; 16];
         key.copy_from_slice(&digest[..16]);
@@ -204,31 +285,35 @@ where
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<UserKey, watch::Receiver<Shared<R, E>>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Flights<R>> {
         // Every critical section leaves the map consistent; a poisoned lock is still usable.
         self.flights
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    /// Resets through the gate. `start` is called only when this call must reach Cognito: it may
-    /// refuse (a limit) or return the call to make, which then runs in its own task, so that a
-    /// caller hanging up cannot cancel a reset others are waiting on, nor leave its outcome
-    /// unknown to the gate.
+    /// Resets through the gate. `start` is called only when this call must reach Cognito, with
+    /// its budgets spent; the call it returns runs in its own task, so that a caller hanging up
+    /// cannot cancel a reset others are waiting on, nor leave its outcome unknown to the gate.
+    ///
+    /// A call with a request id always asks the store (which must tie the id to the user), and
+    /// so does not wait on another local caller's call; calls without one share it.
     pub async fn reset<F, Fut>(
         self: &Arc<Self>,
-        key: UserKey,
+        mut ticket: Ticket,
         start: F,
-    ) -> Result<Answer<R>, GateError<E>>
+    ) -> Result<Answer<R>, GateError>
     where
-        F: FnOnce() -> Result<Fut, E>,
+        F: FnOnce() -> Fut,
         Fut: Future<Output = R> + Send + 'static,
     {
-        let (mut local, mut receiver) = loop {
+        let key = ticket.user;
+        let (mut local, receiver) = loop {
             let (sender, mut receiver) = {
                 let mut flights = self.lock();
                 match flights.get(&key) {
-                    Some(receiver) => (None, receiver.clone()),
+                    Some(receiver) if ticket.request.is_none() => (None, receiver.clone()),
+                    Some(_) => break (None, None),
                     None => {
                         let (sender, receiver) = watch::channel(None);
                         flights.insert(key, receiver.clone());
@@ -240,11 +325,11 @@ where
                 // This call leads; the local entry goes when it ends, however it ends.
                 let local = LocalFlight {
                     gate: Arc::clone(self),
-                    key,
+                    ticket: ticket.clone(),
                     sender: Some(sender),
                     claimed: false,
                 };
-                break (local, receiver);
+                break (Some(local), Some(receiver));
             }
             match receiver.wait_for(Option::is_some).await {
                 Ok(shared) => {
@@ -259,47 +344,103 @@ where
             }
         };
         let claim = loop {
-            match self.store.claim(key, self.lease).await {
-                Ok(Claim::Busy) => tokio::time::sleep(BUSY_POLL).await,
+            let claim = self.store.claim(&ticket).await;
+            // The caller's rate is spent once per call, however often the store is asked.
+            ticket.caller = None;
+            match claim {
+                Ok(Claim::Busy) => self.wait_elsewhere(key).await,
                 Ok(claim) => break claim,
-                Err(error) => return local.answer(Err(GateError::Store(error))),
+                Err(error) => return answer(local, Err(GateError::Store(error))),
             }
         };
-        if let Claim::Remembered(outcome) = claim {
-            return local.answer(Ok(Answer::Remembered(outcome)));
+        let outcome = match claim {
+            Claim::Granted => None,
+            Claim::Busy => unreachable!("waited for above"),
+            Claim::Remembered { outcome, left } => Some(Ok(Answer::Remembered { outcome, left })),
+            Claim::Limited { limit, wait } => Some(Err(GateError::Limited { limit, wait })),
+            Claim::RequestReused => Some(Err(GateError::RequestReused)),
+        };
+        if let Some(outcome) = outcome {
+            return answer(local, outcome);
         }
-        local.claimed = true;
-        let call = match start() {
-            Ok(call) => call,
-            Err(refusal) => {
-                // Nothing was sent: the claim is given back for the next call.
-                local.release().await;
-                return local.answer(Err(GateError::Refused(refusal)));
+        if let Some(local) = &mut local {
+            local.claimed = true;
+        }
+        let call = start();
+        // The call runs in its own task, which settles the claim and answers everyone waiting.
+        let gate = Arc::clone(self);
+        let (sender, receiver) = match (local, receiver) {
+            (Some(local), Some(receiver)) => (Sender::Local(local), receiver),
+            // A call with a request id that found a local call in progress: its answer is its own.
+            _ => {
+                let (sender, receiver) = watch::channel(None);
+                (Sender::Own(sender), receiver)
             }
         };
-        // The call runs in its own task, which answers everyone waiting, the leader included.
-        let gate = Arc::clone(self);
         self.calls.spawn(async move {
             let result = call.await;
-            let settled = gate
-                .store
-                .settle(key, result.remembered(), gate.cooldown)
-                .await;
-            if let Err(error) = settled {
+            let remembered = result.remembered();
+            if let Err(error) = gate.store.settle(&ticket, remembered.as_ref()).await {
                 tracing::warn!(%error, "cannot record a reset's outcome; the claim lapses with its lease");
             }
-            let answered = local.has_waiters();
-            let _ = local.answer(Ok(Answer::Flown {
+            let flown = Ok(Answer::Flown {
                 result: result.clone(),
                 deduplicated: false,
-            }));
-            if !answered {
+            });
+            if !sender.answer(flown) {
                 result.unanswered();
             }
         });
+        let mut receiver = receiver;
         match receiver.wait_for(Option::is_some).await {
             Ok(shared) => shared.clone().expect("waited for Some"),
             Err(_) => Err(GateError::Lost),
+        }
+    }
+
+    /// Waits while the user's call is in flight elsewhere: until this process's call for the user
+    /// (if it has one) ends, or a short while.
+    async fn wait_elsewhere(&self, key: UserKey) {
+        let receiver = self.lock().get(&key).cloned();
+        match receiver {
+            Some(mut receiver) => {
+                let _ = tokio::time::timeout(BUSY_POLL * 50, receiver.wait_for(Option::is_some))
+                    .await;
+            }
+            None => tokio::time::sleep(BUSY_POLL).await,
+        }
+    }
+}
+
+/// Answers the callers of this process waiting on the leader, if this call leads.
+fn answer<R: FlightResult>(
+    local: Option<LocalFlight<R>>,
+    answer: Result<Answer<R>, GateError>,
+) -> Result<Answer<R>, GateError> {
+    match local {
+        Some(local) => local.answer(answer),
+        None => answer,
+    }
+}
+
+/// Who a call's task answers.
+enum Sender<R: FlightResult> {
+    /// Every local caller of the user.
+    Local(LocalFlight<R>),
+    /// Its own caller only.
+    Own(watch::Sender<Shared<R>>),
+}
+
+impl<R: FlightResult> Sender<R> {
+    /// Answers; says whether anyone was still waiting.
+    fn answer(self, answer: Result<Answer<R>, GateError>) -> bool {
+        match self {
+            Self::Local(local) => {
+                let waiting = local.has_waiters();
+                let _ = local.answer(answer);
+                waiting
+            }
+            Self::Own(sender) => sender.send(Some(answer)).is_ok(),
         }
     }
 }
@@ -319,15 +460,15 @@ impl<R> Answer<R> {
 
 /// The local entry of a call that leads: answers the callers waiting on it, and goes when the
 /// call ends (or is dropped), so that the next call asks the store afresh.
-struct LocalFlight<R: FlightResult, E: Clone + Send + Sync + 'static> {
-    gate: Arc<UserGate<R, E>>,
-    key: UserKey,
-    sender: Option<watch::Sender<Shared<R, E>>>,
+struct LocalFlight<R: FlightResult> {
+    gate: Arc<UserGate<R>>,
+    ticket: Ticket,
+    sender: Option<watch::Sender<Shared<R>>>,
     /// Whether the store granted this call the user.
     claimed: bool,
 }
 
-impl<R: FlightResult, E: Clone + Send + Sync + 'static> LocalFlight<R, E> {
+impl<R: FlightResult> LocalFlight<R> {
     /// Whether anyone still waits for the answer: the map holds one receiver, each caller another.
     fn has_waiters(&self) -> bool {
         self.sender
@@ -335,22 +476,11 @@ impl<R: FlightResult, E: Clone + Send + Sync + 'static> LocalFlight<R, E> {
             .is_some_and(|sender| sender.receiver_count() > 1)
     }
 
-    /// Gives the store's claim back: nothing was sent.
-    async fn release(&mut self) {
-        self.claimed = false;
-        if let Err(error) = self.gate.store.settle(self.key, None, Duration::ZERO).await {
-            tracing::warn!(%error, "cannot release a claim; it lapses with its lease");
-        }
-    }
-
     /// Removes the entry, then answers everyone waiting: a caller arriving in between asks the
     /// store, which already knows the outcome.
-    fn answer(
-        mut self,
-        answer: Result<Answer<R>, GateError<E>>,
-    ) -> Result<Answer<R>, GateError<E>> {
+    fn answer(mut self, answer: Result<Answer<R>, GateError>) -> Result<Answer<R>, GateError> {
         self.claimed = false;
-        self.gate.lock().remove(&self.key);
+        self.gate.lock().remove(&self.ticket.user);
         if let Some(sender) = self.sender.take() {
             sender.send_replace(Some(answer.clone()));
         }
@@ -358,7 +488,7 @@ impl<R: FlightResult, E: Clone + Send + Sync + 'static> LocalFlight<R, E> {
     }
 }
 
-impl<R: FlightResult, E: Clone + Send + Sync + 'static> Drop for LocalFlight<R, E> {
+impl<R: FlightResult> Drop for LocalFlight<R> {
     fn drop(&mut self) {
         if self.sender.is_none() {
             return;
@@ -366,11 +496,11 @@ impl<R: FlightResult, E: Clone + Send + Sync + 'static> Drop for LocalFlight<R, 
         // Ended without an answer: the leader hung up while asking the store, or the call's task
         // panicked. Waiters see the channel close and ask again; the claim, if any, is given back
         // rather than left to lapse, so the user is not blocked for a whole lease.
-        self.gate.lock().remove(&self.key);
+        self.gate.lock().remove(&self.ticket.user);
         if self.claimed {
             let store = Arc::clone(&self.gate.store);
-            let key = self.key;
-            tokio::spawn(async move { store.settle(key, None, Duration::ZERO).await });
+            let ticket = self.ticket.clone();
+            tokio::spawn(async move { store.settle(&ticket, None).await });
         }
     }
 }

@@ -101,6 +101,16 @@ impl<C: Clock + Clone> RateLimit<C> {
             .map_err(|not_until| not_until.wait_time_from(self.clock.now()))
     }
 
+    /// Its sustained rate, per second.
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// Its burst.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
     /// Whether this bucket has the given shape (a reload keeps a bucket whose shape is unchanged).
     pub fn has_shape(&self, rate: u32, burst: u32) -> bool {
         self.rate == rate && self.burst == burst

@@ -36,6 +36,9 @@ pub fn message_is_aws_text(exception: &str) -> bool {
     ) || CREDENTIAL_EXCEPTIONS.contains(&exception)
 }
 
+/// The reason of every reset whose outcome is unknown.
+const OUTCOME_UNKNOWN: &str = "RESET_OUTCOME_UNKNOWN";
+
 /// How long an overloaded gateway asks callers to wait: load comes and goes in well under a second.
 const OVERLOAD_RETRY_DELAY: Duration = Duration::from_millis(250);
 
@@ -75,6 +78,28 @@ pub enum GatewayError {
     /// Cognito, or the way to it, failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
+    /// The reset may or may not have happened (HTTP 5xx, a timeout or a connection lost after the
+    /// request was written). It is remembered for the cooldown and never sent again meanwhile
+    /// (contract §5), so the caller is told UNKNOWN, which meshes do not retry, and how long
+    /// until a new reset can go out.
+    #[error("the reset's outcome is unknown ({exception}){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
+    OutcomeUnknown {
+        /// What happened: Cognito's exception, or `Timeout`, `ConnectionLost`.
+        exception: String,
+        /// Cognito's request id, where it sent one.
+        request_id: Option<String>,
+        /// Whether Cognito answered (else the gateway saw no answer).
+        from_cognito: bool,
+        /// What remains of the cooldown: no new reset goes out before.
+        retry_after: Duration,
+        /// Whether this call was answered from another's (or from memory).
+        deduplicated: bool,
+        /// The failure itself, for the log; `None` when answered from memory.
+        cause: Option<BackendError>,
+    },
+    /// The request id was used before, for another pool or username.
+    #[error("request_id was used for another pool or username")]
+    RequestIdReused,
     /// The store shared by the fleet could not be asked, and `fleet.on_unavailable = "deny"`.
     #[error(transparent)]
     StoreUnavailable(StoreError),
@@ -94,6 +119,7 @@ impl GatewayError {
     pub fn cognito_request_id(&self) -> Option<&str> {
         match self {
             Self::Backend(backend) => backend.request_id(),
+            Self::OutcomeUnknown { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
     }
@@ -167,7 +193,16 @@ const fn row(code: Code, reason: &'static str, extra: Extra) -> Row {
 
 /// The Cognito half of the table, by exception name.
 fn cognito_row(failure: &CognitoFailure) -> Row {
-    exception_row(&failure.code, &failure.message)
+    match exception_row(&failure.code, &failure.message) {
+        // Any HTTP 5xx, whatever it names: the request reached Cognito's side, and the reset may
+        // have happened.
+        row if failure.http_status >= 500 => Row {
+            code: Code::Unknown,
+            reason: OUTCOME_UNKNOWN,
+            ..row
+        },
+        row => row,
+    }
 }
 
 fn exception_row(exception: &str, message: &str) -> Row {
@@ -204,7 +239,8 @@ fn exception_row(exception: &str, message: &str) -> Row {
             row(FailedPrecondition, "EMAIL_ROLE_MISCONFIGURED", Extra::None)
         }
         "OperationNotEnabledException" => row(Unimplemented, "OPERATION_NOT_ENABLED", Extra::None),
-        "InternalErrorException" => row(Unavailable, "COGNITO_INTERNAL_ERROR", Extra::Retry),
+        // HTTP 500: the reset may have happened (see `GatewayError::OutcomeUnknown`).
+        "InternalErrorException" => row(Unknown, OUTCOME_UNKNOWN, Extra::None),
         code if CREDENTIAL_EXCEPTIONS.contains(&code) => {
             row(Internal, "BACKEND_REJECTED_CREDENTIALS", Extra::None)
         }
@@ -226,16 +262,21 @@ fn gateway_row(error: &GatewayError) -> Row {
         GatewayError::DeadlineExceeded | GatewayError::DeadlineExceededUnsent => {
             row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
         }
+        GatewayError::OutcomeUnknown { .. } => row(Unknown, OUTCOME_UNKNOWN, Extra::None),
+        GatewayError::RequestIdReused => {
+            row(FailedPrecondition, "REQUEST_ID_REUSED", Extra::None)
+        }
         GatewayError::StoreUnavailable(_) => {
             row(Unavailable, "FLEET_STORE_UNAVAILABLE", Extra::Retry)
         }
         GatewayError::Protocol { code, message } => protocol_row(*code, message),
         GatewayError::Backend(backend) => match backend {
             BackendError::Cognito(failure) => cognito_row(failure),
-            BackendError::Timeout(_) => row(Unavailable, "BACKEND_TIMEOUT", Extra::None),
+            // After the request was written: the reset may have happened.
+            BackendError::Timeout(_) | BackendError::ConnectionLost(_) => {
+                row(Unknown, OUTCOME_UNKNOWN, Extra::None)
+            }
             BackendError::Unreachable(_) => row(Unavailable, "BACKEND_UNREACHABLE", Extra::Retry),
-            // The same row, but the reset may have happened: no invitation to retry.
-            BackendError::ConnectionLost(_) => row(Unavailable, "BACKEND_UNREACHABLE", Extra::None),
             BackendError::Misconfigured(_) => row(Internal, "BACKEND_MISCONFIGURED", Extra::None),
             BackendError::BadResponse { .. } => row(Internal, "BACKEND_BAD_RESPONSE", Extra::None),
             BackendError::RegionNotAllowed { .. } => {
@@ -291,7 +332,22 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     if let Some(id) = request_id {
         metadata.insert("awsRequestId".to_owned(), id.to_owned());
     }
-    let domain = if cognito.is_some() {
+    if let GatewayError::OutcomeUnknown {
+        exception,
+        deduplicated,
+        ..
+    } = error
+    {
+        metadata.insert("exception".to_owned(), exception.clone());
+        if *deduplicated {
+            metadata.insert("deduplicated".to_owned(), "true".to_owned());
+        }
+    }
+    let from_cognito = match error {
+        GatewayError::OutcomeUnknown { from_cognito, .. } => *from_cognito,
+        _ => cognito.is_some(),
+    };
+    let domain = if from_cognito {
         COGNITO_DOMAIN
     } else {
         GATEWAY_DOMAIN
@@ -323,6 +379,10 @@ pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
         }
         GatewayError::Overloaded => {
             details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
+        }
+        // No new reset can go out before the cooldown ends: retrying sooner only repeats this.
+        GatewayError::OutcomeUnknown { retry_after, .. } if !retry_after.is_zero() => {
+            details.set_retry_info(Some(*retry_after));
         }
         _ => {}
     }
@@ -438,15 +498,10 @@ fn opaque_message(reason: &str, request_id: Option<&str>) -> String {
         "DEADLINE_EXCEEDED" => {
             "the call's deadline ran out before Cognito answered; the reset may or may not have happened"
         }
-        "BACKEND_TIMEOUT" => {
-            "Cognito did not answer in time; the reset may or may not have happened"
+        OUTCOME_UNKNOWN => {
+            "the reset may or may not have happened (Cognito failed, or did not answer, after the request was sent); no new reset goes out for this user before RetryInfo's delay, so do not retry sooner"
         }
-        "BACKEND_UNREACHABLE" => {
-            "Cognito could not be reached, or the connection was lost; if it was lost after sending, the reset may or may not have happened"
-        }
-        "COGNITO_INTERNAL_ERROR" => {
-            "Cognito failed internally; the reset may or may not have happened"
-        }
+        "BACKEND_UNREACHABLE" => "Cognito could not be reached; nothing was sent",
         "OPERATION_NOT_ENABLED" => "Cognito does not allow this operation for this pool or region",
         "LAMBDA_FAILED" | "LAMBDA_INVALID_RESPONSE" => "a Lambda trigger of the user pool failed",
         "OVERLOADED" => "the gateway has too many calls in flight; retry shortly",

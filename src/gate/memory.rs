@@ -1,42 +1,59 @@
-//! The gate's store in this process: what one replica alone knows.
+//! The gate's store in this process: what one replica alone knows. The fleet's store in Redis
+//! makes the same decisions (`fleet/claim.lua`); the tests of both hold them to one another.
 
 use std::{
     collections::HashMap,
-    sync::{Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
 
 use tokio::time::Instant;
 
-use super::{Claim, GateStore, Outcome, StoreFuture, UserKey};
+use super::{Claim, GateStore, Outcome, RequestKey, StoreFuture, Ticket, Times, UserKey};
+use crate::rate::{Limit, PoolRateLimit, RateLimit};
 
-/// The gate's decisions, kept in a map in this process.
-#[derive(Debug, Default)]
+/// The gate's decisions and the budgets for Cognito calls, kept in this process.
+#[derive(Debug)]
 pub struct MemoryStore {
+    times: Times,
+    backend: Arc<RateLimit>,
+    pools: Option<PoolRateLimit>,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    entries: HashMap<UserKey, Entry>,
-    /// Lapsed entries are swept when the map grows past this. The map is bounded anyway: each
-    /// entry is a Cognito call, and those are limited by the backend guard (rate x cooldown) and
-    /// the in-flight limit.
+    users: HashMap<UserKey, User>,
+    requests: HashMap<RequestKey, Request>,
+    /// Lapsed entries are swept when a map grows past this. The maps are bounded anyway: each
+    /// entry is a Cognito call or a caller's request, limited by the backend guard and the
+    /// callers' rates over the cooldown and the request ids' lifetime.
     sweep_above: usize,
 }
 
 #[derive(Debug)]
-enum Entry {
-    /// Claimed by a call, until it settles or `until`.
-    Claimed { until: Instant },
+enum User {
+    /// Claimed by a call, until it settles or `until`; the request ids waiting on it.
+    Claimed {
+        until: Instant,
+        waiting: Vec<RequestKey>,
+    },
     /// Ended with `outcome`, which repeats are told until `until`.
     Remembered { outcome: Outcome, until: Instant },
 }
 
-impl Entry {
+#[derive(Debug)]
+struct Request {
+    user: UserKey,
+    /// `None` while the call is in flight.
+    outcome: Option<Outcome>,
+    until: Instant,
+}
+
+impl User {
     fn until(&self) -> Instant {
         match self {
-            Self::Claimed { until } | Self::Remembered { until, .. } => *until,
+            Self::Claimed { until, .. } | Self::Remembered { until, .. } => *until,
         }
     }
 }
@@ -44,84 +61,197 @@ impl Entry {
 const MIN_SWEEP: usize = 1024;
 
 impl MemoryStore {
-    /// How many users the store remembers (claimed or with an outcome), lapsed ones included until
-    /// they are swept.
-    pub fn len(&self) -> usize {
-        self.lock().entries.len()
+    /// A store keeping `times`, with the backend guard (`backend_rps`, `backend_burst`) and, where
+    /// `pool_rps` is not 0, a budget per pool.
+    pub fn new(times: Times, backend: (u32, u32), pools: (u32, u32)) -> Self {
+        Self {
+            times,
+            backend: Arc::new(RateLimit::new(backend.0, backend.1)),
+            pools: (pools.0 > 0).then(|| PoolRateLimit::new(pools.0, pools.1)),
+            state: Mutex::new(State::default()),
+        }
     }
 
-    /// Whether the store remembers no one.
+    /// How many users and request ids the store remembers, lapsed ones included until swept.
+    pub fn len(&self) -> usize {
+        let state = self.lock();
+        state.users.len() + state.requests.len()
+    }
+
+    /// Whether the store remembers nothing.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
+    /// The backend guard, which the backend's retries after throttling draw on too.
+    pub fn backend_guard(&self) -> Arc<RateLimit> {
+        Arc::clone(&self.backend)
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every critical section leaves the map consistent; a poisoned lock is still usable.
+        // Every critical section leaves the maps consistent; a poisoned lock is still usable.
         self.state
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
     }
 
-    fn claim_now(&self, key: UserKey, lease: Duration) -> Claim {
+    /// The decision of [`GateStore::claim`], made at once.
+    pub fn claim_now(&self, ticket: &Ticket) -> Claim {
         let now = Instant::now();
         let mut state = self.lock();
         state.sweep(now);
-        match state.entries.get(&key) {
-            Some(entry) if entry.until() > now => match entry {
-                Entry::Claimed { .. } => return Claim::Busy,
-                Entry::Remembered { outcome, .. } => return Claim::Remembered(outcome.clone()),
-            },
-            _ => {}
+        let State {
+            users, requests, ..
+        } = &mut *state;
+        let user = users.get_mut(&ticket.user).filter(|user| user.until() > now);
+        let left = match &user {
+            Some(User::Remembered { until, .. }) => until.saturating_duration_since(now),
+            _ => Duration::ZERO,
+        };
+        if let Some(key) = ticket.request
+            && let Some(request) = requests.get(&key).filter(|request| request.until > now)
+        {
+            if request.user != ticket.user {
+                return Claim::RequestReused;
+            }
+            if let Some(outcome) = &request.outcome {
+                return Claim::Remembered {
+                    outcome: outcome.clone(),
+                    left,
+                };
+            }
         }
-        state.entries.insert(
-            key,
-            Entry::Claimed {
-                until: now + lease,
+        let request_until = now + self.times.request_ttl;
+        match user {
+            Some(User::Remembered { outcome, .. }) => {
+                let outcome = outcome.clone();
+                if let Some(key) = ticket.request {
+                    requests.insert(
+                        key,
+                        Request {
+                            user: ticket.user,
+                            outcome: Some(outcome.clone()),
+                            until: request_until,
+                        },
+                    );
+                }
+                return Claim::Remembered { outcome, left };
+            }
+            Some(User::Claimed { waiting, .. }) => {
+                if let Some(key) = ticket.request {
+                    waiting.push(key);
+                    requests.insert(
+                        key,
+                        Request {
+                            user: ticket.user,
+                            outcome: None,
+                            until: request_until,
+                        },
+                    );
+                }
+                return Claim::Busy;
+            }
+            None => {}
+        }
+        if let Some(pools) = &self.pools
+            && let Err(wait) = pools.check(&ticket.pool)
+        {
+            return Claim::Limited {
+                limit: Limit::Pool(ticket.pool.clone()),
+                wait,
+            };
+        }
+        if let Err(wait) = self.backend.check() {
+            return Claim::Limited {
+                limit: Limit::Backend,
+                wait,
+            };
+        }
+        users.insert(
+            ticket.user,
+            User::Claimed {
+                until: now + self.times.lease,
+                waiting: ticket.request.into_iter().collect(),
             },
         );
+        if let Some(key) = ticket.request {
+            requests.insert(
+                key,
+                Request {
+                    user: ticket.user,
+                    outcome: None,
+                    until: request_until,
+                },
+            );
+        }
         Claim::Granted
     }
 
-    fn settle_now(&self, key: UserKey, outcome: Option<Outcome>, cooldown: Duration) {
+    /// What [`GateStore::settle`] does, at once.
+    pub fn settle_now(&self, ticket: &Ticket, outcome: Option<&Outcome>) {
+        let now = Instant::now();
         let mut state = self.lock();
-        match outcome {
-            Some(outcome) if !cooldown.is_zero() => {
-                let until = Instant::now() + cooldown;
-                state
-                    .entries
-                    .insert(key, Entry::Remembered { outcome, until });
-            }
-            _ => {
-                state.entries.remove(&key);
+        let mut waiting = match state.users.remove(&ticket.user) {
+            Some(User::Claimed { waiting, .. }) => waiting,
+            _ => Vec::new(),
+        };
+        waiting.extend(ticket.request);
+        if let Some(outcome) = outcome
+            && !self.times.cooldown.is_zero()
+        {
+            state.users.insert(
+                ticket.user,
+                User::Remembered {
+                    outcome: outcome.clone(),
+                    until: now + self.times.cooldown,
+                },
+            );
+        }
+        for key in waiting {
+            match outcome {
+                Some(outcome) => {
+                    state.requests.insert(
+                        key,
+                        Request {
+                            user: ticket.user,
+                            outcome: Some(outcome.clone()),
+                            until: now + self.times.request_ttl,
+                        },
+                    );
+                }
+                // Nothing happened: a retry of the id is processed anew.
+                None => {
+                    state.requests.remove(&key);
+                }
             }
         }
     }
 }
 
 impl GateStore for MemoryStore {
-    fn claim(&self, key: UserKey, lease: Duration) -> StoreFuture<'_, Claim> {
-        let claim = self.claim_now(key, lease);
-        Box::pin(std::future::ready(Ok(claim)))
+    fn claim<'a>(&'a self, ticket: &'a Ticket) -> StoreFuture<'a, Claim> {
+        Box::pin(std::future::ready(Ok(self.claim_now(ticket))))
     }
 
-    fn settle(
-        &self,
-        key: UserKey,
-        outcome: Option<Outcome>,
-        cooldown: Duration,
-    ) -> StoreFuture<'_, ()> {
-        self.settle_now(key, outcome, cooldown);
+    fn settle<'a>(
+        &'a self,
+        ticket: &'a Ticket,
+        outcome: Option<&'a Outcome>,
+    ) -> StoreFuture<'a, ()> {
+        self.settle_now(ticket, outcome);
         Box::pin(std::future::ready(Ok(())))
     }
 }
 
 impl State {
     fn sweep(&mut self, now: Instant) {
-        if self.entries.len() <= self.sweep_above.max(MIN_SWEEP) {
+        let threshold = self.sweep_above.max(MIN_SWEEP);
+        if self.users.len() <= threshold && self.requests.len() <= threshold {
             return;
         }
-        self.entries.retain(|_, entry| entry.until() > now);
-        // Amortised: the next sweep waits until the map has doubled again.
-        self.sweep_above = (self.entries.len() * 2).max(MIN_SWEEP);
+        self.users.retain(|_, user| user.until() > now);
+        self.requests.retain(|_, request| request.until > now);
+        // Amortised: the next sweep waits until a map has doubled again.
+        self.sweep_above = (self.users.len().max(self.requests.len()) * 2).max(MIN_SWEEP);
     }
 }

@@ -138,6 +138,7 @@ pub fn request(pool: &str, username: &str) -> ResetUserPasswordRequest {
         user_pool_id: pool.to_owned(),
         username: username.to_owned(),
         client_metadata: Default::default(),
+        request_id: String::new(),
     }
 }
 

@@ -184,6 +184,7 @@ async fn reset(gateway: &Gateway, user: &str, traceparent: Option<&str>) -> Resu
         user_pool_id: "local-1_DemoPool".into(),
         username: user.into(),
         client_metadata: [("tenant".to_owned(), "secret-metadata-value".to_owned())].into(),
+        request_id: String::new(),
     });
     if let Some(traceparent) = traceparent {
         request
