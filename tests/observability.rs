@@ -3,25 +3,33 @@
 //! (`observability/alerts.yaml`) and their promtool unit tests (`observability/alerts_test.yaml`),
 //! the collector and Prometheus examples, and `docs/observability.md`.
 //!
-//! Every PromQL expression is taken apart: each metric must be one the gateway exports (as the
-//! OpenTelemetry Collector's Prometheus exporters name it), each label in a `{...}` matcher one that
-//! metric carries (with a known value, for the labels whose values are a closed set), each label of
-//! `by`/`without`/`on`/`ignoring` one that the expression's metrics carry, each function a PromQL one.
-//! [`EXPORTED`] is the list; `exported_names_are_the_sources` ties it to `src/`, so that renaming a
-//! metric or an attribute there fails here, and the other tests then name every panel and alert still
-//! using the old name.
+//! Every PromQL expression is parsed (`promql-parser`) and taken apart: each metric must be one
+//! the gateway exports (as the OpenTelemetry Collector's Prometheus exporters name it), each label
+//! in a `{...}` matcher one that metric carries (with a known value, for the labels whose values
+//! are a closed set), each label of `by`/`without`/`on`/`ignoring`/`group_left`/`group_right` one
+//! that the expression's metrics carry; an unknown function, like any syntax error, fails the
+//! parse. [`EXPORTED`] is the list; `exported_names_are_the_sources` ties it to `src/`, so that
+//! renaming a metric or an attribute there fails here, and the other tests then name every panel
+//! and alert still using the old name.
 //!
-//! Plain text parsing only: `serde_json` for the dashboard, a reader for the small YAML subset the
-//! rule files use. promtool checks more where it is installed (`promtool check rules`, `promtool test
-//! rules observability/alerts_test.yaml`; see docs/observability.md), but nothing here needs it.
+//! Whether the rules are valid and do what their unit tests say is promtool's job, not this file's:
+//! `.ci/run` runs `promtool check rules` and `promtool test rules` (see docs/observability.md).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    convert::Infallible,
     path::{Path, PathBuf},
     sync::LazyLock,
 };
 
-use regex::Regex;
+use Kind::{Counter, Gauge, Histogram, UpDownCounter};
+use promql_parser::{
+    label::{MatchOp, Matcher},
+    parser::{Expr, MatrixSelector, VectorSelector},
+    util::{ExprVisitor, walk_expr},
+};
+use regex::{Captures, Regex};
+use serde::Deserialize;
 use serde_json::Value;
 
 // ------------------------------------------------------------------------------------------------
@@ -63,210 +71,94 @@ struct Metric {
 /// src/telemetry.rs (`register_process_metrics`); the attributes of `rpc.server.duration` in
 /// src/middleware/trace.rs, those of `cognito_gateway.rejections` in src/status.rs
 /// (`rejection_attributes`). `exported_names_are_the_sources` checks each entry against them.
+#[rustfmt::skip] // A table reads better one metric to a few lines.
 const EXPORTED: &[Metric] = &[
-    Metric {
-        otel: "rpc.server.duration",
-        unit: "ms",
-        kind: Kind::Histogram,
-        attributes: &[
-            "rpc.system",
-            "rpc.service",
-            "rpc.method",
-            "rpc.grpc.status_code",
-            "cognito_gateway.caller",
-        ],
-        prometheus: "rpc_server_duration_milliseconds",
-    },
-    Metric {
-        otel: "rpc.client.duration",
-        unit: "ms",
-        kind: Kind::Histogram,
-        attributes: &[
-            "rpc.system",
-            "rpc.service",
-            "rpc.method",
-            "aws.exception",
-            "cloud.region",
-        ],
-        prometheus: "rpc_client_duration_milliseconds",
-    },
-    Metric {
-        otel: "cognito_gateway.rejections",
-        unit: "",
-        kind: Kind::Counter,
-        attributes: &["reason", "limit"],
-        prometheus: "cognito_gateway_rejections_total",
-    },
-    Metric {
-        otel: "cognito_gateway.deduplicated",
-        unit: "",
-        kind: Kind::Counter,
-        attributes: &[],
-        prometheus: "cognito_gateway_deduplicated_total",
-    },
-    Metric {
-        otel: "cognito_gateway.in_flight",
-        unit: "",
-        kind: Kind::UpDownCounter,
-        attributes: &[],
-        prometheus: "cognito_gateway_in_flight",
-    },
-    Metric {
-        otel: "cognito_gateway.callers",
-        unit: "",
-        kind: Kind::Gauge,
-        attributes: &[],
-        prometheus: "cognito_gateway_callers",
-    },
-    Metric {
-        otel: "cognito_gateway.limit",
-        unit: "",
-        kind: Kind::Gauge,
-        attributes: &["setting"],
-        prometheus: "cognito_gateway_limit",
-    },
-    Metric {
-        otel: "process.memory.usage",
-        unit: "By",
-        kind: Kind::Gauge,
-        attributes: &[],
-        prometheus: "process_memory_usage_bytes",
-    },
-    Metric {
-        otel: "process.cpu.time",
-        unit: "s",
-        kind: Kind::Counter,
-        attributes: &["cpu.mode"],
-        prometheus: "process_cpu_time_seconds_total",
-    },
+    Metric { otel: "rpc.server.duration", unit: "ms", kind: Histogram,
+        attributes: &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code",
+            "cognito_gateway.caller"],
+        prometheus: "rpc_server_duration_milliseconds" },
+    Metric { otel: "rpc.client.duration", unit: "ms", kind: Histogram,
+        attributes: &["rpc.system", "rpc.service", "rpc.method", "aws.exception", "cloud.region"],
+        prometheus: "rpc_client_duration_milliseconds" },
+    Metric { otel: "cognito_gateway.rejections", unit: "", kind: Counter,
+        attributes: &["reason", "limit"], prometheus: "cognito_gateway_rejections_total" },
+    Metric { otel: "cognito_gateway.deduplicated", unit: "", kind: Counter,
+        attributes: &[], prometheus: "cognito_gateway_deduplicated_total" },
+    Metric { otel: "cognito_gateway.in_flight", unit: "", kind: UpDownCounter,
+        attributes: &[], prometheus: "cognito_gateway_in_flight" },
+    Metric { otel: "cognito_gateway.callers", unit: "", kind: Gauge,
+        attributes: &[], prometheus: "cognito_gateway_callers" },
+    Metric { otel: "cognito_gateway.limit", unit: "", kind: Gauge,
+        attributes: &["setting"], prometheus: "cognito_gateway_limit" },
+    Metric { otel: "process.memory.usage", unit: "By", kind: Gauge,
+        attributes: &[], prometheus: "process_memory_usage_bytes" },
+    Metric { otel: "process.cpu.time", unit: "s", kind: Counter,
+        attributes: &["cpu.mode"], prometheus: "process_cpu_time_seconds_total" },
 ];
 
 /// Labels every series has: from the resource (`service.name`, `service.instance.id`) or the scrape.
 const TARGET_LABELS: &[&str] = &["job", "instance"];
 
-/// Prometheus's own metrics the dashboard and alerts may use besides [`EXPORTED`]. None: `up` would
-/// describe Prometheus's scrape of the collector, not the gateway (the alerts use the absence of
-/// `cognito_gateway_callers` instead).
-const PROMETHEUS_BUILTINS: &[&str] = &[];
-
 /// The values a matcher may name, for the labels whose values are a closed set; a literal outside
-/// them is a typo. `limit` is checked in [`known_value`] (`backend` or `caller:<name>`).
+/// them is a typo. `limit` is checked in [`known_value`] (`backend`, `pool` or `caller:<name>`).
+#[rustfmt::skip] // One label to a paragraph, not one value to a line.
 const LABEL_VALUES: &[(&str, &[&str])] = &[
     // src/status.rs, `rejection_attributes` (the rows' reasons).
-    (
-        "reason",
-        &[
-            "UNAUTHENTICATED",
-            "CALLER_NOT_ALLOWED",
-            "RATE_LIMITED",
-            "OVERLOADED",
-        ],
-    ),
+    ("reason", &["UNAUTHENTICATED", "CALLER_NOT_ALLOWED", "RATE_LIMITED", "OVERLOADED"]),
     // `""` on success; else the Cognito exception name (src/status.rs, `cognito_row` and
     // `CREDENTIAL_CODES`) or the gateway's name for a failure on the way (src/cognito.rs,
     // `record_cognito_call`).
-    (
-        "aws_exception",
-        &[
-            "",
-            "InvalidParameterException",
-            "ResourceNotFoundException",
-            "UserNotFoundException",
-            "NotAuthorizedException",
-            "TooManyRequestsException",
-            "LimitExceededException",
-            "UserLambdaValidationException",
-            "UnexpectedLambdaException",
-            "InvalidLambdaResponseException",
-            "InvalidSmsRoleAccessPolicyException",
-            "InvalidSmsRoleTrustRelationshipException",
-            "InvalidEmailRoleAccessPolicyException",
-            "OperationNotEnabledException",
-            "InternalErrorException",
-            "AccessDeniedException",
-            "AccessDenied",
-            "ExpiredTokenException",
-            "ExpiredToken",
-            "IncompleteSignature",
-            "IncompleteSignatureException",
-            "InvalidClientTokenId",
-            "InvalidSignatureException",
-            "MissingAuthenticationToken",
-            "MissingAuthenticationTokenException",
-            "RequestExpired",
-            "SignatureDoesNotMatch",
-            "UnrecognizedClientException",
-            "Timeout",
-            "Unreachable",
-            "ConnectionLost",
-            "RegionNotAllowed",
-            "Misconfigured",
-            "BadResponse",
-            "_OTHER",
-        ],
-    ),
+    ("aws_exception", &[
+        "", "InvalidParameterException", "ResourceNotFoundException", "UserNotFoundException",
+        "NotAuthorizedException", "TooManyRequestsException", "LimitExceededException",
+        "UserLambdaValidationException", "UnexpectedLambdaException",
+        "InvalidLambdaResponseException", "InvalidSmsRoleAccessPolicyException",
+        "InvalidSmsRoleTrustRelationshipException", "InvalidEmailRoleAccessPolicyException",
+        "OperationNotEnabledException", "InternalErrorException", "AccessDeniedException",
+        "AccessDenied", "ExpiredTokenException", "ExpiredToken", "IncompleteSignature",
+        "IncompleteSignatureException", "InvalidClientTokenId", "InvalidSignatureException",
+        "MissingAuthenticationToken", "MissingAuthenticationTokenException", "RequestExpired",
+        "SignatureDoesNotMatch", "UnrecognizedClientException",
+        "Timeout", "Unreachable", "ConnectionLost", "RegionNotAllowed", "Misconfigured",
+        "BadResponse", "_OTHER",
+    ]),
     ("rpc_system", &["grpc", "aws-api"]),
     // Cognito's, and this server's (src/middleware/trace.rs, `KNOWN_METHODS`; `_OTHER` for any
     // other path).
-    (
-        "rpc_service",
-        &[
-            "CognitoIdentityProvider",
-            "cognitogateway.v1.UserAdminService",
-            "grpc.health.v1.Health",
-            "grpc.reflection.v1.ServerReflection",
-            "grpc.reflection.v1alpha.ServerReflection",
-            "_OTHER",
-        ],
-    ),
+    ("rpc_service", &[
+        "CognitoIdentityProvider", "cognitogateway.v1.UserAdminService", "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
+        "_OTHER",
+    ]),
     // The API's method (proto/), health's and reflection's, and Cognito's.
-    (
-        "rpc_method",
-        &[
-            "ResetUserPassword",
-            "Check",
-            "Watch",
-            "ServerReflectionInfo",
-            "AdminResetUserPassword",
-            "_OTHER",
-        ],
-    ),
-    (
-        "rpc_grpc_status_code",
-        &[
-            "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15",
-            "16",
-        ],
-    ),
+    ("rpc_method", &[
+        "ResetUserPassword", "Check", "Watch", "ServerReflectionInfo", "AdminResetUserPassword",
+        "_OTHER",
+    ]),
+    ("rpc_grpc_status_code", &[
+        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ]),
     ("cpu_mode", &["user", "system"]),
     // src/metrics.rs, `observe_limits`.
-    (
-        "setting",
-        &[
-            "backend_rps",
-            "backend_burst",
-            "pool_rps",
-            "max_in_flight",
-            "max_in_flight_per_caller",
-            "user_cooldown_secs",
-        ],
-    ),
+    ("setting", &[
+        "backend_rps", "backend_burst", "pool_rps", "max_in_flight", "max_in_flight_per_caller",
+        "user_cooldown_secs",
+    ]),
 ];
-
-/// Where the runbook for every alert lives.
-const RUNBOOK: &str = "docs/operations.md#troubleshooting";
 
 fn label_of(attribute: &str) -> String {
     attribute.replace('.', "_")
 }
 
-/// The series names a metric appears as, each with its labels.
+/// The series names a metric appears as, each with its labels. Nothing else: Prometheus's own `up`
+/// would describe its scrape of the collector, not the gateway (the alerts use the absence of
+/// `cognito_gateway_callers` instead).
 fn series() -> BTreeMap<String, BTreeSet<String>> {
     let mut all = BTreeMap::new();
     for metric in EXPORTED {
         let mut labels: BTreeSet<String> = metric.attributes.iter().map(|a| label_of(a)).collect();
         labels.extend(TARGET_LABELS.iter().map(|l| (*l).to_owned()));
-        if metric.kind == Kind::Histogram {
+        if metric.kind == Histogram {
             let mut bucket = labels.clone();
             bucket.insert("le".to_owned());
             all.insert(format!("{}_bucket", metric.prometheus), bucket);
@@ -275,12 +167,6 @@ fn series() -> BTreeMap<String, BTreeSet<String>> {
         } else {
             all.insert(metric.prometheus.to_owned(), labels);
         }
-    }
-    for builtin in PROMETHEUS_BUILTINS {
-        all.insert(
-            (*builtin).to_owned(),
-            TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect(),
-        );
     }
     all
 }
@@ -310,24 +196,15 @@ fn prometheus_name(metric: &Metric) -> String {
         name.push('_');
         name.push_str(unit);
     }
-    if metric.kind == Kind::Counter {
+    if metric.kind == Counter {
         name.push_str("_total");
     }
     name
 }
 
-// ------------------------------------------------------------------------------------------------
-// Files
-// ------------------------------------------------------------------------------------------------
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(relative: &str) -> String {
-    let path = root().join(relative);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
+/// A unit in an instrument's builder chain.
+static WITH_UNIT: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r#"\.with_unit\(\s*"([^"]*)"\s*\)"#).expect("a valid regex"));
 
 /// Every `.rs` file under `dir`, concatenated.
 fn sources(dir: &Path) -> String {
@@ -349,13 +226,118 @@ fn sources(dir: &Path) -> String {
     all
 }
 
+/// Where the runbook for every alert lives.
+const RUNBOOK: &str = "docs/operations.md#troubleshooting";
+
+// ------------------------------------------------------------------------------------------------
+// Files
+// ------------------------------------------------------------------------------------------------
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(relative: &str) -> String {
+    let path = root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn yaml<T: serde::de::DeserializeOwned>(relative: &str) -> T {
+    yaml_serde::from_str(&read(relative)).unwrap_or_else(|e| panic!("{relative}: {e}"))
+}
+
 fn dashboard() -> Value {
     serde_json::from_str(&read("observability/grafana-dashboard.json"))
         .expect("observability/grafana-dashboard.json is valid JSON")
 }
 
-fn alerts() -> Yaml {
-    parse_yaml(&read("observability/alerts.yaml")).expect("observability/alerts.yaml parses")
+/// The dashboard's panels, those inside collapsed rows included.
+fn panels(dashboard: &Value) -> Vec<Value> {
+    let mut panels = Vec::new();
+    for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
+        panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
+        panels.push(panel);
+    }
+    panels
+}
+
+/// observability/alerts.yaml as these tests read it. promtool checks the rest of the format; the
+/// `deny_unknown_fields` keeps the file to alerting rules with only these keys (no `record`, no
+/// `keep_firing_for`).
+#[derive(Debug, Deserialize)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RuleGroup {
+    name: String,
+    rules: Vec<AlertRule>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AlertRule {
+    alert: String,
+    expr: String,
+    /// Optional for promtool; `alert_rules_are_complete` requires it.
+    #[serde(rename = "for")]
+    pending: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+fn alerts() -> RuleFile {
+    yaml("observability/alerts.yaml")
+}
+
+fn rules(file: &RuleFile) -> impl Iterator<Item = &AlertRule> {
+    file.groups.iter().flat_map(|group| &group.rules)
+}
+
+/// observability/alerts_test.yaml, promtool's unit tests, as far as these tests read it.
+#[derive(Debug, Deserialize)]
+struct RuleTests {
+    rule_files: Vec<String>,
+    tests: Vec<RuleTest>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct RuleTest {
+    name: String,
+    input_series: Vec<InputSeries>,
+    promql_expr_test: Vec<PromqlExprTest>,
+}
+
+#[derive(Debug, Deserialize)]
+struct InputSeries {
+    series: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct PromqlExprTest {
+    exp_samples: Vec<Sample>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Sample {
+    labels: String,
+}
+
+/// The node at the end of `keys`, if each key on the way exists.
+fn at<'a>(node: &'a yaml_serde::Value, keys: &[&str]) -> Option<&'a yaml_serde::Value> {
+    keys.iter().try_fold(node, |node, key| node.get(key))
+}
+
+/// The strings of a YAML sequence (none if it is something else).
+fn strings(node: Option<&yaml_serde::Value>) -> Vec<&str> {
+    node.and_then(yaml_serde::Value::as_sequence)
+        .map(|items| items.iter().filter_map(yaml_serde::Value::as_str).collect())
+        .unwrap_or_default()
 }
 
 fn assert_none(problems: &[String]) {
@@ -368,412 +350,126 @@ fn assert_none(problems: &[String]) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// PromQL, taken apart
+// Grafana variables, and PromQL taken apart
 // ------------------------------------------------------------------------------------------------
 
-/// PromQL's functions.
-const FUNCTIONS: &[&str] = &[
-    "abs",
-    "absent",
-    "absent_over_time",
-    "avg_over_time",
-    "ceil",
-    "changes",
-    "clamp",
-    "clamp_max",
-    "clamp_min",
-    "count_over_time",
-    "day_of_month",
-    "day_of_week",
-    "day_of_year",
-    "days_in_month",
-    "delta",
-    "deriv",
-    "end",
-    "exp",
-    "floor",
-    "histogram_quantile",
-    "holt_winters",
-    "hour",
-    "idelta",
-    "increase",
-    "irate",
-    "label_join",
-    "label_replace",
-    "last_over_time",
-    "ln",
-    "log10",
-    "log2",
-    "max_over_time",
-    "min_over_time",
-    "minute",
-    "month",
-    "predict_linear",
-    "present_over_time",
-    "quantile_over_time",
-    "rate",
-    "resets",
-    "round",
-    "scalar",
-    "sgn",
-    "sort",
-    "sort_desc",
-    "sqrt",
-    "start",
-    "stddev_over_time",
-    "stdvar_over_time",
-    "sum_over_time",
-    "time",
-    "timestamp",
-    "vector",
-    "year",
-];
-
-/// PromQL's aggregation operators (`sum by (x) (...)` as well as `sum(...) by (x)`).
-const AGGREGATORS: &[&str] = &[
-    "sum",
-    "min",
-    "max",
-    "avg",
-    "group",
-    "stddev",
-    "stdvar",
-    "count",
-    "count_values",
-    "bottomk",
-    "topk",
-    "quantile",
-];
-
-/// Keywords followed by a label list.
-const GROUPING: &[&str] = &[
-    "by",
-    "without",
-    "on",
-    "ignoring",
-    "group_left",
-    "group_right",
-];
-
-/// Other keywords.
-const KEYWORDS: &[&str] = &["and", "or", "unless", "bool", "offset", "inf", "nan"];
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Matcher {
-    label: String,
-    op: &'static str,
-    value: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Token {
-    Ident(String),
-    Variable,
-    Str,
-    Number,
-    Range,
-    Matchers(Vec<Matcher>),
-    Open,
-    Close,
-    Comma,
-    Operator,
-}
-
-fn read_string(chars: &[char], i: &mut usize) -> Result<String, String> {
-    let quote = chars[*i];
-    *i += 1;
-    let mut out = String::new();
-    while let Some(&c) = chars.get(*i) {
-        *i += 1;
-        if c == quote {
-            return Ok(out);
-        }
-        if c == '\\' && quote != '`' {
-            match chars.get(*i) {
-                Some(&escaped) => {
-                    *i += 1;
-                    if escaped != quote && escaped != '\\' {
-                        out.push('\\');
-                    }
-                    out.push(escaped);
-                }
-                None => break,
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    Err("unterminated string".to_owned())
-}
-
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
-
-fn is_ident(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-fn read_ident(chars: &[char], i: &mut usize) -> String {
-    let start = *i;
-    while chars.get(*i).copied().is_some_and(is_ident) {
-        *i += 1;
-    }
-    chars[start..*i].iter().collect()
-}
-
-fn skip_spaces(chars: &[char], i: &mut usize) {
-    while chars.get(*i).is_some_and(|c| c.is_whitespace()) {
-        *i += 1;
-    }
-}
-
-fn read_matchers(chars: &[char], i: &mut usize) -> Result<Vec<Matcher>, String> {
-    *i += 1; // {
-    let mut matchers = Vec::new();
-    loop {
-        skip_spaces(chars, i);
-        match chars.get(*i) {
-            Some('}') => {
-                *i += 1;
-                return Ok(matchers);
-            }
-            Some(&c) if is_ident_start(c) => {}
-            other => return Err(format!("expected a label name in {{...}}, found {other:?}")),
-        }
-        let label = read_ident(chars, i);
-        skip_spaces(chars, i);
-        let rest: String = chars[*i..chars.len().min(*i + 2)].iter().collect();
-        let op = if rest.starts_with("=~") {
-            "=~"
-        } else if rest.starts_with("!~") {
-            "!~"
-        } else if rest.starts_with("!=") {
-            "!="
-        } else if rest.starts_with('=') {
-            "="
-        } else {
-            return Err(format!("expected a matcher operator after `{label}`"));
-        };
-        *i += op.len();
-        skip_spaces(chars, i);
-        if !matches!(chars.get(*i), Some('"' | '\'' | '`')) {
-            return Err(format!("expected a quoted value after `{label}{op}`"));
-        }
-        let value = read_string(chars, i)?;
-        matchers.push(Matcher { label, op, value });
-        skip_spaces(chars, i);
-        match chars.get(*i) {
-            Some(',') => *i += 1,
-            Some('}') => {}
-            other => return Err(format!("expected `,` or `}}` in {{...}}, found {other:?}")),
-        }
-    }
-}
-
-/// A duration, as in a range or after `offset`.
-static DURATION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^(\d+(ms|[smhdwy]))+$").expect("regex"));
-/// A whole Grafana variable (`$name`, `${name}`, `${name:format}`).
+/// A Grafana variable: `$name`, `${name}` or `${name:format}`.
 static VARIABLE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^\$(\w+|\{\w+(:\w+)?\})$").expect("regex"));
-/// The Grafana variables in a text.
-static VARIABLES: LazyLock<Regex> = LazyLock::new(|| Regex::new(r"\$\{?(\w+)").expect("regex"));
+    LazyLock::new(|| Regex::new(r"\$(?:(\w+)|\{(\w+)(?::\w+)?\})").expect("a valid regex"));
 /// A regex that is only an alternation of literals (`a|b|c`).
 static ALTERNATION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[\w\-:]*(\|[\w\-:]*)*$").expect("regex"));
+    LazyLock::new(|| Regex::new(r"^[\w\-:]*(\|[\w\-:]*)*$").expect("a valid regex"));
 /// `{{label}}` in a legend, `{{ $labels.label }}` in an annotation.
-static LABEL_REFERENCE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"\{\{\s*(?:\$labels\.)?([A-Za-z_]\w*)\s*\}\}").expect("regex"));
-/// A unit in an instrument's builder chain.
-static WITH_UNIT: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"\.with_unit\(\s*"([^"]*)"\s*\)"#).expect("regex"));
-/// The alert a promtool expectation names.
-static ALERTNAME: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r#"alertname="(\w+)""#).expect("regex"));
+static LABEL_REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"\{\{\s*(?:\$labels\.)?([A-Za-z_]\w*)\s*\}\}").expect("a valid regex")
+});
 
-fn tokenize(expr: &str) -> Result<Vec<Token>, String> {
-    let chars: Vec<char> = expr.chars().collect();
-    let mut tokens = Vec::new();
-    let mut i = 0;
-    while let Some(&c) = chars.get(i) {
-        match c {
-            _ if c.is_whitespace() => i += 1,
-            '#' => {
-                while chars.get(i).is_some_and(|&c| c != '\n') {
-                    i += 1;
-                }
-            }
-            '"' | '\'' | '`' => {
-                read_string(&chars, &mut i)?;
-                tokens.push(Token::Str);
-            }
-            '{' => tokens.push(Token::Matchers(read_matchers(&chars, &mut i)?)),
-            '[' => {
-                let end = chars[i..]
-                    .iter()
-                    .position(|&c| c == ']')
-                    .ok_or("unterminated [")?;
-                let inside: String = chars[i + 1..i + end].iter().collect();
-                // `[5m]`, `[$__rate_interval]`, a subquery's `[1h:1m]` or `[1h:]`.
-                let subquery = inside.contains(':');
-                for part in inside.split(':').map(str::trim) {
-                    let valid = DURATION.is_match(part)
-                        || VARIABLE.is_match(part)
-                        || (subquery && part.is_empty());
-                    if !valid {
-                        return Err(format!("`[{inside}]` is not a range"));
-                    }
-                }
-                i += end + 1;
-                tokens.push(Token::Range);
-            }
-            '(' => {
-                i += 1;
-                tokens.push(Token::Open);
-            }
-            ')' => {
-                i += 1;
-                tokens.push(Token::Close);
-            }
-            ',' => {
-                i += 1;
-                tokens.push(Token::Comma);
-            }
-            '$' => {
-                i += 1;
-                if chars.get(i) == Some(&'{') {
-                    let end = chars[i..]
-                        .iter()
-                        .position(|&c| c == '}')
-                        .ok_or("unterminated ${")?;
-                    i += end + 1;
-                } else {
-                    read_ident(&chars, &mut i);
-                }
-                tokens.push(Token::Variable);
-            }
-            _ if c.is_ascii_digit()
-                || (c == '.' && chars.get(i + 1).is_some_and(char::is_ascii_digit)) =>
-            {
-                // Numbers, `1e-3`, durations (`offset 1h`).
-                while let Some(&d) = chars.get(i) {
-                    let exponent_sign = (d == '-' || d == '+')
-                        && matches!(chars.get(i.wrapping_sub(1)), Some('e' | 'E'));
-                    if d.is_ascii_alphanumeric() || d == '.' || exponent_sign {
-                        i += 1;
-                    } else {
-                        break;
-                    }
-                }
-                tokens.push(Token::Number);
-            }
-            _ if is_ident_start(c) => tokens.push(Token::Ident(read_ident(&chars, &mut i))),
-            _ => {
-                let two: String = chars[i..chars.len().min(i + 2)].iter().collect();
-                if ["==", "!=", ">=", "<="].contains(&two.as_str()) {
-                    i += 2;
-                } else if "+-*/%^<>@".contains(c) {
-                    i += 1;
-                } else {
-                    return Err(format!("unexpected `{c}`"));
-                }
-                tokens.push(Token::Operator);
-            }
-        }
-    }
-    Ok(tokens)
+/// The name in a [`VARIABLE`] match.
+fn variable_name<'a>(found: &Captures<'a>) -> &'a str {
+    found.get(1).or(found.get(2)).map_or("", |m| m.as_str())
+}
+
+/// The Grafana variables a text uses.
+fn used_variables(text: &str) -> Vec<String> {
+    VARIABLE
+        .captures_iter(text)
+        .map(|found| variable_name(&found).to_owned())
+        .collect()
+}
+
+/// What Grafana puts in place of the variables it knows before it sends a query: a duration for
+/// its interval variables, the value of a constant. Query variables stay as they are: they are
+/// only used in matcher values (`job=~"$job"`), which are not checked; anywhere else they make
+/// the expression fail to parse.
+fn interpolate(expr: &str, constants: &BTreeMap<String, String>) -> String {
+    VARIABLE
+        .replace_all(expr, |found: &Captures<'_>| match variable_name(found) {
+            "__interval" | "__rate_interval" | "__range" => "5m".to_owned(),
+            name => constants
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| found[0].to_owned()),
+        })
+        .into_owned()
+}
+
+/// The dashboard's constant variables and their values.
+fn constants(dashboard: &Value) -> BTreeMap<String, String> {
+    let variables = dashboard["templating"]["list"].as_array();
+    variables
+        .into_iter()
+        .flatten()
+        .filter(|v| v["type"] == "constant")
+        .filter_map(|v| Some((v["name"].as_str()?.to_owned(), variable_query(v))))
+        .collect()
 }
 
 /// What an expression uses.
 #[derive(Debug, Default)]
 struct Query {
-    /// Each metric selector: the name and its matchers.
-    selectors: Vec<(String, Vec<Matcher>)>,
+    /// Each selector: its metric name (none for `{__name__="..."}`) and its matchers.
+    selectors: Vec<(Option<String>, Vec<Matcher>)>,
     /// The labels of `by`, `without`, `on`, `ignoring`, `group_left`, `group_right`.
     grouping: Vec<String>,
 }
 
-/// Takes `expr` apart: metrics, matchers, grouping labels. Unknown functions, selectors without a
-/// metric name and unbalanced parentheses are errors.
-fn parse_query(expr: &str) -> Result<Query, String> {
-    let tokens = tokenize(expr)?;
-    let mut query = Query::default();
-    let mut depth = 0_i32;
-    let mut i = 0;
-    while let Some(token) = tokens.get(i) {
-        let next = tokens.get(i + 1);
-        match token {
-            Token::Open => depth += 1,
-            Token::Close => {
-                depth -= 1;
-                if depth < 0 {
-                    return Err("unbalanced `)`".to_owned());
+impl ExprVisitor for Query {
+    type Error = Infallible;
+
+    fn pre_visit(&mut self, expr: &Expr) -> Result<bool, Infallible> {
+        match expr {
+            Expr::VectorSelector(selector)
+            | Expr::MatrixSelector(MatrixSelector { vs: selector, .. }) => {
+                self.selectors.push(taken_apart(selector));
+            }
+            Expr::Aggregate(aggregate) => {
+                let labels = aggregate.modifier.iter().flat_map(|m| &m.labels().labels);
+                self.grouping.extend(labels.cloned());
+                // walk_expr does not go into the parameter (`topk(k, ...)`).
+                if let Some(parameter) = &aggregate.param {
+                    walk_expr(self, parameter)?;
                 }
             }
-            Token::Matchers(_) => return Err("a `{...}` selector without a metric name".to_owned()),
-            Token::Ident(word) if GROUPING.contains(&word.as_str()) => {
-                if next == Some(&Token::Open) {
-                    let mut j = i + 2;
-                    loop {
-                        match tokens.get(j) {
-                            Some(Token::Ident(label)) => query.grouping.push(label.clone()),
-                            Some(Token::Comma) => {}
-                            Some(Token::Close) => break,
-                            other => {
-                                return Err(format!("unexpected {other:?} in `{word} (...)`"));
-                            }
-                        }
-                        j += 1;
-                    }
-                    i = j;
-                } else if word != "group_left" && word != "group_right" {
-                    return Err(format!("`{word}` without a label list"));
+            Expr::Binary(binary) => {
+                if let Some(modifier) = &binary.modifier {
+                    let matching = modifier.matching.iter().map(|m| m.labels());
+                    let labels = matching.chain(modifier.card.labels());
+                    self.grouping
+                        .extend(labels.flat_map(|l| &l.labels).cloned());
                 }
-            }
-            Token::Ident(word) if KEYWORDS.contains(&word.to_ascii_lowercase().as_str()) => {}
-            Token::Ident(word) if AGGREGATORS.contains(&word.as_str()) => {
-                let grouped = matches!(next, Some(Token::Ident(w)) if w == "by" || w == "without");
-                if next != Some(&Token::Open) && !grouped {
-                    return Err(format!("aggregation `{word}` without `(`"));
-                }
-            }
-            Token::Ident(word) if FUNCTIONS.contains(&word.as_str()) => {
-                (next == Some(&Token::Open))
-                    .then_some(())
-                    .ok_or_else(|| format!("function `{word}` without `(`"))?;
-            }
-            Token::Ident(word) if next == Some(&Token::Open) => {
-                return Err(format!("unknown function `{word}`"));
-            }
-            Token::Ident(name) => {
-                let matchers = match next {
-                    Some(Token::Matchers(matchers)) => {
-                        i += 1;
-                        matchers.clone()
-                    }
-                    _ => Vec::new(),
-                };
-                query.selectors.push((name.clone(), matchers));
             }
             _ => {}
         }
-        i += 1;
+        Ok(true)
     }
-    if depth != 0 {
-        return Err("unbalanced `(`".to_owned());
-    }
-    Ok(query)
 }
 
-/// Checks `expr` against [`EXPORTED`]; returns the labels its metrics carry (for legends and
-/// annotations), or the problems, each prefixed with `context`.
+fn taken_apart(selector: &VectorSelector) -> (Option<String>, Vec<Matcher>) {
+    let matchers = &selector.matchers;
+    let all = matchers
+        .matchers
+        .iter()
+        .chain(matchers.or_matchers.iter().flatten());
+    (selector.name.clone(), all.cloned().collect())
+}
+
+/// Parses `expr` and checks what it uses against [`EXPORTED`]; returns the labels its metrics carry
+/// (for legends and annotations), or the problems, each prefixed with `context`.
 fn check_query(context: &str, expr: &str) -> Result<BTreeSet<String>, Vec<String>> {
-    let query = parse_query(expr).map_err(|e| vec![format!("{context}: {e} in `{expr}`")])?;
+    let parsed = promql_parser::parser::parse(expr)
+        .map_err(|e| vec![format!("{context}: {e} in `{expr}`")])?;
+    let mut query = Query::default();
+    let Ok(_) = walk_expr(&mut query, &parsed);
     let known = series();
     let mut problems = Vec::new();
     let mut available: BTreeSet<String> = TARGET_LABELS.iter().map(|l| (*l).to_owned()).collect();
     for (name, matchers) in &query.selectors {
+        let Some(name) = name else {
+            problems.push(format!(
+                "{context}: a selector without a metric name in `{expr}`"
+            ));
+            continue;
+        };
         let Some(labels) = known.get(name) else {
             problems.push(format!(
                 "{context}: `{name}` is not an exported metric (see EXPORTED in tests/observability.rs)"
@@ -782,10 +478,10 @@ fn check_query(context: &str, expr: &str) -> Result<BTreeSet<String>, Vec<String
         };
         available.extend(labels.iter().cloned());
         for matcher in matchers {
-            if !labels.contains(&matcher.label) {
+            if !labels.contains(&matcher.name) {
                 problems.push(format!(
                     "{context}: `{name}` has no label `{}` (it has {labels:?})",
-                    matcher.label
+                    matcher.name
                 ));
                 continue;
             }
@@ -795,15 +491,15 @@ fn check_query(context: &str, expr: &str) -> Result<BTreeSet<String>, Vec<String
                 continue;
             }
             let values: Vec<&str> = match matcher.op {
-                "=" | "!=" => vec![matcher.value.as_str()],
+                MatchOp::Equal | MatchOp::NotEqual => vec![matcher.value.as_str()],
                 _ if ALTERNATION.is_match(&matcher.value) => matcher.value.split('|').collect(),
                 _ => Vec::new(),
             };
             for value in values {
-                if !known_value(&matcher.label, value) {
+                if !known_value(&matcher.name, value) {
                     problems.push(format!(
                         "{context}: `{}{}\"{value}\"`: `{value}` is not a value `{}` takes",
-                        matcher.label, matcher.op, matcher.label
+                        matcher.name, matcher.op, matcher.name
                     ));
                 }
             }
@@ -831,287 +527,6 @@ fn label_references(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// The Grafana variables an expression uses (`$name`, `${name}`, `${name:format}`).
-fn used_variables(expr: &str) -> Vec<String> {
-    VARIABLES
-        .captures_iter(expr)
-        .map(|c| c[1].to_owned())
-        .collect()
-}
-
-// ------------------------------------------------------------------------------------------------
-// YAML, the subset the rule files use
-// ------------------------------------------------------------------------------------------------
-
-/// A YAML node: block mappings and sequences, plain and quoted scalars, `|` and `>` block scalars,
-/// flow sequences of scalars, `{}`. Enough for the files under observability/; not a YAML parser.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Yaml {
-    Null,
-    Str(String),
-    Seq(Vec<Yaml>),
-    Map(Vec<(String, Yaml)>),
-}
-
-impl Yaml {
-    fn get(&self, key: &str) -> Option<&Yaml> {
-        match self {
-            Yaml::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => None,
-        }
-    }
-
-    fn str(&self) -> Option<&str> {
-        match self {
-            Yaml::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn seq(&self) -> &[Yaml] {
-        match self {
-            Yaml::Seq(items) => items,
-            _ => &[],
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        match self {
-            Yaml::Map(entries) => entries.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    fn path(&self, keys: &[&str]) -> Option<&Yaml> {
-        keys.iter().try_fold(self, |node, key| node.get(key))
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Line {
-    number: usize,
-    indent: usize,
-    text: String,
-}
-
-struct YamlReader {
-    lines: Vec<Line>,
-    pos: usize,
-}
-
-impl YamlReader {
-    fn is_blank(line: &Line) -> bool {
-        line.text.is_empty() || line.text.starts_with('#')
-    }
-
-    fn skip_blank(&mut self) {
-        while self.lines.get(self.pos).is_some_and(Self::is_blank) {
-            self.pos += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Option<Line> {
-        self.skip_blank();
-        self.lines.get(self.pos).cloned()
-    }
-
-    fn is_item(text: &str) -> bool {
-        text == "-" || text.starts_with("- ")
-    }
-
-    fn block(&mut self, min_indent: usize) -> Result<Yaml, String> {
-        let Some(line) = self.peek() else {
-            return Ok(Yaml::Null);
-        };
-        if line.indent < min_indent {
-            return Ok(Yaml::Null);
-        }
-        if Self::is_item(&line.text) {
-            self.seq(line.indent)
-        } else {
-            self.map(line.indent)
-        }
-    }
-
-    fn map(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut entries: Vec<(String, Yaml)> = Vec::new();
-        while let Some(line) = self.peek() {
-            if line.indent < indent || (line.indent == indent && Self::is_item(&line.text)) {
-                break;
-            }
-            if line.indent > indent {
-                return Err(format!("line {}: unexpected indentation", line.number));
-            }
-            let (key, rest) = split_key(&line.text)
-                .ok_or_else(|| format!("line {}: expected `key: value`", line.number))?;
-            if entries.iter().any(|(k, _)| *k == key) {
-                return Err(format!("line {}: duplicate key `{key}`", line.number));
-            }
-            self.pos += 1;
-            let value = self.value(&rest, indent, line.number)?;
-            entries.push((key, value));
-        }
-        Ok(Yaml::Map(entries))
-    }
-
-    fn seq(&mut self, indent: usize) -> Result<Yaml, String> {
-        let mut items = Vec::new();
-        while let Some(line) = self.peek() {
-            if line.indent != indent || !Self::is_item(&line.text) {
-                if line.indent > indent {
-                    return Err(format!("line {}: unexpected indentation", line.number));
-                }
-                break;
-            }
-            let rest = line.text[1..].trim_start().to_owned();
-            if rest.is_empty() {
-                self.pos += 1;
-                items.push(self.block(indent + 1)?);
-            } else if split_key(&rest).is_some() {
-                // `- key: value`: a mapping whose first line is this one, two columns in.
-                self.lines[self.pos] = Line {
-                    number: line.number,
-                    indent: indent + 2,
-                    text: rest,
-                };
-                items.push(self.map(indent + 2)?);
-            } else {
-                self.pos += 1;
-                items.push(scalar(&strip_comment(&rest), line.number)?);
-            }
-        }
-        Ok(Yaml::Seq(items))
-    }
-
-    fn value(&mut self, rest: &str, indent: usize, number: usize) -> Result<Yaml, String> {
-        let rest = strip_comment(rest);
-        if rest.is_empty() {
-            return match self.peek() {
-                Some(next) if next.indent > indent => self.block(indent + 1),
-                Some(next) if next.indent == indent && Self::is_item(&next.text) => {
-                    self.seq(indent)
-                }
-                _ => Ok(Yaml::Null),
-            };
-        }
-        if rest.starts_with('|') || rest.starts_with('>') {
-            let mut block: Vec<&Line> = Vec::new();
-            while let Some(line) = self.lines.get(self.pos) {
-                if !line.text.is_empty() && line.indent <= indent {
-                    break;
-                }
-                block.push(line);
-                self.pos += 1;
-            }
-            while block.last().is_some_and(|l| l.text.is_empty()) {
-                block.pop();
-            }
-            let text: Vec<&str> = block.iter().map(|l| l.text.as_str()).collect();
-            let joined = if rest.starts_with('|') {
-                text.join("\n")
-            } else {
-                text.join(" ")
-            };
-            return Ok(Yaml::Str(joined));
-        }
-        scalar(&rest, number)
-    }
-}
-
-/// `key: value` or `key:` (the key unquoted, as in these files).
-fn split_key(text: &str) -> Option<(String, String)> {
-    if text.starts_with(['"', '\'', '[', '{']) {
-        return None;
-    }
-    let (key, rest) = match text.find(": ") {
-        Some(at) => (&text[..at], &text[at + 2..]),
-        None => (text.strip_suffix(':')?, ""),
-    };
-    let valid = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_-./".contains(c));
-    valid.then(|| (key.to_owned(), rest.to_owned()))
-}
-
-/// Drops a ` # comment` outside quotes.
-fn strip_comment(text: &str) -> String {
-    let mut quote = None;
-    let mut previous = ' ';
-    for (at, c) in text.char_indices() {
-        match quote {
-            Some(q) if c == q => quote = None,
-            Some(_) => {}
-            None if c == '"' || c == '\'' => quote = Some(c),
-            None if c == '#' && previous.is_whitespace() => return text[..at].trim().to_owned(),
-            None => {}
-        }
-        previous = c;
-    }
-    text.trim().to_owned()
-}
-
-fn scalar(text: &str, number: usize) -> Result<Yaml, String> {
-    let text = text.trim();
-    if let Some(inner) = text.strip_prefix('"') {
-        let chars: Vec<char> = text.chars().collect();
-        let mut i = 0;
-        let value = read_string(&chars, &mut i).map_err(|e| format!("line {number}: {e}"))?;
-        if i != chars.len() {
-            return Err(format!(
-                "line {number}: text after a quoted scalar: {inner}"
-            ));
-        }
-        return Ok(Yaml::Str(value));
-    }
-    if let Some(inner) = text.strip_prefix('\'') {
-        let inner = inner
-            .strip_suffix('\'')
-            .ok_or_else(|| format!("line {number}: unterminated '"))?;
-        return Ok(Yaml::Str(inner.replace("''", "'")));
-    }
-    if let Some(inner) = text.strip_prefix('[') {
-        let inner = inner
-            .strip_suffix(']')
-            .ok_or_else(|| format!("line {number}: unterminated ["))?;
-        return inner
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| scalar(s, number))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Yaml::Seq);
-    }
-    if text == "{}" {
-        return Ok(Yaml::Map(Vec::new()));
-    }
-    if text.starts_with('{') {
-        return Err(format!("line {number}: flow mappings are not supported"));
-    }
-    Ok(Yaml::Str(text.to_owned()))
-}
-
-fn parse_yaml(source: &str) -> Result<Yaml, String> {
-    let mut lines = Vec::new();
-    for (index, raw) in source.lines().enumerate() {
-        let trimmed = raw.trim_start_matches(' ');
-        if trimmed.starts_with('\t') {
-            return Err(format!("line {}: tab indentation", index + 1));
-        }
-        lines.push(Line {
-            number: index + 1,
-            indent: raw.len() - trimmed.len(),
-            text: trimmed.trim_end().to_owned(),
-        });
-    }
-    let mut reader = YamlReader { lines, pos: 0 };
-    let root = reader.block(0)?;
-    if let Some(line) = reader.peek() {
-        return Err(format!("line {}: not part of the document", line.number));
-    }
-    Ok(root)
-}
-
 // ------------------------------------------------------------------------------------------------
 // The tests
 // ------------------------------------------------------------------------------------------------
@@ -1131,13 +546,16 @@ fn exported_names_are_the_sources() {
             ));
         }
         let builder = match metric.kind {
-            Kind::Histogram => r"f64_histogram",
-            Kind::Counter => r"(u64|f64)_(observable_)?counter",
-            Kind::UpDownCounter => r"(i64|f64)_(observable_)?up_down_counter",
-            Kind::Gauge => r"(u64|i64|f64)_(observable_)?gauge",
+            Histogram => r"f64_histogram",
+            Counter => r"(u64|f64)_(observable_)?counter",
+            UpDownCounter => r"(i64|f64)_(observable_)?up_down_counter",
+            Gauge => r"(u64|i64|f64)_(observable_)?gauge",
         };
         let pattern = format!(r#"\.{builder}\(\s*"{}"\s*\)"#, regex::escape(metric.otel));
-        let Some(found) = Regex::new(&pattern).expect("regex").find(&src) else {
+        let Some(found) = Regex::new(&pattern)
+            .expect("an escaped name makes a valid regex")
+            .find(&src)
+        else {
             problems.push(format!(
                 "{}: no `{builder}(\"{}\")` in src/ (renamed, or another instrument kind?)",
                 metric.otel, metric.otel
@@ -1220,12 +638,7 @@ fn dashboard_is_importable() {
         problems.push("no `job` query variable".to_owned());
     }
 
-    let mut panels = Vec::new();
-    for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
-        // Collapsed rows hold their panels.
-        panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
-        panels.push(panel);
-    }
+    let panels = panels(&dashboard);
     if panels.len() < 10 {
         problems.push(format!("only {} panels", panels.len()));
     }
@@ -1328,18 +741,14 @@ fn dashboard_queries_use_exported_metrics_and_labels() {
     let dashboard = dashboard();
     let mut problems = Vec::new();
     let mut checked = 0;
-    let mut panels = Vec::new();
-    for panel in dashboard["panels"].as_array().cloned().unwrap_or_default() {
-        panels.extend(panel["panels"].as_array().cloned().unwrap_or_default());
-        panels.push(panel);
-    }
-    for panel in &panels {
+    let constants = constants(&dashboard);
+    for panel in &panels(&dashboard) {
         let title = panel["title"].as_str().unwrap_or("<untitled>");
         for target in panel["targets"].as_array().cloned().unwrap_or_default() {
             let expr = target["expr"].as_str().unwrap_or_default();
             let context = format!("panel {title:?} {}", target["refId"]);
             checked += 1;
-            match check_query(&context, expr) {
+            match check_query(&context, &interpolate(expr, &constants)) {
                 Ok(labels) => {
                     let legend = target["legendFormat"].as_str().unwrap_or_default();
                     for label in label_references(legend) {
@@ -1355,7 +764,7 @@ fn dashboard_queries_use_exported_metrics_and_labels() {
         }
     }
     // label_values(selector, label)
-    let label_values = Regex::new(r"^label_values\((.*),\s*(\w+)\s*\)$").expect("regex");
+    let label_values = Regex::new(r"^label_values\((.*),\s*(\w+)\s*\)$").expect("a valid regex");
     for variable in dashboard["templating"]["list"]
         .as_array()
         .cloned()
@@ -1386,80 +795,47 @@ fn dashboard_queries_use_exported_metrics_and_labels() {
     assert_none(&problems);
 }
 
-/// The alerting rules are complete: each has alert, expr, for, labels.severity and the runbook
-/// annotations, and nothing else.
+/// The alerting rules are complete: each has a `for:`, labels.severity and the runbook
+/// annotations, and a CognitoGateway name of its own. (promtool checks that they are valid.)
 #[test]
 fn alert_rules_are_complete() {
     let alerts = alerts();
-    let duration = Regex::new(r"^(\d+[smhdw])+$").expect("regex");
-    let alert_name = Regex::new(r"^CognitoGateway[A-Z][A-Za-z]+$").expect("regex");
+    let alert_name = Regex::new(r"^CognitoGateway[A-Z][A-Za-z]+$").expect("a valid regex");
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
-    let groups = alerts.get("groups").map(Yaml::seq).unwrap_or_default();
-    if groups.is_empty() {
-        problems.push("no groups".to_owned());
+    for group in &alerts.groups {
+        if group.rules.is_empty() {
+            problems.push(format!("group {}: no rules", group.name));
+        }
     }
-    for group in groups {
-        let group_name = group.get("name").and_then(Yaml::str).unwrap_or_default();
-        if group_name.is_empty() {
-            problems.push("a group without a name".to_owned());
+    for rule in rules(&alerts) {
+        let context = format!("alert {:?}", rule.alert);
+        if !alert_name.is_match(&rule.alert) {
+            problems.push(format!("{context}: not named CognitoGateway<Something>"));
         }
-        let rules = group.get("rules").map(Yaml::seq).unwrap_or_default();
-        if rules.is_empty() {
-            problems.push(format!("group {group_name}: no rules"));
+        if !names.insert(rule.alert.as_str()) {
+            problems.push(format!("{context}: repeated"));
         }
-        for rule in rules {
-            let name = rule.get("alert").and_then(Yaml::str).unwrap_or_default();
-            let context = format!("alert {name:?}");
-            if !alert_name.is_match(name) {
-                problems.push(format!("{context}: not named CognitoGateway<Something>"));
+        if rule.pending.is_none() {
+            problems.push(format!("{context}: no `for:` duration"));
+        }
+        let severity = rule.labels.get("severity").map_or("", String::as_str);
+        if !["critical", "warning", "info"].contains(&severity) {
+            problems.push(format!(
+                "{context}: labels.severity {severity:?} is not critical, warning or info"
+            ));
+        }
+        for key in ["summary", "description", "runbook_url"] {
+            if rule.annotations.get(key).is_none_or(String::is_empty) {
+                problems.push(format!("{context}: no annotations.{key}"));
             }
-            if !names.insert(name.to_owned()) {
-                problems.push(format!("{context}: repeated"));
-            }
-            for key in rule.keys() {
-                if !["alert", "expr", "for", "labels", "annotations"].contains(&key) {
-                    problems.push(format!("{context}: unexpected key `{key}`"));
-                }
-            }
-            if rule
-                .get("expr")
-                .and_then(Yaml::str)
-                .is_none_or(|e| e.trim().is_empty())
-            {
-                problems.push(format!("{context}: no expr"));
-            }
-            if !rule
-                .get("for")
-                .and_then(Yaml::str)
-                .is_some_and(|f| duration.is_match(f))
-            {
-                problems.push(format!("{context}: no `for:` duration"));
-            }
-            let severity = rule
-                .path(&["labels", "severity"])
-                .and_then(Yaml::str)
-                .unwrap_or_default();
-            if !["critical", "warning", "info"].contains(&severity) {
-                problems.push(format!(
-                    "{context}: labels.severity {severity:?} is not critical, warning or info"
-                ));
-            }
-            for key in ["summary", "description", "runbook_url"] {
-                if rule
-                    .path(&["annotations", key])
-                    .and_then(Yaml::str)
-                    .is_none_or(str::is_empty)
-                {
-                    problems.push(format!("{context}: no annotations.{key}"));
-                }
-            }
-            let runbook = rule
-                .path(&["annotations", "runbook_url"])
-                .and_then(Yaml::str);
-            if runbook.is_some_and(|r| r != RUNBOOK) {
-                problems.push(format!("{context}: runbook_url is not {RUNBOOK}"));
-            }
+        }
+        if rule
+            .annotations
+            .get("runbook_url")
+            .is_some_and(|r| r != RUNBOOK)
+        {
+            problems.push(format!("{context}: runbook_url is not {RUNBOOK}"));
         }
     }
     if names.len() < 6 {
@@ -1474,29 +850,22 @@ fn alert_queries_use_exported_metrics_and_labels() {
     let alerts = alerts();
     let mut problems = Vec::new();
     let mut checked = 0;
-    for group in alerts.get("groups").map(Yaml::seq).unwrap_or_default() {
-        for rule in group.get("rules").map(Yaml::seq).unwrap_or_default() {
-            let name = rule.get("alert").and_then(Yaml::str).unwrap_or_default();
-            let expr = rule.get("expr").and_then(Yaml::str).unwrap_or_default();
-            let context = format!("alert {name}");
-            checked += 1;
-            match check_query(&context, expr) {
-                Ok(labels) => {
-                    for (key, text) in match rule.get("annotations") {
-                        Some(Yaml::Map(entries)) => entries.clone(),
-                        _ => Vec::new(),
-                    } {
-                        for label in label_references(text.str().unwrap_or_default()) {
-                            if !labels.contains(&label) {
-                                problems.push(format!(
-                                    "{context}: annotations.{key} names label `{label}`, which the expression's metrics do not carry"
-                                ));
-                            }
+    for rule in rules(&alerts) {
+        let context = format!("alert {}", rule.alert);
+        checked += 1;
+        match check_query(&context, &rule.expr) {
+            Ok(labels) => {
+                for (key, text) in &rule.annotations {
+                    for label in label_references(text) {
+                        if !labels.contains(&label) {
+                            problems.push(format!(
+                                "{context}: annotations.{key} names label `{label}`, which the expression's metrics do not carry"
+                            ));
                         }
                     }
                 }
-                Err(found) => problems.extend(found),
             }
+            Err(found) => problems.extend(found),
         }
     }
     assert!(checked > 5, "only {checked} alert expressions found");
@@ -1504,87 +873,75 @@ fn alert_queries_use_exported_metrics_and_labels() {
 }
 
 /// observability/alerts_test.yaml (promtool's unit tests) loads alerts.yaml, makes its series from
-/// exported metrics with their real labels, and shows every alert firing.
+/// exported metrics with their real labels, and shows every alert firing. (promtool runs them.)
 #[test]
 fn alert_unit_tests_cover_every_alert() {
-    let tests = parse_yaml(&read("observability/alerts_test.yaml"))
-        .expect("observability/alerts_test.yaml parses");
+    let tests: RuleTests = yaml("observability/alerts_test.yaml");
     let alerts = alerts();
-    let defined: BTreeSet<&str> = alerts
-        .get("groups")
-        .map(Yaml::seq)
-        .unwrap_or_default()
-        .iter()
-        .flat_map(|g| g.get("rules").map(Yaml::seq).unwrap_or_default())
-        .filter_map(|r| r.get("alert").and_then(Yaml::str))
-        .collect();
+    let defined: BTreeSet<&str> = rules(&alerts).map(|r| r.alert.as_str()).collect();
     let mut problems = Vec::new();
-    let files: Vec<&str> = tests
-        .get("rule_files")
-        .map(Yaml::seq)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Yaml::str)
-        .collect();
-    if files != ["alerts.yaml"] {
-        problems.push(format!("rule_files is {files:?}, expected [alerts.yaml]"));
+    if tests.rule_files != ["alerts.yaml"] {
+        problems.push(format!(
+            "rule_files is {:?}, expected [alerts.yaml]",
+            tests.rule_files
+        ));
     }
     let known = series();
     let mut fired = BTreeSet::new();
-    for test in tests.get("tests").map(Yaml::seq).unwrap_or_default() {
-        let test_name = test.get("name").and_then(Yaml::str).unwrap_or("<unnamed>");
-        for input in test.get("input_series").map(Yaml::seq).unwrap_or_default() {
-            let selector = input.get("series").and_then(Yaml::str).unwrap_or_default();
-            let context = format!("test {test_name:?}, series {selector}");
-            match parse_query(selector) {
-                Ok(query) if query.selectors.len() == 1 => {
-                    let (name, matchers) = &query.selectors[0];
-                    let Some(labels) = known.get(name) else {
-                        problems.push(format!("{context}: `{name}` is not an exported metric"));
-                        continue;
-                    };
-                    // A series carries all its labels (bar `instance`, which needs
-                    // service.instance.id), each once, with a known value.
-                    let given: BTreeSet<&str> = matchers.iter().map(|m| m.label.as_str()).collect();
-                    let missing: Vec<&String> = labels
-                        .iter()
-                        .filter(|l| *l != "instance" && !given.contains(l.as_str()))
-                        .filter(|l| !(name == "cognito_gateway_rejections_total" && *l == "limit"))
-                        .collect();
-                    if !missing.is_empty() {
-                        problems.push(format!("{context}: missing labels {missing:?}"));
-                    }
-                    for matcher in matchers {
-                        if matcher.op != "=" || !labels.contains(&matcher.label) {
-                            problems.push(format!("{context}: label `{}`", matcher.label));
-                        } else if !known_value(&matcher.label, &matcher.value) {
-                            problems.push(format!(
-                                "{context}: `{}` is not a value of `{}`",
-                                matcher.value, matcher.label
-                            ));
-                        }
-                    }
+    for test in &tests.tests {
+        for input in &test.input_series {
+            let context = format!("test {:?}, series {}", test.name, input.series);
+            let parsed = promql_parser::parser::parse(&input.series);
+            let Ok(Expr::VectorSelector(selector)) = &parsed else {
+                problems.push(format!("{context}: not one selector: {parsed:?}"));
+                continue;
+            };
+            let (name, matchers) = taken_apart(selector);
+            let Some(labels) = name.as_ref().and_then(|name| known.get(name)) else {
+                problems.push(format!("{context}: {name:?} is not an exported metric"));
+                continue;
+            };
+            // A series carries all its labels (bar `instance`, which needs service.instance.id),
+            // each once, with a known value.
+            let given: BTreeSet<&str> = matchers.iter().map(|m| m.name.as_str()).collect();
+            let optional = |label: &str| {
+                label == "instance"
+                    || (name.as_deref() == Some("cognito_gateway_rejections_total")
+                        && label == "limit")
+            };
+            let missing: Vec<&String> = labels
+                .iter()
+                .filter(|l| !optional(l) && !given.contains(l.as_str()))
+                .collect();
+            if !missing.is_empty() {
+                problems.push(format!("{context}: missing labels {missing:?}"));
+            }
+            for matcher in &matchers {
+                if matcher.op != MatchOp::Equal || !labels.contains(&matcher.name) {
+                    problems.push(format!("{context}: label `{}`", matcher.name));
+                } else if !known_value(&matcher.name, &matcher.value) {
+                    problems.push(format!(
+                        "{context}: `{}` is not a value of `{}`",
+                        matcher.value, matcher.name
+                    ));
                 }
-                Ok(_) => problems.push(format!("{context}: expected one selector")),
-                Err(e) => problems.push(format!("{context}: {e}")),
             }
         }
-        for case in test
-            .get("promql_expr_test")
-            .map(Yaml::seq)
-            .unwrap_or_default()
-        {
-            for sample in case.get("exp_samples").map(Yaml::seq).unwrap_or_default() {
-                let labels = sample.get("labels").and_then(Yaml::str).unwrap_or_default();
-                let Some(name) = ALERTNAME.captures(labels).map(|c| c[1].to_owned()) else {
-                    continue;
-                };
-                if !defined.contains(name.as_str()) {
-                    problems.push(format!("test {test_name:?}: no alert named {name}"));
-                }
-                if labels.contains(r#"alertstate="firing""#) {
-                    fired.insert(name);
-                }
+        for sample in test.promql_expr_test.iter().flat_map(|c| &c.exp_samples) {
+            let Ok(Expr::VectorSelector(selector)) = promql_parser::parser::parse(&sample.labels)
+            else {
+                problems.push(format!("test {:?}: labels {:?}", test.name, sample.labels));
+                continue;
+            };
+            let label = |name| selector.matchers.find_matchers(name).pop().map(|m| m.value);
+            let Some(name) = label("alertname") else {
+                continue;
+            };
+            if !defined.contains(name.as_str()) {
+                problems.push(format!("test {:?}: no alert named {name}", test.name));
+            }
+            if label("alertstate").is_some_and(|state| state == "firing") {
+                fired.insert(name);
             }
         }
     }
@@ -1600,32 +957,28 @@ fn alert_unit_tests_cover_every_alert() {
 /// Prometheus example loads the rules and keeps the collector's `job` and `instance`.
 #[test]
 fn collector_and_prometheus_examples_are_wired() {
-    let collector = parse_yaml(&read("observability/otel-collector.yaml"))
-        .expect("observability/otel-collector.yaml parses");
+    let collector: yaml_serde::Value = yaml("observability/otel-collector.yaml");
     let mut problems = Vec::new();
-    if collector
-        .path(&["receivers", "otlp", "protocols", "grpc"])
-        .is_none()
-    {
+    if at(&collector, &["receivers", "otlp", "protocols", "grpc"]).is_none() {
         problems.push("collector: no otlp receiver with gRPC".to_owned());
     }
     for exporter in ["prometheus", "prometheusremotewrite"] {
-        if collector.path(&["exporters", exporter]).is_none() {
+        if at(&collector, &["exporters", exporter]).is_none() {
             problems.push(format!("collector: no {exporter} exporter"));
         }
     }
     for pipeline in ["metrics", "traces"] {
-        let Some(definition) = collector.path(&["service", "pipelines", pipeline]) else {
+        let Some(definition) = at(&collector, &["service", "pipelines", pipeline]) else {
             problems.push(format!("collector: no {pipeline} pipeline"));
             continue;
         };
         for kind in ["receivers", "processors", "exporters"] {
-            let components = definition.get(kind).map(Yaml::seq).unwrap_or_default();
+            let components = strings(definition.get(kind));
             if components.is_empty() && kind != "processors" {
                 problems.push(format!("collector: {pipeline} pipeline has no {kind}"));
             }
-            for component in components.iter().filter_map(Yaml::str) {
-                if collector.path(&[kind, component]).is_none() {
+            for component in components {
+                if at(&collector, &[kind, component]).is_none() {
                     problems.push(format!(
                         "collector: {pipeline} pipeline uses {component}, not defined in {kind}"
                     ));
@@ -1633,37 +986,28 @@ fn collector_and_prometheus_examples_are_wired() {
             }
         }
     }
-    let metrics_exporters = collector
-        .path(&["service", "pipelines", "metrics", "exporters"])
-        .map(Yaml::seq)
-        .unwrap_or_default();
+    let metrics_exporters = strings(at(
+        &collector,
+        &["service", "pipelines", "metrics", "exporters"],
+    ));
     if !metrics_exporters
         .iter()
-        .filter_map(Yaml::str)
         .any(|e| e.starts_with("prometheus"))
     {
         problems.push("collector: metrics go to no Prometheus exporter".to_owned());
     }
 
-    let prometheus = parse_yaml(&read("observability/prometheus.yml"))
-        .expect("observability/prometheus.yml parses");
-    let rules: Vec<&str> = prometheus
-        .get("rule_files")
-        .map(Yaml::seq)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(Yaml::str)
-        .collect();
-    if !rules.contains(&"alerts.yaml") {
+    let prometheus: yaml_serde::Value = yaml("observability/prometheus.yml");
+    if !strings(prometheus.get("rule_files")).contains(&"alerts.yaml") {
         problems.push("prometheus.yml: alerts.yaml is not in rule_files".to_owned());
     }
     let scrapes = prometheus
         .get("scrape_configs")
-        .map(Yaml::seq)
-        .unwrap_or_default();
+        .and_then(yaml_serde::Value::as_sequence);
     if !scrapes
-        .iter()
-        .any(|s| s.get("honor_labels").and_then(Yaml::str) == Some("true"))
+        .into_iter()
+        .flatten()
+        .any(|s| s["honor_labels"].as_bool() == Some(true))
     {
         problems.push("prometheus.yml: no scrape with honor_labels: true".to_owned());
     }
@@ -1683,24 +1027,19 @@ fn docs_describe_every_metric_and_alert() {
             }
         }
     }
-    let alerts = alerts();
-    for group in alerts.get("groups").map(Yaml::seq).unwrap_or_default() {
-        for rule in group.get("rules").map(Yaml::seq).unwrap_or_default() {
-            if let Some(name) = rule.get("alert").and_then(Yaml::str)
-                && !docs.contains(name)
-            {
-                problems.push(format!("alert {name} is not in the docs"));
-            }
+    for rule in rules(&alerts()) {
+        if !docs.contains(&rule.alert) {
+            problems.push(format!("alert {} is not in the docs", rule.alert));
         }
     }
     let telemetry = read("src/telemetry.rs");
-    let variable = Regex::new(r"OTEL_[A-Z_]*[A-Z]").expect("regex");
+    let variable = Regex::new(r"OTEL_[A-Z_]*[A-Z]").expect("a valid regex");
     for found in variable.find_iter(&telemetry) {
         if !docs.contains(found.as_str()) {
             problems.push(format!("{} is not in the docs", found.as_str()));
         }
     }
-    let link = Regex::new(r"\]\((\.\./observability/[^)#\s]+)").expect("regex");
+    let link = Regex::new(r"\]\((\.\./observability/[^)#\s]+)").expect("a valid regex");
     for found in link.captures_iter(&docs) {
         if !root().join("docs").join(&found[1]).exists() {
             problems.push(format!(
@@ -1717,7 +1056,11 @@ fn docs_describe_every_metric_and_alert() {
 #[test]
 fn promql_checks_catch_typos() {
     let good = r#"sum by (job, rpc_method) (rate(rpc_server_duration_milliseconds_count{job=~"$job", rpc_grpc_status_code=~"2|4|13"}[$__rate_interval])) / ignoring (instance) vector($backend_rps) and on (job) cognito_gateway_callers offset 1h > 0"#;
-    assert_eq!(check_query("good", good).map(|_| ()), Ok(()));
+    let constants = BTreeMap::from([("backend_rps".to_owned(), "5".to_owned())]);
+    assert_eq!(
+        check_query("good", &interpolate(good, &constants)).map(|_| ()),
+        Ok(())
+    );
     let bad = [
         // A misspelled metric.
         r#"sum(rate(rpc_server_duration_miliseconds_count[5m]))"#,
@@ -1731,49 +1074,26 @@ fn promql_checks_catch_typos() {
         r#"rpc_server_duration_milliseconds_count{rpc_status_code="0"}"#,
         // `le` off the buckets.
         r#"rpc_server_duration_milliseconds_count{le="100"}"#,
-        // A `by` label none of the metrics carries.
+        // A `by`, `without` or `group_left` label none of the metrics carries.
         r#"sum by (reason) (rate(rpc_server_duration_milliseconds_count[5m]))"#,
         r#"sum without (cognito_gateway_calller) (cognito_gateway_in_flight)"#,
+        r#"cognito_gateway_in_flight * on (job) group_left (settings) cognito_gateway_limit"#,
         // Misspelled values.
         r#"cognito_gateway_rejections_total{reason="RATE_LIMITD"}"#,
         r#"cognito_gateway_rejections_total{limit="backnd"}"#,
         r#"rpc_client_duration_milliseconds_count{aws_exception=~"TooManyRequestException|LimitExceededException"}"#,
+        // A misspelled metric in the parameter of an aggregation.
+        r#"topk(scalar(cognito_gateway_calers), cognito_gateway_in_flight)"#,
         // A misspelled function, unbalanced parentheses, a selector without a name.
         r#"hisogram_quantile(0.99, rpc_server_duration_milliseconds_bucket)"#,
         r#"sum(rate(cognito_gateway_deduplicated_total[5m])"#,
         r#"{__name__="cognito_gateway_callers"}"#,
         // Not a range.
         r#"rate(cognito_gateway_deduplicated_total[5 minutes])"#,
+        // A Grafana variable that is neither an interval nor a constant, outside a matcher.
+        r#"vector($backend_rps)"#,
     ];
     for expr in bad {
         assert!(check_query("bad", expr).is_err(), "accepted a typo: {expr}");
     }
-}
-
-/// The YAML reader reads what the rule files use, and refuses what it does not understand.
-#[test]
-fn yaml_reader() {
-    let parsed = parse_yaml(
-        "a:\n  - x: '1'\n    y: \"two # three\"  # comment\n    z: |\n      l1\n\n      l2\n  - [p, q]\nb: {}\nc:\n- 1\n",
-    )
-    .expect("parses");
-    let items = parsed.get("a").map(Yaml::seq).unwrap_or_default();
-    assert_eq!(items.len(), 2);
-    assert_eq!(items[0].get("x"), Some(&Yaml::Str("1".to_owned())));
-    assert_eq!(
-        items[0].get("y"),
-        Some(&Yaml::Str("two # three".to_owned()))
-    );
-    assert_eq!(items[0].get("z"), Some(&Yaml::Str("l1\n\nl2".to_owned())));
-    assert_eq!(
-        items[1],
-        Yaml::Seq(vec![Yaml::Str("p".to_owned()), Yaml::Str("q".to_owned())])
-    );
-    assert_eq!(parsed.get("b"), Some(&Yaml::Map(Vec::new())));
-    assert_eq!(
-        parsed.get("c"),
-        Some(&Yaml::Seq(vec![Yaml::Str("1".to_owned())]))
-    );
-    assert!(parse_yaml("a: 1\n  b: 2\n").is_err(), "bad indentation");
-    assert!(parse_yaml("a: 1\na: 2\n").is_err(), "duplicate key");
 }
