@@ -3,7 +3,7 @@
 //! names the key. AWS settings are not here: they come from the standard AWS chain.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeSet, HashMap, HashSet},
     net::SocketAddr,
     path::PathBuf,
     time::Duration,
@@ -13,7 +13,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
 use crate::{
-    cognito::{RegionSet, is_region_shaped},
+    domain::Region,
     jwt::{JwksSource, JwtConfig},
     tls::MtlsConfig,
 };
@@ -251,7 +251,7 @@ pub struct CognitoSettings {
     /// Longest retry backoff.
     pub max_backoff: Duration,
     /// Regions the gateway may call; `None` allows any region-shaped pool id prefix.
-    pub allowed_regions: Option<RegionSet>,
+    pub allowed_regions: Option<BTreeSet<Region>>,
     /// Most regions (clients) the gateway keeps at once.
     pub max_regions: usize,
 }
@@ -963,13 +963,12 @@ impl FileCognito {
                         "must list at least one region, or be left out to allow any",
                     ));
                 }
-                if let Some(bad) = regions.iter().find(|r| !is_region_shaped(r)) {
-                    return Err(invalid(
-                        "cognito.allowed_regions",
-                        format!("{bad:?} is not a region name like us-east-1"),
-                    ));
-                }
-                Some(regions.into_iter().collect())
+                let regions = regions
+                    .into_iter()
+                    .map(Region::parse)
+                    .collect::<Result<BTreeSet<_>, _>>()
+                    .map_err(|bad| invalid("cognito.allowed_regions", bad.to_string()))?;
+                Some(regions)
             }
         };
         let initial_backoff = millis(
