@@ -6,12 +6,7 @@
 //! with a small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names
 //! an unknown `kid` (a key rotation), at most once per `jwks_refetch_min_secs`.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -21,41 +16,10 @@ use jsonwebtoken::{
 };
 use tokio::time::Instant;
 
-use crate::policy::AuthFailure;
-
-/// Where the keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// A file (a mounted ConfigMap, say), re-read on every refresh.
-    File(PathBuf),
-    /// An HTTPS URL (an OIDC issuer's `jwks_uri`); `ca_file` adds a CA bundle to the system roots
-    /// (a cluster's own CA, say).
-    Url {
-        /// The URL.
-        url: String,
-        /// Extra trusted CAs, PEM.
-        ca_file: Option<PathBuf>,
-    },
-}
-
-/// `[auth.jwt]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtConfig {
-    /// The required `iss`.
-    pub issuer: String,
-    /// The required `aud` (the gateway's own audience).
-    pub audience: String,
-    /// The keys.
-    pub jwks: JwksSource,
-    /// The claim naming the caller (`sub` by default; a caller's `name` must equal it).
-    pub caller_claim: String,
-    /// Clock skew allowed on `exp` and `nbf`.
-    pub leeway: Duration,
-    /// How often the keys are re-read.
-    pub refresh: Duration,
-    /// The least time between two fetches caused by unknown key ids.
-    pub min_refetch: Duration,
-}
+use crate::{
+    config::{JwksSource, JwtConfig},
+    policy::AuthFailure,
+};
 
 /// The largest JWKS document accepted, in bytes.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;

@@ -7,7 +7,7 @@
 //! # Layout
 //! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
 //! - [`api`], the gRPC service: authorize, validate, the per-user gate, call Cognito, answer.
-//! - [`domain`], validated request types; the username never prints.
+//! - [`domain`], validated request types and region names; the username never prints.
 //! - [`limits`], rate limits and the per-user gate (single-flight and cooldown).
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
@@ -15,8 +15,10 @@
 //!   authentication, per-caller rate.
 //! - [`policy`], the callers, their tokens and pools; reloaded without a restart. [`jwt`], JWT
 //!   verification against a JWKS.
-//! - [`config`], flags, environment, TOML, validated at start. [`tls`], server TLS with client
-//!   certificates (mTLS), reloaded when the files change.
+//! - [`cli`], the command line (flags with environment twins).
+//! - [`config`], the validated settings, plain data read by the rest: flags and the TOML file
+//!   (`config/file.rs`), checked at start. It reads only [`domain`]. [`tls`], server TLS with
+//!   client certificates (mTLS), reloaded when the files change.
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`health`], `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
@@ -27,6 +29,7 @@
 
 pub mod api;
 pub mod app;
+pub mod cli;
 pub mod client;
 pub mod cognito;
 pub mod config;

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq as _;
 use rustls_pki_types::CertificateDer;
 
 use crate::{
-    config::{AccessConfig, AuthMode, CallerConfig, LimitSettings},
+    config::{AccessConfig, AuthMode, CallerConfig, JwtConfig, LimitSettings, MtlsConfig},
     jwt::JwtVerifier,
     limits::RateLimit,
     tls::Tls,
@@ -180,11 +180,7 @@ pub struct Access {
     /// With `auth.mode = "mtls"`: the server's TLS, reloaded with the files.
     tls: Option<Arc<Tls>>,
     /// How callers authenticate, as started: a reload may change the callers, not this.
-    authentication: (
-        AuthMode,
-        Option<crate::jwt::JwtConfig>,
-        Option<crate::tls::MtlsConfig>,
-    ),
+    authentication: (AuthMode, Option<JwtConfig>, Option<MtlsConfig>),
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
