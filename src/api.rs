@@ -9,12 +9,12 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::{
+    auth::Caller,
     cognito::{Backend, BackendError, CallBounds},
     domain::{ResetRequest, UserPoolId},
     limits::{GatedReset, PoolRateLimit, RateLimit, UserGate},
     metrics::metrics,
     middleware::deadline::Deadline,
-    policy::Caller,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,

@@ -13,6 +13,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::UserAdmin,
+    auth::Access,
     cognito::Backend,
     config::{AuthMode, Config, ServerSettings},
     limits::{PoolRateLimit, RateLimit, UserGate},
@@ -23,7 +24,6 @@ use crate::{
         error_details::ErrorDetailsLayer,
         trace::TraceLayer,
     },
-    policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
 };
 

@@ -13,12 +13,12 @@
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
 //! - [`middleware`], tower layers, one per concern: error details, deadline, load shedding,
 //!   authentication, per-caller rate.
-//! - [`policy`], the callers, their tokens and pools; reloaded without a restart. [`jwt`], JWT
-//!   verification against a JWKS.
+//! - [`auth`], who calls and what for: the callers, their tokens and pools, reloaded without a
+//!   restart; [`auth::jwt`], JWT verification against a JWKS; [`auth::tls`], server TLS with client
+//!   certificates (mTLS), reloaded when the files change.
 //! - [`cli`], the command line (flags with environment twins).
 //! - [`config`], the validated settings, plain data read by the rest: flags and the TOML file
-//!   (`config/file.rs`), checked at start. It reads only [`domain`]. [`tls`], server TLS with
-//!   client certificates (mTLS), reloaded when the files change.
+//!   (`config/file.rs`), checked at start. It reads only [`domain`].
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`health`], `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
@@ -29,21 +29,19 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
 pub mod health;
-pub mod jwt;
 pub mod limits;
 pub mod local;
 pub mod metrics;
 pub mod middleware;
-pub mod policy;
 pub mod status;
 pub mod telemetry;
-pub mod tls;
 
 /// The generated gRPC types and the descriptor set that reflection serves.
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

@@ -9,7 +9,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use super::{check::Check, is_open_path, trace::CallerSlot};
 use crate::{
-    policy::{Access, Caller},
+    auth::{Access, Caller},
     status::{GatewayError, Limit},
 };
 
