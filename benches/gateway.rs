@@ -50,6 +50,7 @@ use aws_sdk_cognitoidentityprovider::{Client as SdkClient, config::Credentials};
 use cognito_gateway::{
     App, Config,
     api::UserAdmin,
+    auth::Policy,
     cognito::{Backend, BackendError, CallBounds, ResetOutcome, SdkBackend},
     config::{
         AccessConfig, AuthMode, CallerConfig, CognitoSettings, LimitSettings, ServerSettings,
@@ -57,7 +58,6 @@ use cognito_gateway::{
     domain::ResetRequest,
     limits::{RateLimit, UserGate},
     local::{DEMO_POOL_ID, LocalCognito},
-    policy::Policy,
     proto::{
         ResetUserPasswordRequest, user_admin_service_client::UserAdminServiceClient,
         user_admin_service_server::UserAdminServiceServer,

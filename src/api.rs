@@ -9,11 +9,11 @@ use tonic::{Request, Response, Status};
 use tracing::{Instrument as _, field::Empty};
 
 use crate::{
+    auth::Caller,
     cognito::{Backend, BackendError, CallBounds, ResetOutcome},
     domain::{ResetRequest, UserPoolId},
     gate::{Answer, CallerRate, FlightResult, GateError, Outcome, Ticket, UserGate},
     middleware::{CallRecord, ResetRecord, deadline::CallerDeadline, rescue::placeholder},
-    policy::Caller,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_server::UserAdminService,

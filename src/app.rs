@@ -13,6 +13,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::{
     api::{ResetGate, UserAdmin},
+    auth::Access,
     cognito::Backend,
     config::{AuthMode, Config, ServerSettings},
     middleware::{
@@ -21,7 +22,6 @@ use crate::{
         rescue::RescueLayer,
         trace::TraceLayer,
     },
-    policy::Access,
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
     gate::{MemoryStore, Times, random_key},
 };

@@ -7,7 +7,7 @@ use tonic::{Status, transport::Endpoint};
 use tonic_types::StatusExt as _;
 
 use crate::{
-    config::ResetArgs,
+    cli::ResetArgs,
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
         user_admin_service_client::UserAdminServiceClient,

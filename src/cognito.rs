@@ -16,7 +16,7 @@ use std::{
     cell::Cell,
     collections::{BTreeSet, HashMap},
     future::Future,
-    sync::{Arc, LazyLock, RwLock},
+    sync::{Arc, RwLock},
     time::Duration,
 };
 
@@ -46,12 +46,11 @@ use aws_smithy_runtime_api::client::{
     orchestrator::OrchestratorError,
     retries::{RequestAttempts, classifiers::RetryClassifierPriority},
 };
-use regex::Regex;
 use tokio::time::Instant;
 
 use crate::{
     config::CognitoSettings,
-    domain::{ResetRequest, UserPoolId},
+    domain::{self, ResetRequest, UserPoolId},
     metrics::{cognito_attributes, metrics},
     rate::RateLimit,
 };
@@ -264,12 +263,6 @@ pub struct SdkBackend {
     region_labels: RwLock<BTreeSet<String>>,
 }
 
-/// A region name's shape (`us-east-1`, `us-gov-west-1`, `local-1`): lower-case words joined by
-/// hyphens, ending in a number. Anything else in a pool id's prefix is not taken for a region.
-static REGION: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[a-z]{2,}(-[a-z0-9]+)*-[0-9]{1,3}$").expect("the pattern is a valid literal")
-});
-
 impl SdkBackend {
     /// Loads the standard AWS chain (credentials, `AWS_ENDPOINT_URL*`, profile). The fallback region
     /// is read from the environment and profile only, never from IMDS: a pod's IMDS can hang for
@@ -335,8 +328,9 @@ impl SdkBackend {
 
     fn region_for(&self, pool: &UserPoolId) -> Result<String, BackendError> {
         let prefix = pool.region_prefix();
-        let region = if REGION.is_match(prefix) {
-            prefix.to_owned()
+        // Anything but a region-shaped prefix is not taken for a region.
+        let region = if let Ok(region) = domain::Region::parse(prefix.to_owned()) {
+            String::from(region)
         } else if let Some(fallback) = self.base.region() {
             fallback.to_string()
         } else {
@@ -345,7 +339,7 @@ impl SdkBackend {
             ));
         };
         if let Some(allowed) = &self.settings.allowed_regions
-            && !allowed.contains(&region)
+            && !allowed.contains(region.as_str())
         {
             return Err(BackendError::RegionNotAllowed {
                 region,
@@ -745,14 +739,6 @@ impl ClassifyRetry for SafeRetryClassifier {
     }
 }
 
-/// Regions named in settings must look like regions; used by config validation.
-pub(crate) fn is_region_shaped(region: &str) -> bool {
-    REGION.is_match(region)
-}
-
-/// The set type config uses for the allow-list.
-pub(crate) type RegionSet = BTreeSet<String>;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -768,30 +754,5 @@ mod tests {
         assert_eq!(backend.region_label("eu-west-1"), "eu-west-1");
         assert_eq!(backend.region_label("xx-made-up-1"), "_OTHER");
         assert_eq!(backend.region_label("us-east-1"), "us-east-1");
-    }
-
-    #[test]
-    fn region_shapes() {
-        for ok in [
-            "us-east-1",
-            "us-gov-west-1",
-            "ap-southeast-5",
-            "local-1",
-            "eu-central-2",
-        ] {
-            assert!(is_region_shaped(ok), "{ok}");
-        }
-        for bad in [
-            "",
-            "us",
-            "us-east",
-            "US-EAST-1",
-            "us_east_1",
-            "a-1",
-            "x-",
-            "us-east-1-",
-        ] {
-            assert!(!is_region_shaped(bad), "{bad}");
-        }
     }
 }

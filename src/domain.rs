@@ -1,4 +1,4 @@
-//! Validated request types. Cognito's own limits (contract §2) are checked here, at the edge, so
+//! Validated request types, and the region names that pool ids start with. Cognito's own limits (contract §2) are checked here, at the edge, so
 //! that invalid input never reaches Cognito; every violation is collected, not just the first.
 
 use std::{collections::HashMap, fmt, sync::LazyLock};
@@ -24,6 +24,12 @@ static POOL_ID: LazyLock<Regex> = LazyLock::new(|| {
 /// punctuation. Notably no whitespace and no control characters.
 static USERNAME: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"^[\p{L}\p{M}\p{S}\p{N}\p{P}]+$").expect("the pattern is a valid literal")
+});
+
+/// A region name's shape (`us-east-1`, `us-gov-west-1`, `local-1`): lower-case words joined by
+/// hyphens, ending in a number. Anything else in a pool id's prefix is not taken for a region.
+static REGION: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^[a-z]{2,}(-[a-z0-9]+)*-[0-9]{1,3}$").expect("the pattern is a valid literal")
 });
 
 /// One violated field, in the words of `google.rpc.BadRequest.FieldViolation`.
@@ -89,6 +95,52 @@ impl UserPoolId {
 impl fmt::Display for UserPoolId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// An AWS region name such as `us-east-1`: region-shaped, not necessarily one AWS runs (the local
+/// Cognito's `local-1` is one too). Region names are not sensitive.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Region(String);
+
+/// A name that does not look like a region.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a region name like us-east-1")]
+pub struct NotARegion(pub String);
+
+impl Region {
+    /// Checks the shape: lower-case words joined by hyphens, ending in a number.
+    pub fn parse(raw: String) -> Result<Self, NotARegion> {
+        if REGION.is_match(&raw) {
+            Ok(Self(raw))
+        } else {
+            Err(NotARegion(raw))
+        }
+    }
+
+    /// The name, as the SDK and metrics take it.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Sets of regions are looked up by name (`set.contains("us-east-1")`); `Eq`, `Ord` and `Hash` are
+/// the name's own, as `Borrow` requires.
+impl std::borrow::Borrow<str> for Region {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Region> for String {
+    fn from(region: Region) -> Self {
+        region.0
     }
 }
 
@@ -387,6 +439,35 @@ mod tests {
     fn region_prefix_is_before_the_last_underscore() {
         assert_eq!(pool("us-east-1_Abc").unwrap().region_prefix(), "us-east-1");
         assert_eq!(pool("a_b_c").unwrap().region_prefix(), "a_b");
+    }
+
+    #[test]
+    fn region_shapes() {
+        for ok in [
+            "us-east-1",
+            "us-gov-west-1",
+            "ap-southeast-5",
+            "local-1",
+            "eu-central-2",
+        ] {
+            assert_eq!(Region::parse(ok.to_owned()).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "us",
+            "us-east",
+            "US-EAST-1",
+            "us_east_1",
+            "a-1",
+            "x-",
+            "us-east-1-",
+        ] {
+            assert_eq!(
+                Region::parse(bad.to_owned()),
+                Err(NotARegion(bad.to_owned())),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

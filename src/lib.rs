@@ -7,16 +7,20 @@
 //! # Layout
 //! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
 //! - [`api`], the gRPC service: authorize, validate, the per-user gate, call Cognito, answer.
-//! - [`domain`], validated request types; the username never prints.
-//! - [`limits`], rate limits and the per-user gate (single-flight and cooldown).
+//! - [`domain`], validated request types and region names; the username never prints.
+//! - [`gate`], one reset per user per cooldown: single flight, remembered outcomes and request
+//!   ids, decided by a store (in this process, or shared by a fleet).
+//! - [`rate`], token buckets with exact waits: per caller, per pool, the backend guard.
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
-//! - [`middleware`], tower layers, one per concern: error details, deadline, load shedding,
-//!   authentication, per-caller rate.
-//! - [`policy`], the callers, their tokens and pools; reloaded without a restart. [`jwt`], JWT
-//!   verification against a JWKS.
-//! - [`config`], flags, environment, TOML, validated at start. [`tls`], server TLS with client
+//! - [`middleware`], tower layers, one per concern: trace, rescue (the one place errors become
+//!   statuses and calls are logged), deadline, load shedding, authentication, per-caller rate.
+//! - [`auth`], who calls and what for: the callers, their tokens and pools, reloaded without a
+//!   restart; [`auth::jwt`], JWT verification against a JWKS; [`auth::tls`], server TLS with client
 //!   certificates (mTLS), reloaded when the files change.
+//! - [`cli`], the command line (flags with environment twins).
+//! - [`config`], the validated settings, plain data read by the rest: flags and the TOML file
+//!   (`config/file.rs`), checked at start. It reads only [`domain`].
 //! - [`local`], the embedded local Cognito of `serve --local`.
 //! - [`health`], `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
@@ -27,21 +31,20 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
+pub mod cli;
 pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
 pub mod gate;
 pub mod health;
-pub mod jwt;
 pub mod local;
 pub mod metrics;
 pub mod middleware;
-pub mod policy;
 pub mod rate;
 pub mod status;
 pub mod telemetry;
-pub mod tls;
 
 /// The generated gRPC types and the descriptor set that reflection serves.
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

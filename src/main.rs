@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use clap::Parser as _;
 use cognito_gateway::{
     App, Config,
+    cli::{Cli, Command, ServeArgs},
     cognito::SdkBackend,
-    config::{Cli, Command, ServeArgs},
     local::{DEMO_POOL_ID, DEMO_USERS, LocalCognito},
     telemetry,
 };

@@ -41,8 +41,6 @@ use tracing_subscriber::{
     util::SubscriberInitExt as _,
 };
 
-use crate::config::LogFormat;
-
 /// Target prefixes whose `debug`/`trace` output can carry request contents.
 const CAPPED_TARGETS: &[&str] = &[
     "aws_config",
@@ -73,6 +71,15 @@ pub fn allowed(metadata: &Metadata<'_>) -> bool {
 /// The filter the gateway logs with: `RUST_LOG` (default `info`), then the cap above.
 pub fn env_filter() -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+}
+
+/// How log lines look (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// For people.
+    Text,
+    /// One JSON object per line, for collectors.
+    Json,
 }
 
 /// The exporters, kept to flush them at shutdown.

@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 
 use super::{CallRecord, is_open_path, rescue::fail};
 use crate::{
-    policy::{Access, Caller},
+    auth::{Access, Caller},
     rate::Limit,
     status::GatewayError,
 };

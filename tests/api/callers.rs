@@ -6,7 +6,8 @@ use std::{path::PathBuf, sync::Arc, time::Duration};
 use clap::Parser as _;
 use cognito_gateway::{
     Config,
-    config::{AccessConfig, AuthMode, CallerConfig, Cli, Command},
+    cli::{Cli, Command},
+    config::{AccessConfig, AuthMode, CallerConfig},
     proto::ResetUserPasswordRequest,
 };
 use sha2::{Digest as _, Sha256};

@@ -13,10 +13,7 @@ use aws_lc_rs::{
     signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
 };
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
-use cognito_gateway::{
-    config::{AccessConfig, AuthMode, CallerConfig},
-    jwt::{JwksSource, JwtConfig},
-};
+use cognito_gateway::config::{AccessConfig, AuthMode, CallerConfig, JwksSource, JwtConfig};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tonic::{Code, Request};

@@ -3,9 +3,8 @@
 use std::time::Duration;
 
 use cognito_gateway::{
-    config::{AccessConfig, AuthMode, CallerConfig},
+    config::{AccessConfig, AuthMode, CallerConfig, MtlsConfig},
     proto::user_admin_service_client::UserAdminServiceClient,
-    tls::MtlsConfig,
 };
 use tonic::{
     Code,

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use cognito_gateway::config::CognitoSettings;
+use cognito_gateway::{config::CognitoSettings, domain::Region};
 use serde_json::{Value, json};
 use tonic::Code;
 use wiremock::{
@@ -407,7 +407,7 @@ async fn regions_outside_the_allow_list_are_refused_before_sending() {
     let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.cognito = CognitoSettings {
-        allowed_regions: Some(["eu-west-1".to_owned()].into()),
+        allowed_regions: Some([Region::parse("eu-west-1".to_owned()).unwrap()].into()),
         ..test_settings()
     };
     // One Cognito call's worth of budget: refused calls must not spend it.

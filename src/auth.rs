@@ -1,6 +1,8 @@
-//! Who may call, and what for. The [`Policy`] is built from the validated `[auth]` and
-//! `[[callers]]` configuration and swapped atomically when the files change or on SIGHUP: calls in
-//! flight keep the policy they started with, and a bad file is refused with the old policy kept.
+//! Authentication and authorization: who calls, and what for. The [`Policy`] is built from the
+//! validated `[auth]` and `[[callers]]` configuration and swapped atomically when the files change
+//! or on SIGHUP: calls in flight keep the policy they started with, and a bad file is refused with
+//! the old policy kept. How a caller proves who it is: a bearer token (here), a JWT ([`jwt`]) or a
+//! client certificate ([`tls`]).
 
 use std::{
     collections::HashSet,
@@ -8,20 +10,27 @@ use std::{
     sync::Arc,
     time::Duration,
 };
-use tokio::sync::Semaphore;
 
 use arc_swap::ArcSwap;
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+use tokio::sync::Semaphore;
 
-use rustls_pki_types::CertificateDer;
-
-use crate::{
-    config::{AccessConfig, AuthMode, CallerConfig, LimitSettings},
-    jwt::JwtVerifier,
-    rate::RateLimit,
+use self::{
+    jwt::{JwtError, JwtVerifier},
     tls::Tls,
 };
+use crate::{
+    config::{
+        AccessConfig, AuthMode, CallerConfig, ConfigError, JwtConfig, LimitSettings, MtlsConfig,
+        invalid,
+    },
+    rate::RateLimit,
+};
+
+pub mod jwt;
+pub mod tls;
 
 /// The name of every call when `auth.mode = "none"`.
 pub const ANONYMOUS: &str = "anonymous";
@@ -180,11 +189,7 @@ pub struct Access {
     /// With `auth.mode = "mtls"`: the server's TLS, reloaded with the files.
     tls: Option<Arc<Tls>>,
     /// How callers authenticate, as started: a reload may change the callers, not this.
-    authentication: (
-        AuthMode,
-        Option<crate::jwt::JwtConfig>,
-        Option<crate::tls::MtlsConfig>,
-    ),
+    authentication: (AuthMode, Option<JwtConfig>, Option<MtlsConfig>),
     limits: LimitSettings,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
@@ -264,8 +269,7 @@ impl Access {
         if self.tls.is_some() {
             // The handshake verified the chain; the identity is the certificate's SPIFFE ID.
             let certificate = peer_certificate.ok_or("no client certificate")?;
-            let name =
-                crate::tls::spiffe_id(certificate).ok_or("client certificate has no SPIFFE ID")?;
+            let name = tls::spiffe_id(certificate).ok_or("client certificate has no SPIFFE ID")?;
             return self
                 .policy()
                 .named(&name)
@@ -277,7 +281,7 @@ impl Access {
         let header = authorization.ok_or("no authorization header")?;
         let token = bearer_token(header).ok_or("authorization is not a bearer token")?;
         let token = std::str::from_utf8(token).map_err(|_| "malformed JWT")?;
-        let name = verifier.verify(token).await?;
+        let name = verifier.verify(token).await.map_err(JwtError::message)?;
         // Deny by default: a valid token for a caller not in the policy proves nothing here.
         self.policy()
             .named(&name)
@@ -292,7 +296,7 @@ impl Access {
     }
 
     /// Re-reads the files; on success swaps the policy, on failure keeps the old one and says why.
-    pub fn reload(&self) -> Result<(), crate::config::ConfigError> {
+    pub fn reload(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.tls
             && let Err(error) = tls.reload()
         {
@@ -311,7 +315,7 @@ impl Access {
                 &self.authentication.2,
             )
         {
-            return Err(crate::config::invalid(
+            return Err(invalid(
                 "auth",
                 "auth.mode, [auth.jwt] and [auth.mtls] change only with a restart; the callers were not reloaded either",
             ));
@@ -367,229 +371,4 @@ fn fingerprint(paths: &[PathBuf]) -> Vec<Vec<u8>> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sha(token: &str) -> [u8; 32] {
-        Sha256::digest(token.as_bytes()).into()
-    }
-
-    fn access(callers: Vec<CallerConfig>) -> AccessConfig {
-        AccessConfig {
-            mode: AuthMode::Token,
-            callers,
-            ..AccessConfig::none()
-        }
-    }
-
-    fn caller_config(name: &str, token: &str, pools: Option<&[&str]>) -> CallerConfig {
-        CallerConfig {
-            name: name.into(),
-            token_sha256: Some(sha(token)),
-            user_pools: pools.map(|p| p.iter().map(|s| (*s).to_owned()).collect()),
-            rate_per_second: 5,
-            burst: 10,
-        }
-    }
-
-    fn policy() -> Policy {
-        Policy::build(
-            &access(vec![
-                caller_config("billing", "tok-billing", Some(&["us-east-1_A"])),
-                caller_config("ops", "tok-ops", None),
-            ]),
-            &LimitSettings::default(),
-            None,
-        )
-    }
-
-    #[test]
-    fn tokens_identify_their_caller() {
-        let policy = policy();
-        let billing = policy.authenticate(Some(b"Bearer tok-billing")).unwrap();
-        assert_eq!(&*billing.name, "billing");
-        assert_eq!(
-            &*policy.authenticate(Some(b"bearer  tok-ops ")).unwrap().name,
-            "ops"
-        );
-    }
-
-    #[test]
-    fn wrong_missing_and_malformed_tokens_fail() {
-        let policy = policy();
-        assert_eq!(
-            policy.authenticate(None).unwrap_err(),
-            "no authorization header"
-        );
-        assert_eq!(
-            policy.authenticate(Some(b"Bearer nope")).unwrap_err(),
-            "unknown token"
-        );
-        assert_eq!(
-            policy.authenticate(Some(b"Basic dG9r")).unwrap_err(),
-            "authorization is not a bearer token"
-        );
-        assert_eq!(
-            policy.authenticate(Some(b"Bearer ")).unwrap_err(),
-            "authorization is not a bearer token"
-        );
-        assert_eq!(
-            policy.authenticate(Some(b"tok-ops")).unwrap_err(),
-            "authorization is not a bearer token"
-        );
-    }
-
-    #[test]
-    fn pools_are_deny_by_default() {
-        let policy = policy();
-        let billing = policy.authenticate(Some(b"Bearer tok-billing")).unwrap();
-        assert!(billing.may_reset_in("us-east-1_A"));
-        assert!(!billing.may_reset_in("us-east-1_B"));
-        let ops = policy.authenticate(Some(b"Bearer tok-ops")).unwrap();
-        assert!(ops.may_reset_in("anything_x"));
-    }
-
-    #[test]
-    fn without_auth_everyone_is_anonymous() {
-        let policy = Policy::build(&AccessConfig::none(), &LimitSettings::default(), None);
-        let caller = policy.authenticate(None).unwrap();
-        assert_eq!(&*caller.name, ANONYMOUS);
-        assert!(caller.may_reset_in("us-east-1_A"));
-    }
-
-    #[test]
-    fn a_rebuild_keeps_unchanged_buckets_and_replaces_changed_ones() {
-        let old = policy();
-        let mut changed = caller_config("ops", "tok-ops", None);
-        changed.rate_per_second = 1;
-        let new = Policy::build(
-            &access(vec![
-                caller_config("billing", "tok-billing", Some(&["us-east-1_A"])),
-                changed,
-            ]),
-            &LimitSettings::default(),
-            Some(&old),
-        );
-        let rate = |p: &Policy, n: &str| Arc::clone(&p.named(n).unwrap().rate);
-        assert!(Arc::ptr_eq(&rate(&old, "billing"), &rate(&new, "billing")));
-        assert!(!Arc::ptr_eq(&rate(&old, "ops"), &rate(&new, "ops")));
-    }
-
-    #[tokio::test]
-    async fn files_are_still_watched_when_no_signal_can_come() {
-        let dir = std::env::temp_dir().join(format!("cg-policy-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.toml");
-        let with_token = |token: &str| {
-            format!(
-                "[auth]\nmode = \"token\"\nreload_interval_secs = 1\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
-                hex::encode(sha(token))
-            )
-        };
-        std::fs::write(&path, with_token("tok-old")).unwrap();
-        let config = AccessConfig::reload(&path, false).unwrap();
-        let access = Arc::new(Access::new(
-            &config,
-            &LimitSettings::default(),
-            Some(path.clone()),
-            false,
-        ));
-        // The SIGHUP side is gone (as when the signal cannot be registered).
-        let (sender, receiver) = tokio::sync::mpsc::channel(1);
-        drop(sender);
-        tokio::spawn(Arc::clone(&access).watch(receiver));
-        // Twice: the watcher must go on after it has seen the signals end.
-        for token in ["tok-new", "tok-newer"] {
-            std::fs::write(&path, with_token(token)).unwrap();
-            let header = format!("Bearer {token}");
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-            while access
-                .policy()
-                .authenticate(Some(header.as_bytes()))
-                .is_err()
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the file with {token} was never read"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_bad_file_is_refused_and_the_old_policy_stays() {
-        let dir = std::env::temp_dir().join(format!("cg-policy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.toml");
-        let good = format!(
-            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
-            hex::encode(sha("tok-ops"))
-        );
-        std::fs::write(&path, &good).unwrap();
-        let config = AccessConfig::reload(&path, false).unwrap();
-        let access = Access::new(
-            &config,
-            &LimitSettings::default(),
-            Some(path.clone()),
-            false,
-        );
-        assert!(
-            access
-                .policy()
-                .authenticate(Some(b"Bearer tok-ops"))
-                .is_ok()
-        );
-
-        std::fs::write(
-            &path,
-            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"ops\"\n",
-        )
-        .unwrap();
-        let error = access.reload().unwrap_err().to_string();
-        assert!(error.contains("callers[ops].token_sha256"), "{error}");
-        assert!(
-            access
-                .policy()
-                .authenticate(Some(b"Bearer tok-ops"))
-                .is_ok(),
-            "old policy kept"
-        );
-
-        std::fs::write(&path, "[auth]\nmode = \"none\"\n").unwrap();
-        let error = access.reload().unwrap_err().to_string();
-        assert!(error.contains("restart"), "{error}");
-        assert!(
-            access.policy().authenticate(None).is_err(),
-            "authentication stays on"
-        );
-
-        std::fs::write(
-            &path,
-            good.replace(&hex::encode(sha("tok-ops")), &hex::encode(sha("tok-new"))),
-        )
-        .unwrap();
-        access.reload().unwrap();
-        assert!(
-            access
-                .policy()
-                .authenticate(Some(b"Bearer tok-ops"))
-                .is_err()
-        );
-        assert!(
-            access
-                .policy()
-                .authenticate(Some(b"Bearer tok-new"))
-                .is_ok()
-        );
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn debug_shows_no_token_hash() {
-        let policy = policy();
-        let printed = format!("{policy:?}");
-        assert!(!printed.contains("token"), "{printed}");
-    }
-}
+mod tests;

@@ -6,12 +6,7 @@
 //! with a small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names
 //! an unknown `kid` (a key rotation), at most once per `jwks_refetch_min_secs`.
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{collections::HashMap, fmt, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -21,46 +16,40 @@ use jsonwebtoken::{
 };
 use tokio::time::Instant;
 
-use crate::policy::AuthFailure;
-
-/// Where the keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// A file (a mounted ConfigMap, say), re-read on every refresh.
-    File(PathBuf),
-    /// An HTTPS URL (an OIDC issuer's `jwks_uri`); `ca_file` adds a CA bundle to the system roots
-    /// (a cluster's own CA, say).
-    Url {
-        /// The URL.
-        url: String,
-        /// Extra trusted CAs, PEM.
-        ca_file: Option<PathBuf>,
-    },
-}
-
-/// `[auth.jwt]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JwtConfig {
-    /// The required `iss`.
-    pub issuer: String,
-    /// The required `aud` (the gateway's own audience).
-    pub audience: String,
-    /// The keys.
-    pub jwks: JwksSource,
-    /// The claim naming the caller (`sub` by default; a caller's `name` must equal it).
-    pub caller_claim: String,
-    /// Clock skew allowed on `exp` and `nbf`.
-    pub leeway: Duration,
-    /// How often the keys are re-read.
-    pub refresh: Duration,
-    /// The least time between two fetches caused by unknown key ids.
-    pub min_refetch: Duration,
-}
+use crate::config::{JwksSource, JwtConfig};
 
 /// The largest JWKS document accepted, in bytes.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// How long fetching the JWKS may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a token was refused. For the log only: the caller is told nothing more than
+/// UNAUTHENTICATED.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtError {
+    /// Not three base64 parts with a JSON header.
+    Malformed,
+    /// Neither RS256 nor ES256 (`none` and the HMAC algorithms above all).
+    AlgorithmNotAllowed,
+    /// No key of the JWKS has the token's `kid` and algorithm, even after a refetch.
+    UnknownKey,
+    /// Past `exp` (and the leeway).
+    Expired,
+    /// Before `nbf` (and the leeway).
+    NotYetValid,
+    /// `aud` is not the gateway's audience.
+    WrongAudience,
+    /// `iss` is not the configured issuer.
+    UntrustedIssuer,
+    /// The signature does not verify.
+    BadSignature,
+    /// `exp`, `iss` or `aud` is missing.
+    MissingClaim,
+    /// Any other reason to refuse it.
+    Invalid,
+    /// The caller claim is missing, empty or not a string.
+    NoCallerClaim,
+}
 
 #[derive(Default)]
 struct Keys {
@@ -91,6 +80,33 @@ type HttpsClient = hyper_util::client::legacy::Client<
     Empty<bytes::Bytes>,
 >;
 
+impl JwtError {
+    /// The reason, in words, for the log line.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed JWT",
+            Self::AlgorithmNotAllowed => "JWT algorithm not allowed",
+            Self::UnknownKey => "JWT signed with an unknown key",
+            Self::Expired => "JWT expired",
+            Self::NotYetValid => "JWT not valid yet",
+            Self::WrongAudience => "JWT audience is not this gateway",
+            Self::UntrustedIssuer => "JWT issuer not trusted",
+            Self::BadSignature => "JWT signature invalid",
+            Self::MissingClaim => "JWT lacks exp, iss or aud",
+            Self::Invalid => "JWT invalid",
+            Self::NoCallerClaim => "JWT lacks the caller claim",
+        }
+    }
+}
+
+impl fmt::Display for JwtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.message())
+    }
+}
+
+impl std::error::Error for JwtError {}
+
 impl JwtVerifier {
     /// Loads the keys once. A file that cannot be read is an error (the configuration is wrong); a
     /// URL that cannot be reached is not: the gateway starts, refuses JWTs, and keeps trying.
@@ -115,10 +131,10 @@ impl JwtVerifier {
     }
 
     /// The caller a bearer token names, after full verification.
-    pub async fn verify(&self, token: &str) -> Result<String, AuthFailure> {
-        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed JWT")?;
+    pub async fn verify(&self, token: &str) -> Result<String, JwtError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
-            return Err("JWT algorithm not allowed");
+            return Err(JwtError::AlgorithmNotAllowed);
         }
         let key = match self.key_for(header.kid.as_deref(), header.alg) {
             Some(key) => key,
@@ -126,7 +142,7 @@ impl JwtVerifier {
                 // Perhaps the issuer rotated its keys: look again, at most so often.
                 self.refetch_for_unknown_kid().await;
                 self.key_for(header.kid.as_deref(), header.alg)
-                    .ok_or("JWT signed with an unknown key")?
+                    .ok_or(JwtError::UnknownKey)?
             }
         };
         let mut validation = Validation::new(header.alg);
@@ -141,18 +157,18 @@ impl JwtVerifier {
             &validation,
         )
         .map_err(|error| match error.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => "JWT expired",
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => "JWT not valid yet",
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => "JWT audience is not this gateway",
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => "JWT issuer not trusted",
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => "JWT signature invalid",
-            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => "JWT lacks exp, iss or aud",
-            _ => "JWT invalid",
+            jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+            jsonwebtoken::errors::ErrorKind::InvalidAudience => JwtError::WrongAudience,
+            jsonwebtoken::errors::ErrorKind::InvalidIssuer => JwtError::UntrustedIssuer,
+            jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => JwtError::MissingClaim,
+            _ => JwtError::Invalid,
         })?
         .claims;
         match claims.get(&self.config.caller_claim) {
             Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name.clone()),
-            _ => Err("JWT lacks the caller claim"),
+            _ => Err(JwtError::NoCallerClaim),
         }
     }
 

@@ -6,11 +6,7 @@
 //! which is rebuilt when the files change. Handshakes run in their own tasks, bounded in number and
 //! time, so a slow or silent client cannot stall the accept loop.
 
-use std::{
-    path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
-};
+use std::{path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
@@ -22,18 +18,7 @@ use tokio::{
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 use tokio_stream::wrappers::ReceiverStream;
 
-/// `[auth.mtls]`, validated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MtlsConfig {
-    /// The server's certificate chain, PEM.
-    pub cert_file: PathBuf,
-    /// The server's private key, PEM.
-    pub key_file: PathBuf,
-    /// The CAs client certificates must chain to, PEM.
-    pub client_ca_file: PathBuf,
-    /// How long a TLS handshake may take.
-    pub handshake_timeout: Duration,
-}
+use crate::config::MtlsConfig;
 
 /// Handshakes under way at once; more connections wait in the kernel's accept queue.
 const MAX_HANDSHAKES: usize = 256;

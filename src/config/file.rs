@@ -1,0 +1,360 @@
+//! The TOML file as written, and its validation into the plain data of [`super`]. Every check
+//! names the dotted key at fault; unknown keys are errors. `[auth]` and `[[callers]]` are in
+//! [`access`].
+
+use std::{collections::BTreeSet, path::Path, time::Duration};
+
+use serde::{Deserialize, de::DeserializeOwned};
+
+use super::{
+    AccessConfig, CognitoSettings, Config, ConfigError, Flags, LimitSettings, ServerSettings,
+    invalid,
+};
+use crate::domain::Region;
+
+mod access;
+
+use access::{FileAuth, FileCaller, access};
+
+/// The TOML file as written (`--config`). Unknown keys are errors, so a typo is never silently
+/// ignored.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileConfig {
+    server: FileServer,
+    cognito: FileCognito,
+    auth: Option<FileAuth>,
+    callers: Vec<FileCaller>,
+    limits: FileLimits,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileServer {
+    max_concurrent_streams: u32,
+    max_local_error_reset_streams: usize,
+    max_pending_accept_reset_streams: usize,
+    max_decoding_message_size: usize,
+    max_encoding_message_size: usize,
+    max_header_list_size: u32,
+    http2_keepalive_interval_secs: u64,
+    http2_keepalive_timeout_secs: u64,
+    tcp_keepalive_secs: u64,
+    shutdown_grace_secs: u64,
+    request_timeout_secs: u64,
+    max_connection_age_secs: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileCognito {
+    operation_timeout_ms: u64,
+    connect_timeout_ms: u64,
+    max_attempts: u32,
+    initial_backoff_ms: u64,
+    max_backoff_ms: u64,
+    allowed_regions: Option<Vec<String>>,
+    max_regions: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(super) struct FileLimits {
+    backend_rps: u32,
+    backend_burst: Option<u32>,
+    pool_rps: u32,
+    pool_burst: Option<u32>,
+    user_cooldown_secs: u64,
+    max_in_flight: usize,
+    max_in_flight_per_caller: Option<usize>,
+    default_rate_per_second: u32,
+    default_burst: u32,
+}
+
+impl FileConfig {
+    /// Parses TOML text.
+    pub fn parse(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Validates everything, together with the flags.
+    pub(super) fn validate(self, flags: &Flags) -> Result<Config, ConfigError> {
+        let server = self.server.validate()?;
+        let cognito = self.cognito.validate()?;
+        let limits = self.limits.validate()?;
+        let access = access(self.auth, self.callers, &limits, flags.local)?;
+        Ok(Config {
+            listen: flags.listen,
+            health_listen: flags.health_listen,
+            local: flags.local,
+            server,
+            cognito,
+            access,
+            limits,
+            path: flags.config.clone(),
+        })
+    }
+
+    /// Validates the access part (and the limits its callers' defaults come from), for reloads.
+    pub(super) fn validate_access(self, local: bool) -> Result<AccessConfig, ConfigError> {
+        let limits = self.limits.validate()?;
+        access(self.auth, self.callers, &limits, local)
+    }
+}
+
+impl Default for FileServer {
+    fn default() -> Self {
+        Self {
+            max_concurrent_streams: 256,
+            // hyper's own default, which tonic 0.14 turns off unless set.
+            max_local_error_reset_streams: 1024,
+            max_pending_accept_reset_streams: 20,
+            // Cognito admits 128-char usernames and metadata values of 131072 chars (up to 512 KiB
+            // of UTF-8 each); 4 MiB holds several such values plus framing.
+            max_decoding_message_size: 4 * 1024 * 1024,
+            max_encoding_message_size: 64 * 1024,
+            max_header_list_size: 16 * 1024,
+            http2_keepalive_interval_secs: 30,
+            http2_keepalive_timeout_secs: 10,
+            tcp_keepalive_secs: 60,
+            shutdown_grace_secs: 10,
+            request_timeout_secs: 30,
+            // Off: a sidecar has one caller on loopback. The shared Deployment sets it.
+            max_connection_age_secs: 0,
+        }
+    }
+}
+
+impl FileServer {
+    pub(super) fn validate(self) -> Result<ServerSettings, ConfigError> {
+        Ok(ServerSettings {
+            max_concurrent_streams: within(
+                "server.max_concurrent_streams",
+                self.max_concurrent_streams,
+                1..=65_536,
+            )?,
+            max_local_error_reset_streams: within(
+                "server.max_local_error_reset_streams",
+                self.max_local_error_reset_streams,
+                1..=1_000_000,
+            )?,
+            max_pending_accept_reset_streams: within(
+                "server.max_pending_accept_reset_streams",
+                self.max_pending_accept_reset_streams,
+                1..=100_000,
+            )?,
+            max_decoding_message_size: within(
+                "server.max_decoding_message_size",
+                self.max_decoding_message_size,
+                1024..=64 * 1024 * 1024,
+            )?,
+            max_encoding_message_size: within(
+                "server.max_encoding_message_size",
+                self.max_encoding_message_size,
+                1024..=64 * 1024 * 1024,
+            )?,
+            max_header_list_size: within(
+                "server.max_header_list_size",
+                self.max_header_list_size,
+                1024..=1024 * 1024,
+            )?,
+            http2_keepalive_interval: secs(
+                "server.http2_keepalive_interval_secs",
+                self.http2_keepalive_interval_secs,
+                1..=3600,
+            )?,
+            http2_keepalive_timeout: secs(
+                "server.http2_keepalive_timeout_secs",
+                self.http2_keepalive_timeout_secs,
+                1..=600,
+            )?,
+            tcp_keepalive: secs(
+                "server.tcp_keepalive_secs",
+                self.tcp_keepalive_secs,
+                1..=7200,
+            )?,
+            shutdown_grace: secs(
+                "server.shutdown_grace_secs",
+                self.shutdown_grace_secs,
+                0..=600,
+            )?,
+            request_timeout: secs(
+                "server.request_timeout_secs",
+                self.request_timeout_secs,
+                1..=3600,
+            )?,
+            max_connection_age: match within(
+                "server.max_connection_age_secs",
+                self.max_connection_age_secs,
+                0..=86_400,
+            )? {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
+        })
+    }
+}
+
+impl Default for FileCognito {
+    fn default() -> Self {
+        Self {
+            operation_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            max_attempts: 3,
+            initial_backoff_ms: 50,
+            max_backoff_ms: 1_000,
+            allowed_regions: None,
+            max_regions: 16,
+        }
+    }
+}
+
+impl FileCognito {
+    pub(super) fn validate(self) -> Result<CognitoSettings, ConfigError> {
+        let allowed_regions = match self.allowed_regions {
+            None => None,
+            Some(regions) => {
+                if regions.is_empty() {
+                    return Err(invalid(
+                        "cognito.allowed_regions",
+                        "must list at least one region, or be left out to allow any",
+                    ));
+                }
+                let regions = regions
+                    .into_iter()
+                    .map(Region::parse)
+                    .collect::<Result<BTreeSet<_>, _>>()
+                    .map_err(|bad| invalid("cognito.allowed_regions", bad.to_string()))?;
+                Some(regions)
+            }
+        };
+        let initial_backoff = millis(
+            "cognito.initial_backoff_ms",
+            self.initial_backoff_ms,
+            1..=10_000,
+        )?;
+        let max_backoff = millis("cognito.max_backoff_ms", self.max_backoff_ms, 1..=60_000)?;
+        if max_backoff < initial_backoff {
+            return Err(invalid(
+                "cognito.max_backoff_ms",
+                "must not be below cognito.initial_backoff_ms",
+            ));
+        }
+        Ok(CognitoSettings {
+            operation_timeout: millis(
+                "cognito.operation_timeout_ms",
+                self.operation_timeout_ms,
+                1..=300_000,
+            )?,
+            connect_timeout: millis(
+                "cognito.connect_timeout_ms",
+                self.connect_timeout_ms,
+                1..=60_000,
+            )?,
+            max_attempts: within("cognito.max_attempts", self.max_attempts, 1..=10)?,
+            initial_backoff,
+            max_backoff,
+            allowed_regions,
+            max_regions: within("cognito.max_regions", self.max_regions, 1..=64)?,
+        })
+    }
+}
+
+impl Default for FileLimits {
+    fn default() -> Self {
+        Self {
+            backend_rps: 25,
+            backend_burst: None,
+            pool_rps: 0,
+            pool_burst: None,
+            user_cooldown_secs: 30,
+            max_in_flight: 256,
+            max_in_flight_per_caller: None,
+            default_rate_per_second: 10,
+            default_burst: 20,
+        }
+    }
+}
+
+impl FileLimits {
+    pub(super) fn validate(self) -> Result<LimitSettings, ConfigError> {
+        let backend_rps = within("limits.backend_rps", self.backend_rps, 1..=10_000)?;
+        Ok(LimitSettings {
+            backend_rps,
+            // A burst of one second's budget: the quota Cognito enforces is per second.
+            backend_burst: within(
+                "limits.backend_burst",
+                self.backend_burst.unwrap_or(backend_rps),
+                1..=10_000,
+            )?,
+            pool_rps: within("limits.pool_rps", self.pool_rps, 0..=10_000)?,
+            pool_burst: within(
+                "limits.pool_burst",
+                self.pool_burst.unwrap_or(self.pool_rps.max(1)),
+                1..=10_000,
+            )?,
+            user_cooldown: secs(
+                "limits.user_cooldown_secs",
+                self.user_cooldown_secs,
+                0..=86_400,
+            )?,
+            max_in_flight: within("limits.max_in_flight", self.max_in_flight, 1..=100_000)?,
+            // Half by default: one caller can then never shut the others out.
+            max_in_flight_per_caller: within(
+                "limits.max_in_flight_per_caller",
+                self.max_in_flight_per_caller
+                    .unwrap_or(self.max_in_flight.div_ceil(2)),
+                1..=self.max_in_flight.max(1),
+            )?,
+            default_rate_per_second: within(
+                "limits.default_rate_per_second",
+                self.default_rate_per_second,
+                1..=100_000,
+            )?,
+            default_burst: within("limits.default_burst", self.default_burst, 1..=100_000)?,
+        })
+    }
+}
+
+/// Reads and parses a TOML file; either failure names the file.
+pub(super) fn read_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+fn within<T: PartialOrd + std::fmt::Display>(
+    key: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, ConfigError> {
+    if range.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(
+            key,
+            format!("{value} is outside {}..={}", range.start(), range.end()),
+        ))
+    }
+}
+
+fn secs(
+    key: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    within(key, value, range).map(Duration::from_secs)
+}
+
+fn millis(
+    key: &str,
+    value: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Duration, ConfigError> {
+    within(key, value, range).map(Duration::from_millis)
+}

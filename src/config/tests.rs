@@ -1,0 +1,221 @@
+use super::*;
+
+/// `serve`'s defaults (the flags themselves are `cli`'s tests), with or without `--local`.
+fn flags(local: bool) -> Flags {
+    Flags {
+        listen: "127.0.0.1:50051".parse().unwrap(),
+        health_listen: None,
+        local,
+        config: None,
+    }
+}
+
+fn load_with(local: bool, toml: &str) -> Result<Config, ConfigError> {
+    let file = FileConfig::parse(toml).map_err(|source| ConfigError::Parse {
+        path: "test.toml".into(),
+        source: Box::new(source),
+    })?;
+    Config::from_parts(&flags(local), file)
+}
+
+/// A file with the given text, run without authentication (these tests are about the rest).
+fn load(toml: &str) -> Result<Config, ConfigError> {
+    load_with(false, &format!("{toml}\n[auth]\nmode = \"none\"\n"))
+}
+
+const HASH: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+#[test]
+fn authentication_must_be_chosen_outside_local_mode() {
+    let error = load_with(false, "").unwrap_err().to_string();
+    assert!(error.contains("auth.mode"), "{error}");
+    let local = load_with(true, "").unwrap();
+    assert_eq!(local.access.mode, AuthMode::None);
+    let none = load_with(false, "[auth]\nmode = \"none\"\n").unwrap();
+    assert_eq!(none.access.mode, AuthMode::None);
+}
+
+#[test]
+fn token_callers_are_read() {
+    let config = load_with(
+        false,
+        &format!(
+            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{HASH}\"\nuser_pools = [\"us-east-1_AbC\"]\nrate_per_second = 5\nburst = 10\n[[callers]]\nname = \"ops\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n",
+            HASH.replace('9', "8")
+        ),
+    )
+    .unwrap();
+    let billing = &config.access.callers[0];
+    assert_eq!(billing.name, "billing");
+    assert_eq!(
+        billing.user_pools.as_deref(),
+        Some(&["us-east-1_AbC".to_owned()][..])
+    );
+    assert_eq!((billing.rate_per_second, billing.burst), (5, 10));
+    let ops = &config.access.callers[1];
+    assert_eq!(ops.user_pools, None);
+    assert_eq!((ops.rate_per_second, ops.burst), (10, 20), "the defaults");
+}
+
+#[test]
+fn caller_errors_name_the_caller_and_key() {
+    let caller =
+        |body: &str| format!("[auth]\nmode = \"token\"\n[[callers]]\nname = \"billing\"\n{body}");
+    let cases = [
+        (
+            caller("user_pools = [\"*\"]\n"),
+            "callers[billing].token_sha256",
+        ),
+        (
+            caller("token_sha256 = \"abc\"\nuser_pools = [\"*\"]\n"),
+            "callers[billing].token_sha256",
+        ),
+        (
+            caller(&format!("token_sha256 = \"{HASH}\"\n")),
+            "callers[billing].user_pools",
+        ),
+        (
+            caller(&format!(
+                "token_sha256 = \"{HASH}\"\nuser_pools = [\"not a pool\"]\n"
+            )),
+            "callers[billing].user_pools",
+        ),
+        (
+            caller(&format!(
+                "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\", \"us-east-1_A\"]\n"
+            )),
+            "callers[billing].user_pools",
+        ),
+        (
+            caller(&format!(
+                "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\nrate_per_second = 0\n"
+            )),
+            "callers[billing].rate_per_second",
+        ),
+        (
+            format!(
+                "{}[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\n",
+                caller(&format!(
+                    "token_sha256 = \"{HASH}\"\nuser_pools = [\"*\"]\n"
+                ))
+            ),
+            "callers[billing].name",
+        ),
+        ("[auth]\nmode = \"token\"\n".to_owned(), "callers"),
+        ("[auth]\nmode = \"jwt\"\n".to_owned(), "auth.jwt"),
+        ("[auth]\nmode = \"mtls\"\n".to_owned(), "auth.mtls"),
+        ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_url = \"http://example.com/keys\"\n".to_owned(), "auth.jwt.jwks_url"),
+        ("[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\n".to_owned(), "auth.jwt"),
+        ("[auth]\nmode = \"basic\"\n".to_owned(), "mode"),
+        (
+            "[limits]\nbackend_rps = 0\n[auth]\nmode = \"none\"\n".to_owned(),
+            "limits.backend_rps",
+        ),
+    ];
+    for (toml, key) in cases {
+        let message = load_with(false, &toml).unwrap_err().to_string();
+        assert!(
+            message.contains(key),
+            "{message:?} should name {key}\n{toml}"
+        );
+    }
+}
+
+#[test]
+fn token_hashes_can_live_in_their_own_file() {
+    let dir = std::env::temp_dir().join(format!("cg-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokens = dir.join("tokens.toml");
+    std::fs::write(&tokens, format!("billing = \"{HASH}\"\n")).unwrap();
+    let toml = format!(
+        "[auth]\nmode = \"token\"\ntoken_file = {:?}\n[[callers]]\nname = \"billing\"\nuser_pools = [\"*\"]\n",
+        tokens.display().to_string()
+    );
+    let config = load_with(false, &toml).unwrap();
+    assert!(config.access.callers[0].token_sha256.is_some());
+    std::fs::write(&tokens, format!("stranger = \"{HASH}\"\n")).unwrap();
+    let error = load_with(false, &toml).unwrap_err().to_string();
+    assert!(error.contains("auth.token_file"), "{error}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn defaults_are_valid_and_hardened() {
+    let config = load("").unwrap();
+    assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
+    assert!(!config.local);
+    assert_eq!(config.server.max_concurrent_streams, 256);
+    assert_eq!(config.server.max_local_error_reset_streams, 1024);
+    assert_eq!(config.cognito.operation_timeout, Duration::from_secs(5));
+    assert_eq!(config.cognito.allowed_regions, None);
+}
+
+#[test]
+fn file_values_are_read() {
+    let config = load(
+        "[server]\nmax_concurrent_streams = 10\nmax_connection_age_secs = 300\n[cognito]\noperation_timeout_ms = 750\nallowed_regions = [\"eu-west-1\"]\n",
+    )
+    .unwrap();
+    assert_eq!(config.server.max_concurrent_streams, 10);
+    assert_eq!(
+        config.server.max_connection_age,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(
+        load("").unwrap().server.max_connection_age,
+        None,
+        "off by default"
+    );
+    assert_eq!(config.cognito.operation_timeout, Duration::from_millis(750));
+    assert!(
+        config
+            .cognito
+            .allowed_regions
+            .unwrap()
+            .contains("eu-west-1")
+    );
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (
+            "[server]\nmax_concurrent_streams = 0\n",
+            "server.max_concurrent_streams",
+        ),
+        ("[cognito]\nmax_attempts = 99\n", "cognito.max_attempts"),
+        ("[limits]\npool_rps = 20000\n", "limits.pool_rps"),
+        (
+            "[limits]\nmax_in_flight = 10\nmax_in_flight_per_caller = 11\n",
+            "limits.max_in_flight_per_caller",
+        ),
+        (
+            "[limits]\npool_rps = 5\npool_burst = 0\n",
+            "limits.pool_burst",
+        ),
+        (
+            "[cognito]\nallowed_regions = [\"mars\"]\n",
+            "cognito.allowed_regions",
+        ),
+        (
+            "[cognito]\nallowed_regions = []\n",
+            "cognito.allowed_regions",
+        ),
+        (
+            "[cognito]\ninitial_backoff_ms = 500\nmax_backoff_ms = 100\n",
+            "cognito.max_backoff_ms",
+        ),
+        (
+            "[server]\nmax_concurent_streams = 5\n",
+            "max_concurent_streams",
+        ),
+        (
+            "[cognito]\noperation_timeout_ms = \"5s\"\n",
+            "operation_timeout_ms",
+        ),
+    ];
+    for (toml, key) in cases {
+        let message = load(toml).unwrap_err().to_string();
+        assert!(message.contains(key), "{message:?} should name {key}");
+    }
+}
