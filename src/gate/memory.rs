@@ -25,10 +25,11 @@ pub struct MemoryStore {
 struct State {
     users: HashMap<UserKey, User>,
     requests: HashMap<RequestKey, Request>,
-    /// Lapsed entries are swept when a map grows past this. The maps are bounded anyway: each
+    /// Lapsed entries are swept when a map grows past its mark. The maps are bounded anyway: each
     /// entry is a Cognito call or a caller's request, limited by the backend guard and the
     /// callers' rates over the cooldown and the request ids' lifetime.
-    sweep_above: usize,
+    sweep_users_above: usize,
+    sweep_requests_above: usize,
 }
 
 #[derive(Debug)]
@@ -245,13 +246,14 @@ impl GateStore for MemoryStore {
 
 impl State {
     fn sweep(&mut self, now: Instant) {
-        let threshold = self.sweep_above.max(MIN_SWEEP);
-        if self.users.len() <= threshold && self.requests.len() <= threshold {
-            return;
+        // Amortised: a map is swept when it has doubled since it was last.
+        if self.users.len() > self.sweep_users_above.max(MIN_SWEEP) {
+            self.users.retain(|_, user| user.until() > now);
+            self.sweep_users_above = self.users.len() * 2;
         }
-        self.users.retain(|_, user| user.until() > now);
-        self.requests.retain(|_, request| request.until > now);
-        // Amortised: the next sweep waits until a map has doubled again.
-        self.sweep_above = (self.users.len().max(self.requests.len()) * 2).max(MIN_SWEEP);
+        if self.requests.len() > self.sweep_requests_above.max(MIN_SWEEP) {
+            self.requests.retain(|_, request| request.until > now);
+            self.sweep_requests_above = self.requests.len() * 2;
+        }
     }
 }

@@ -6,43 +6,78 @@ use tokio::time::Instant;
 
 use super::*;
 
-/// A result as the service's would be: a request id, or an error text.
+/// A result as the service's would be: a request id, or an error text (`HTTP 5..`: an unknown
+/// outcome).
 type Result = std::result::Result<Option<String>, String>;
 
 impl FlightResult for Result {
     fn remembered(&self) -> Option<Outcome> {
-        self.as_ref().ok().map(|request_id| Outcome::Sent {
-            request_id: request_id.clone(),
-        })
+        match self {
+            Ok(request_id) => Some(Outcome::Sent {
+                request_id: request_id.clone(),
+            }),
+            Err(error) if error.starts_with("HTTP 5") => Some(unknown()),
+            Err(_) => None,
+        }
     }
 
     fn unanswered(&self) {}
 }
 
-type Gate = UserGate<Result, &'static str>;
+type Gate = UserGate<Result>;
 
-const COOLDOWN: Duration = Duration::from_secs(30);
-const LEASE: Duration = Duration::from_secs(5);
+const TIMES: Times = Times {
+    cooldown: Duration::from_secs(30),
+    lease: Duration::from_secs(5),
+    request_ttl: Duration::from_secs(3600),
+};
+
+/// A store with budgets out of the way (the tests of budgets set their own). The buckets run on the
+/// real clock, not tokio's paused one: these are far beyond what the tests spend.
+fn store() -> Arc<MemoryStore> {
+    Arc::new(MemoryStore::new(TIMES, (10_000_000, 10_000_000), (0, 0)))
+}
 
 fn gate() -> Arc<Gate> {
-    Arc::new(UserGate::in_process(COOLDOWN, LEASE))
+    gate_on(&store())
 }
 
 /// A gate whose store the test can look into.
 fn gate_on(store: &Arc<MemoryStore>) -> Arc<Gate> {
-    Arc::new(UserGate::new([7; 32], COOLDOWN, LEASE, Arc::clone(store) as _))
+    Arc::new(UserGate::new([7; 32], Arc::clone(store) as _))
+}
+
+fn ticket(gate: &Gate, name: &str) -> Ticket {
+    Ticket {
+        user: gate.user_key(&pool(), name),
+        request: None,
+        pool: pool(),
+        caller: None,
+    }
+}
+
+fn with_request(gate: &Gate, name: &str, id: &str) -> Ticket {
+    let id = RequestId::parse(id.into()).unwrap().unwrap();
+    Ticket {
+        request: Some(gate.request_key("billing", &id)),
+        ..ticket(gate, name)
+    }
 }
 
 fn pool() -> UserPoolId {
     UserPoolId::parse("us-east-1_Gate".into()).unwrap()
 }
 
-fn user(name: &str) -> Username {
-    Username::parse(name.into()).unwrap()
-}
-
 fn ok(id: &str) -> Result {
     Ok(Some(id.into()))
+}
+
+fn unknown() -> Outcome {
+    Outcome::Unknown {
+        exception: "InternalErrorException".into(),
+        request_id: None,
+        from_cognito: true,
+    }
 }
 
 fn sent(id: &str) -> Outcome {
@@ -56,15 +91,14 @@ fn counting(
     sends: &Arc<AtomicUsize>,
     delay: Duration,
     result: Result,
-) -> impl FnOnce() -> std::result::Result<Pin<Box<dyn Future<Output = Result> + Send>>, &'static str>
-+ use<> {
+) -> impl FnOnce() -> Pin<Box<dyn Future<Output = Result> + Send>> + use<> {
     let sends = Arc::clone(sends);
     move || {
         sends.fetch_add(1, Ordering::SeqCst);
-        Ok(Box::pin(async move {
+        Box::pin(async move {
             tokio::time::sleep(delay).await;
             result
-        }))
+        })
     }
 }
 
@@ -74,19 +108,19 @@ fn flown(answer: Answer<Result>) -> (Result, bool) {
             result,
             deduplicated,
         } => (result, deduplicated),
-        Answer::Remembered(outcome) => panic!("remembered {outcome:?}, expected a flight"),
+        Answer::Remembered { outcome, .. } => panic!("remembered {outcome:?}, expected a flight"),
     }
 }
 
 #[tokio::test(start_paused = true)]
 async fn fifty_concurrent_resets_of_one_user_make_one_send() {
     let gate = gate();
-    let key = gate.key(&pool(), &user("alice"));
     let sends = Arc::new(AtomicUsize::new(0));
     let calls = (0..50).map(|_| {
         let gate = Arc::clone(&gate);
         let start = counting(&sends, Duration::from_millis(100), ok("r1"));
-        tokio::spawn(async move { gate.reset(key, start).await })
+        let ticket = ticket(&gate, "alice");
+        tokio::spawn(async move { gate.reset(ticket, start).await })
     });
     let mut shared = 0;
     for call in calls.collect::<Vec<_>>() {
@@ -101,26 +135,28 @@ async fn fifty_concurrent_resets_of_one_user_make_one_send() {
 #[tokio::test(start_paused = true)]
 async fn a_repeat_inside_the_window_makes_no_send_and_one_after_it_does() {
     let gate = gate();
-    let key = gate.key(&pool(), &user("alice"));
     let sends = Arc::new(AtomicUsize::new(0));
     let first = gate
-        .reset(key, counting(&sends, Duration::ZERO, ok("r1")))
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r1")))
         .await;
     assert!(!flown(first.unwrap()).1);
     tokio::time::advance(Duration::from_secs(29)).await;
     let repeat = gate
-        .reset(key, counting(&sends, Duration::ZERO, ok("r2")))
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r2")))
         .await
         .unwrap();
     assert_eq!(
         repeat,
-        Answer::Remembered(sent("r1")),
-        "the answer of the call it repeats"
+        Answer::Remembered {
+            outcome: sent("r1"),
+            left: Duration::from_secs(1)
+        },
+        "the answer of the call it repeats, and what is left of the cooldown"
     );
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     let after = gate
-        .reset(key, counting(&sends, Duration::ZERO, ok("r3")))
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r3")))
         .await
         .unwrap();
     assert!(!flown(after).1);
@@ -132,42 +168,51 @@ async fn users_are_kept_apart() {
     let gate = gate();
     let sends = Arc::new(AtomicUsize::new(0));
     for name in ["alice", "bob"] {
-        let key = gate.key(&pool(), &user(name));
         let answer = gate
-            .reset(key, counting(&sends, Duration::ZERO, ok(name)))
+            .reset(ticket(&gate, name), counting(&sends, Duration::ZERO, ok(name)))
             .await
             .unwrap();
         assert!(!flown(answer).1);
     }
     let other_pool = UserPoolId::parse("us-east-1_Other".into()).unwrap();
     assert_ne!(
-        gate.key(&pool(), &user("alice")),
-        gate.key(&other_pool, &user("alice"))
+        gate.user_key(&pool(), "alice"),
+        gate.user_key(&other_pool, "alice")
     );
     // The separator keeps ("a_b", "c") and ("a", "b_c")-like splits apart.
     let a = UserPoolId::parse("x_ab".into()).unwrap();
     let b = UserPoolId::parse("x_a".into()).unwrap();
-    assert_ne!(gate.key(&a, &user("c")), gate.key(&b, &user("bc")));
+    assert_ne!(gate.user_key(&a, "c"), gate.user_key(&b, "bc"));
+    // A user key and a request key of the same text differ.
+    let id = RequestId::parse("123e4567-e89b-12d3-a456-426614174000".into())
+        .unwrap()
+        .unwrap();
+    assert_ne!(gate.request_key("x_a", &id), gate.user_key(&b, id.as_str()));
+    // Another key, other hashes: the key is what makes them mean something.
+    let other = UserGate::<Result>::new([8; 32], store());
+    assert_ne!(other.user_key(&pool(), "alice"), gate.user_key(&pool(), "alice"));
     assert_eq!(sends.load(Ordering::SeqCst), 2);
 }
 
 #[tokio::test(start_paused = true)]
-async fn failures_are_shared_but_not_remembered() {
+async fn definite_failures_are_shared_but_not_remembered() {
     let gate = gate();
-    let key = gate.key(&pool(), &user("alice"));
     let sends = Arc::new(AtomicUsize::new(0));
-    let failure: Result = Err("down".into());
+    let failure: Result = Err("user not found".into());
     let (a, b) = tokio::join!(
         gate.reset(
-            key,
+            ticket(&gate, "alice"),
             counting(&sends, Duration::from_millis(10), failure.clone())
         ),
-        gate.reset(key, counting(&sends, Duration::from_millis(10), failure)),
+        gate.reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::from_millis(10), failure)
+        ),
     );
     assert!(flown(a.unwrap()).0.is_err() && flown(b.unwrap()).0.is_err());
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     let retry = gate
-        .reset(key, counting(&sends, Duration::ZERO, ok("r")))
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
         .await
         .unwrap();
     assert!(!flown(retry).1);
@@ -175,26 +220,183 @@ async fn failures_are_shared_but_not_remembered() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_refused_start_leaves_nothing_behind() {
-    let store = Arc::new(MemoryStore::default());
-    let gate = gate_on(&store);
-    let key = gate.key(&pool(), &user("alice"));
-    let refused = gate
-        .reset(key, || {
-            Err::<std::future::Ready<Result>, _>("over the backend guard")
-        })
+async fn an_unknown_outcome_is_remembered_like_a_success() {
+    let gate = gate();
+    let sends = Arc::new(AtomicUsize::new(0));
+    let first = gate
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, Err("HTTP 500".into())))
+        .await
+        .unwrap();
+    assert_eq!(flown(first), (Err("HTTP 500".into()), false));
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let repeat = gate
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .await
+        .unwrap();
+    assert_eq!(
+        repeat,
+        Answer::Remembered {
+            outcome: unknown(),
+            left: Duration::from_secs(20)
+        }
+    );
+    assert_eq!(sends.load(Ordering::SeqCst), 1, "never sent again");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_keeps_its_outcome_beyond_the_cooldown() {
+    let gate = gate();
+    let sends = Arc::new(AtomicUsize::new(0));
+    const ID: &str = "123e4567-e89b-12d3-a456-426614174000";
+    let first = gate
+        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r1")))
+        .await
+        .unwrap();
+    assert!(!flown(first).1);
+    // Past the cooldown, a new call for alice sends again, but a retry of the id does not.
+    tokio::time::advance(TIMES.cooldown + Duration::from_secs(1)).await;
+    let retry = gate
+        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r2")))
+        .await
+        .unwrap();
+    assert_eq!(
+        retry,
+        Answer::Remembered {
+            outcome: sent("r1"),
+            left: Duration::ZERO
+        }
+    );
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+    // The id belongs to alice: for bob it is refused, and nothing is sent.
+    let reused = gate
+        .reset(with_request(&gate, "bob", ID), counting(&sends, Duration::ZERO, ok("r3")))
         .await;
-    assert!(matches!(refused, Err(GateError::Refused("over the backend guard"))));
-    assert!(store.is_empty());
-    assert_eq!(gate.in_flight(), 0);
+    assert!(matches!(reused, Err(GateError::RequestReused)), "{reused:?}");
+    // Another caller's equal id is another id.
+    let mut other_caller = with_request(&gate, "bob", ID);
+    other_caller.request = Some(gate.request_key(
+        "ops",
+        &RequestId::parse(ID.into()).unwrap().unwrap(),
+    ));
+    let bob = gate
+        .reset(other_caller, counting(&sends, Duration::ZERO, ok("r4")))
+        .await
+        .unwrap();
+    assert!(!flown(bob).1);
+    // Past the id's own lifetime it is forgotten.
+    tokio::time::advance(TIMES.request_ttl).await;
+    let fresh = gate
+        .reset(with_request(&gate, "bob", ID), counting(&sends, Duration::ZERO, ok("r5")))
+        .await
+        .unwrap();
+    assert!(!flown(fresh).1);
+    assert_eq!(sends.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_whose_call_failed_definitely_is_processed_anew() {
+    let gate = gate();
+    let sends = Arc::new(AtomicUsize::new(0));
+    const ID: &str = "00000000-0000-4000-8000-000000000001";
+    let failed = gate
+        .reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::ZERO, Err("throttled".into())),
+        )
+        .await
+        .unwrap();
+    assert!(flown(failed).0.is_err());
+    let retry = gate
+        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r")))
+        .await
+        .unwrap();
+    assert_eq!(flown(retry), (ok("r"), false));
+    assert_eq!(sends.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_that_joined_a_call_learns_its_outcome() {
+    let gate = gate();
+    let sends = Arc::new(AtomicUsize::new(0));
+    const ID: &str = "00000000-0000-4000-8000-000000000002";
+    // A call without an id is in flight; a call with an id joins it.
+    let (plain, with_id) = tokio::join!(
+        gate.reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::from_millis(100), ok("r1"))
+        ),
+        async {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            gate.reset(
+                with_request(&gate, "alice", ID),
+                counting(&sends, Duration::ZERO, ok("r2")),
+            )
+            .await
+        }
+    );
+    assert_eq!(flown(plain.unwrap()), (ok("r1"), false));
+    assert!(matches!(
+        with_id.unwrap(),
+        Answer::Remembered { outcome, .. } if outcome == sent("r1")
+    ));
+    // Long after the cooldown, the id still answers with the call it joined.
+    tokio::time::advance(TIMES.cooldown * 2).await;
+    let retry = gate
+        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r3")))
+        .await
+        .unwrap();
+    assert!(matches!(retry, Answer::Remembered { outcome, .. } if outcome == sent("r1")));
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn budgets_are_spent_only_by_calls_that_go_to_cognito() {
+    let store = Arc::new(MemoryStore::new(TIMES, (1, 1), (0, 0)));
+    let gate = gate_on(&store);
+    let sends = Arc::new(AtomicUsize::new(0));
+    gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .await
+        .unwrap();
+    // Alice's repeat is answered from memory, whatever the budget.
+    let repeat = gate
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .await
+        .unwrap();
+    assert!(matches!(repeat, Answer::Remembered { .. }));
+    // Bob needs a send, and the backend guard has none left this second.
+    let refused = gate
+        .reset(ticket(&gate, "bob"), counting(&sends, Duration::ZERO, ok("r")))
+        .await;
+    assert!(
+        matches!(refused, Err(GateError::Limited { limit: crate::rate::Limit::Backend, wait })
+            if wait > Duration::from_millis(900) && wait <= Duration::from_secs(1)),
+        "{refused:?}"
+    );
+    assert_eq!(sends.load(Ordering::SeqCst), 1);
+    assert_eq!(gate.in_flight(), 0, "a refusal leaves nothing behind");
+    // A pool's own share is refused as the pool's.
+    let pools = Arc::new(MemoryStore::new(TIMES, (100, 100), (1, 1)));
+    let gate = gate_on(&pools);
+    gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .await
+        .unwrap();
+    let refused = gate
+        .reset(ticket(&gate, "bob"), counting(&sends, Duration::ZERO, ok("r")))
+        .await;
+    assert!(
+        matches!(refused, Err(GateError::Limited { limit: crate::rate::Limit::Pool(_), .. })),
+        "{refused:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_caller_hanging_up_does_not_cancel_the_send() {
     let gate = gate();
-    let key = gate.key(&pool(), &user("alice"));
     let sends = Arc::new(AtomicUsize::new(0));
-    let leader = gate.reset(key, counting(&sends, Duration::from_millis(100), ok("r1")));
+    let leader = gate.reset(
+        ticket(&gate, "alice"),
+        counting(&sends, Duration::from_millis(100), ok("r1")),
+    );
     // The leader gives up after 10 ms (its caller went away).
     assert!(
         tokio::time::timeout(Duration::from_millis(10), leader)
@@ -203,7 +405,7 @@ async fn a_caller_hanging_up_does_not_cancel_the_send() {
     );
     // A retry joins the call still in flight instead of sending again.
     let retry = gate
-        .reset(key, counting(&sends, Duration::ZERO, ok("r2")))
+        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r2")))
         .await
         .unwrap();
     assert_eq!(flown(retry), (ok("r1"), true));
@@ -212,41 +414,41 @@ async fn a_caller_hanging_up_does_not_cancel_the_send() {
 
 #[tokio::test(start_paused = true)]
 async fn a_claim_held_elsewhere_is_waited_for_and_lapses_with_its_lease() {
-    let store = Arc::new(MemoryStore::default());
+    let store = store();
     let here = gate_on(&store);
-    let key = here.key(&pool(), &user("alice"));
     // Another replica sharing the store claims the user, and dies before it settles.
-    assert_eq!(store.claim(key, LEASE).await.unwrap(), Claim::Granted);
+    assert_eq!(
+        store.claim(&ticket(&here, "alice")).await.unwrap(),
+        Claim::Granted
+    );
     let sends = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let answer = here
-        .reset(key, counting(&sends, Duration::ZERO, ok("r")))
+        .reset(ticket(&here, "alice"), counting(&sends, Duration::ZERO, ok("r")))
         .await
         .unwrap();
     assert!(!flown(answer).1);
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     let waited = started.elapsed();
     assert!(
-        waited >= LEASE && waited < LEASE + 2 * BUSY_POLL,
+        waited >= TIMES.lease && waited < TIMES.lease + 2 * BUSY_POLL,
         "waited {waited:?}"
     );
 }
 
 #[tokio::test(start_paused = true)]
 async fn memory_stays_bounded_under_many_distinct_users() {
-    let store = Arc::new(MemoryStore::default());
+    let store = store();
     let gate = gate_on(&store);
     let sends = Arc::new(AtomicUsize::new(0));
     let mut peak = 0;
     // 300,000 distinct users (over three hours of traffic) at 25 resets a second, the backend
-    // guard's rate. The bound does not depend on the count: more only takes longer.
+    // guard's rate, each with a request id. The bound does not depend on the count: more only
+    // takes longer. Request ids live longest: an hour here.
     for i in 0..300_000u32 {
-        let key = {
-            let mut key = [0u8; 16];
-            key[..4].copy_from_slice(&i.to_be_bytes());
-            key
-        };
-        gate.reset(key, counting(&sends, Duration::ZERO, Ok(None)))
+        let mut ticket = ticket(&gate, &i.to_string());
+        ticket.request = Some(ticket.user);
+        gate.reset(ticket, counting(&sends, Duration::ZERO, Ok(None)))
             .await
             .unwrap();
         if i % 25 == 24 {
@@ -254,8 +456,9 @@ async fn memory_stays_bounded_under_many_distinct_users() {
         }
         peak = peak.max(store.len());
     }
-    // 30 s of 25/s is 750 live users; sweeping lets the map reach at most about twice that.
-    assert!(peak <= 2 * 1024, "peak {peak}");
+    // An hour of 25/s is 90,000 live ids, 30 s of it 750 users; sweeping lets the maps reach
+    // at most about twice that.
+    assert!(peak <= 2 * (90_000 + 750) + 2 * 1024, "peak {peak}");
     assert_eq!(sends.load(Ordering::SeqCst), 300_000);
     assert_eq!(gate.in_flight(), 0);
 }
@@ -263,14 +466,11 @@ async fn memory_stays_bounded_under_many_distinct_users() {
 #[tokio::test(start_paused = true)]
 async fn a_panicking_call_does_not_poison_the_user() {
     let gate = gate();
-    let key = gate.key(&pool(), &user("alice"));
     let panicked = gate
-        .reset(key, || {
-            Ok(async {
-                panic!("a backend bug");
-                #[allow(unreachable_code)]
-                Ok(None)
-            })
+        .reset(ticket(&gate, "alice"), || async {
+            panic!("a backend bug");
+            #[allow(unreachable_code)]
+            Ok(None)
         })
         .await;
     assert!(matches!(panicked, Err(GateError::Lost)));
@@ -278,7 +478,7 @@ async fn a_panicking_call_does_not_poison_the_user() {
     let sends = Arc::new(AtomicUsize::new(0));
     let next = tokio::time::timeout(
         Duration::from_secs(1),
-        gate.reset(key, counting(&sends, Duration::ZERO, ok("r"))),
+        gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r"))),
     )
     .await
     .expect("the claim was given back, not left to lapse")

@@ -247,14 +247,73 @@ fn operation_not_enabled_is_unimplemented() {
 }
 
 #[test]
-fn internal_error_is_unavailable_with_retry() {
-    let (status, details) = check(
+fn internal_error_is_an_unknown_outcome() {
+    let (status, _) = check(
         &cognito("InternalErrorException", "secret"),
-        Code::Unavailable,
-        "COGNITO_INTERNAL_ERROR",
+        Code::Unknown,
+        "RESET_OUTCOME_UNKNOWN",
     );
-    assert!(details.retry_info().is_some());
     assert!(!status.message().contains("secret"));
+    // Any HTTP 5xx is, whatever it names.
+    let mut other = cognito("ServiceUnavailable", "m");
+    if let GatewayError::Backend(BackendError::Cognito(failure)) = &mut other {
+        failure.http_status = 503;
+    }
+    check(&other, Code::Unknown, "RESET_OUTCOME_UNKNOWN");
+}
+
+#[test]
+fn an_unknown_outcome_says_until_when_nothing_is_sent_and_whether_it_was_shared() {
+    let first = GatewayError::OutcomeUnknown {
+        exception: "InternalErrorException".into(),
+        request_id: Some("req-1".into()),
+        from_cognito: true,
+        retry_after: Duration::from_secs(30),
+        deduplicated: false,
+        cause: None,
+    };
+    let status = to_status(&first, Some(&pool()));
+    assert_eq!(status.code(), Code::Unknown);
+    let details = status.get_error_details();
+    let info = details.error_info().unwrap();
+    assert_eq!(
+        (info.reason.as_str(), info.domain.as_str()),
+        ("RESET_OUTCOME_UNKNOWN", COGNITO_DOMAIN)
+    );
+    assert_eq!(info.metadata["exception"], "InternalErrorException");
+    assert_eq!(info.metadata["awsRequestId"], "req-1");
+    assert!(!info.metadata.contains_key("deduplicated"));
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(30))
+    );
+    assert_eq!(details.request_info().unwrap().request_id, "req-1");
+
+    let repeat = GatewayError::OutcomeUnknown {
+        exception: "Timeout".into(),
+        request_id: None,
+        from_cognito: false,
+        retry_after: Duration::from_secs(12),
+        deduplicated: true,
+        cause: None,
+    };
+    let (_, details) = check(&repeat, Code::Unknown, "RESET_OUTCOME_UNKNOWN");
+    let info = details.error_info().unwrap();
+    assert_eq!(info.metadata["deduplicated"], "true");
+    assert_eq!(info.metadata["exception"], "Timeout");
+    assert_eq!(
+        details.retry_info().unwrap().retry_delay,
+        Some(Duration::from_secs(12))
+    );
+}
+
+#[test]
+fn a_reused_request_id_is_a_failed_precondition() {
+    check(
+        &GatewayError::RequestIdReused,
+        Code::FailedPrecondition,
+        "REQUEST_ID_REUSED",
+    );
 }
 
 #[test]
@@ -301,9 +360,9 @@ fn any_other_code_is_unknown_with_its_name() {
 }
 
 #[test]
-fn backend_timeout_is_unavailable() {
+fn backend_timeout_is_an_unknown_outcome() {
     let error = GatewayError::Backend(BackendError::Timeout(Duration::from_secs(5)));
-    let (status, _) = check(&error, Code::Unavailable, "BACKEND_TIMEOUT");
+    let (status, _) = check(&error, Code::Unknown, "RESET_OUTCOME_UNKNOWN");
     assert!(
         status.message().contains("may or may not"),
         "{}",
@@ -488,9 +547,9 @@ fn overload_is_unavailable_with_a_short_retry() {
 }
 
 #[test]
-fn a_connection_lost_after_sending_has_no_retry_invitation() {
+fn a_connection_lost_after_sending_is_an_unknown_outcome() {
     let error = GatewayError::Backend(BackendError::ConnectionLost("reset by peer".into()));
-    let (status, details) = check(&error, Code::Unavailable, "BACKEND_UNREACHABLE");
+    let (status, details) = check(&error, Code::Unknown, "RESET_OUTCOME_UNKNOWN");
     assert!(details.retry_info().is_none());
     assert!(status.message().contains("may or may not"));
 }
