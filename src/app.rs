@@ -91,9 +91,6 @@ pub struct App {
 /// How much longer than a Cognito call a claim on its user lasts: time to record the outcome.
 const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// How long a caller's request id is remembered.
-const REQUEST_ID_TTL: std::time::Duration = std::time::Duration::from_secs(86_400);
-
 /// The gRPC service name health reports for the API, as callers and probes ask for it.
 pub const SERVICE_NAME: &str = "cognitogateway.v1.UserAdminService";
 
@@ -140,7 +137,7 @@ impl App {
         let times = Times {
             cooldown: limits.user_cooldown,
             lease: config.cognito.operation_timeout + CLAIM_MARGIN,
-            request_ttl: REQUEST_ID_TTL,
+            request_ttl: limits.request_id_ttl,
         };
         let store = Arc::new(MemoryStore::new(
             times,

@@ -48,6 +48,10 @@ pub struct ServeArgs {
     /// Log line format.
     #[arg(long, env = "COGNITO_GATEWAY_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// The fleet's Redis URL (redis:// or rediss://), overriding `fleet.redis_url`; the
+    /// environment is the place for it, as it may hold a password.
+    #[arg(long, env = "COGNITO_GATEWAY_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
 }
 
 /// Flags of `reset`.
@@ -91,6 +95,7 @@ impl From<&ServeArgs> for Flags {
             health_listen: args.health_listen,
             local: args.local,
             config: args.config.clone(),
+            redis_url: args.redis_url.clone(),
         }
     }
 }

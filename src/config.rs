@@ -32,6 +32,8 @@ pub struct Flags {
     pub local: bool,
     /// The TOML file, if any (`--config`).
     pub config: Option<PathBuf>,
+    /// The fleet's Redis, overriding `fleet.redis_url` (`COGNITO_GATEWAY_REDIS_URL`).
+    pub redis_url: Option<String>,
 }
 
 /// Everything `serve` needs, validated.
@@ -51,6 +53,8 @@ pub struct Config {
     pub access: AccessConfig,
     /// Gateway-wide limits (`[limits]`).
     pub limits: LimitSettings,
+    /// The store the replicas of a fleet share (`[fleet]`); `None`: this process alone.
+    pub fleet: Option<FleetSettings>,
     /// The file this came from, re-read for access changes (`--config`).
     pub path: Option<PathBuf>,
 }
@@ -173,6 +177,65 @@ pub struct LimitSettings {
     pub default_rate_per_second: u32,
     /// Burst of callers that set none.
     pub default_burst: u32,
+    /// How long a caller's request id is remembered (`limits.request_id_ttl_secs`).
+    pub request_id_ttl: Duration,
+    /// Who counts as the same person (`limits.user_identity`).
+    pub user_identity: UserIdentity,
+}
+
+/// Who counts as the same person for the gate (contract §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserIdentity {
+    /// The username as the pool compares it: case-folded where the pool's usernames are
+    /// case-insensitive (learned with `DescribeUserPool`).
+    Username,
+    /// The user's `sub`, resolved with `AdminGetUser`, so that every alias (email, phone) of one
+    /// user is one person. Costs a read call per reset.
+    Canonical,
+}
+
+/// `[fleet]`: the Redis (or Valkey, ElastiCache, MemoryDB) every replica shares.
+#[derive(Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// `redis://` or `rediss://` (TLS); may carry a password.
+    pub redis_url: String,
+    /// A password that replaces the URL's, read from `fleet.redis_password_file`.
+    pub redis_password: Option<String>,
+    /// Extra CA certificates (PEM) for `rediss://`, from `fleet.redis_ca_file`.
+    pub redis_ca: Option<Vec<u8>>,
+    /// Every key starts `<key_prefix>:`.
+    pub key_prefix: String,
+    /// The HMAC key for users and request ids, the same on every replica.
+    pub user_key_secret: [u8; 32],
+    /// One Redis round trip at most.
+    pub timeout: Duration,
+    /// What a replica does while the store cannot be reached.
+    pub on_unavailable: OnUnavailable,
+    /// How many replicas share the quota: a replica alone takes `1 / replicas_hint` of it.
+    pub replicas_hint: u32,
+}
+
+impl std::fmt::Debug for FleetSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password; the secret is a secret.
+        f.debug_struct("FleetSettings")
+            .field("key_prefix", &self.key_prefix)
+            .field("timeout", &self.timeout)
+            .field("on_unavailable", &self.on_unavailable)
+            .field("replicas_hint", &self.replicas_hint)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `fleet.on_unavailable`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnavailable {
+    /// Each replica falls back to its own gate and limits, at `1 / replicas_hint` of the budgets.
+    Local,
+    /// Calls are refused (UNAVAILABLE FLEET_STORE_UNAVAILABLE) until the store answers again.
+    Deny,
 }
 
 /// HTTP/2 and shutdown settings (`[server]` in the TOML file).
@@ -280,6 +343,7 @@ impl Config {
             cognito: CognitoSettings::default(),
             access: AccessConfig::none(),
             limits: LimitSettings::default(),
+            fleet: None,
             path: None,
         }
     }

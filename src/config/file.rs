@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    AccessConfig, CognitoSettings, Config, ConfigError, Flags, LimitSettings, ServerSettings,
-    invalid,
+    AccessConfig, CognitoSettings, Config, ConfigError, FleetSettings, Flags, LimitSettings,
+    OnUnavailable, ServerSettings, UserIdentity, invalid,
 };
 use crate::domain::Region;
 
@@ -26,6 +26,7 @@ pub struct FileConfig {
     auth: Option<FileAuth>,
     callers: Vec<FileCaller>,
     limits: FileLimits,
+    fleet: Option<FileFleet>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +70,41 @@ pub(super) struct FileLimits {
     max_in_flight_per_caller: Option<usize>,
     default_rate_per_second: u32,
     default_burst: u32,
+    request_id_ttl_secs: u64,
+    user_identity: UserIdentity,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFleet {
+    #[serde(default)]
+    redis_url: Option<String>,
+    #[serde(default)]
+    redis_password_file: Option<std::path::PathBuf>,
+    #[serde(default)]
+    redis_ca_file: Option<std::path::PathBuf>,
+    #[serde(default = "default_key_prefix")]
+    key_prefix: String,
+    user_key_secret_file: std::path::PathBuf,
+    #[serde(default = "default_fleet_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_on_unavailable")]
+    on_unavailable: OnUnavailable,
+    #[serde(default = "default_replicas_hint")]
+    replicas_hint: u32,
+}
+
+fn default_key_prefix() -> String {
+    "cognito-gateway".to_owned()
+}
+fn default_fleet_timeout_ms() -> u64 {
+    50
+}
+fn default_on_unavailable() -> OnUnavailable {
+    OnUnavailable::Local
+}
+fn default_replicas_hint() -> u32 {
+    2
 }
 
 impl FileConfig {
@@ -83,6 +119,16 @@ impl FileConfig {
         let cognito = self.cognito.validate()?;
         let limits = self.limits.validate()?;
         let access = access(self.auth, self.callers, &limits, flags.local)?;
+        let fleet = match (self.fleet, &flags.redis_url) {
+            (Some(fleet), url) => Some(fleet.validate(url.clone())?),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "fleet",
+                    "COGNITO_GATEWAY_REDIS_URL is set, but there is no [fleet] (it needs at least user_key_secret_file)",
+                ));
+            }
+            (None, None) => None,
+        };
         Ok(Config {
             listen: flags.listen,
             health_listen: flags.health_listen,
@@ -91,6 +137,7 @@ impl FileConfig {
             cognito,
             access,
             limits,
+            fleet,
             path: flags.config.clone(),
         })
     }
@@ -272,6 +319,8 @@ impl Default for FileLimits {
             max_in_flight_per_caller: None,
             default_rate_per_second: 10,
             default_burst: 20,
+            request_id_ttl_secs: 86_400,
+            user_identity: UserIdentity::Username,
         }
     }
 }
@@ -312,8 +361,102 @@ impl FileLimits {
                 1..=100_000,
             )?,
             default_burst: within("limits.default_burst", self.default_burst, 1..=100_000)?,
+            request_id_ttl: secs(
+                "limits.request_id_ttl_secs",
+                self.request_id_ttl_secs,
+                1..=7 * 86_400,
+            )?,
+            user_identity: self.user_identity,
         })
     }
+}
+
+impl FileFleet {
+    /// Validates `[fleet]`, reading the files it names; `url` (the environment) wins over
+    /// `redis_url`.
+    fn validate(self, url: Option<String>) -> Result<FleetSettings, ConfigError> {
+        let Some(redis_url) = url.or(self.redis_url) else {
+            return Err(invalid(
+                "fleet.redis_url",
+                "required (or COGNITO_GATEWAY_REDIS_URL)",
+            ));
+        };
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            // Never echo the URL: it may hold a password.
+            return Err(invalid(
+                "fleet.redis_url",
+                "must start redis:// or rediss:// (TLS)",
+            ));
+        }
+        if self.key_prefix.is_empty()
+            || !self
+                .key_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "fleet.key_prefix",
+                "must be letters, digits, '-', '_' or '.'",
+            ));
+        }
+        let secret = read_file("fleet.user_key_secret_file", &self.user_key_secret_file)?;
+        let secret = trim_newline(&secret);
+        if secret.len() < 32 {
+            return Err(invalid(
+                "fleet.user_key_secret_file",
+                format!("holds {} bytes; at least 32 are needed", secret.len()),
+            ));
+        }
+        // Derived, so that a secret of any length (at least 32 bytes) keys the HMAC the same way
+        // on every replica.
+        let user_key_secret = sha2::Digest::finalize(sha2::Digest::chain_update(
+            <sha2::Sha256 as sha2::Digest>::new(),
+            secret,
+        ))
+        .into();
+        let redis_password = match &self.redis_password_file {
+            Some(path) => {
+                let bytes = read_file("fleet.redis_password_file", path)?;
+                let password = String::from_utf8(trim_newline(&bytes).to_vec()).map_err(|_| {
+                    invalid("fleet.redis_password_file", "must hold UTF-8 text")
+                })?;
+                Some(password)
+            }
+            None => None,
+        };
+        let redis_ca = match &self.redis_ca_file {
+            Some(path) => Some(read_file("fleet.redis_ca_file", path)?),
+            None => None,
+        };
+        if redis_ca.is_some() && !redis_url.starts_with("rediss://") {
+            return Err(invalid(
+                "fleet.redis_ca_file",
+                "only used with a rediss:// URL",
+            ));
+        }
+        Ok(FleetSettings {
+            redis_url,
+            redis_password,
+            redis_ca,
+            key_prefix: self.key_prefix,
+            user_key_secret,
+            timeout: millis("fleet.timeout_ms", self.timeout_ms, 1..=10_000)?,
+            on_unavailable: self.on_unavailable,
+            replicas_hint: within("fleet.replicas_hint", self.replicas_hint, 1..=1_000)?,
+        })
+    }
+}
+
+fn read_file(key: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|error| invalid(key, format!("{}: {error}", path.display())))
+}
+
+/// A file's content without the line end editors and `echo` add.
+fn trim_newline(bytes: &[u8]) -> &[u8] {
+    bytes
+        .strip_suffix(b"\r\n")
+        .or_else(|| bytes.strip_suffix(b"\n"))
+        .unwrap_or(bytes)
 }
 
 /// Reads and parses a TOML file; either failure names the file.

@@ -7,6 +7,7 @@ fn flags(local: bool) -> Flags {
         health_listen: None,
         local,
         config: None,
+        redis_url: None,
     }
 }
 
@@ -218,4 +219,90 @@ fn errors_name_the_key() {
         let message = load(toml).unwrap_err().to_string();
         assert!(message.contains(key), "{message:?} should name {key}");
     }
+}
+
+#[test]
+fn fleet_settings_are_read_with_their_files() {
+    let dir = std::env::temp_dir().join(format!("cg-fleet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret = dir.join("secret");
+    std::fs::write(&secret, format!("{}\n", "s".repeat(32))).unwrap();
+    let fleet = |body: &str| {
+        format!(
+            "[fleet]\nuser_key_secret_file = {:?}\n{body}",
+            secret.display().to_string()
+        )
+    };
+    let config = load(&fleet("redis_url = \"redis://127.0.0.1:6379/0\"\n")).unwrap();
+    let settings = config.fleet.unwrap();
+    assert_eq!(settings.key_prefix, "cognito-gateway");
+    assert_eq!(settings.timeout, Duration::from_millis(50));
+    assert_eq!(settings.on_unavailable, OnUnavailable::Local);
+    assert_eq!(settings.replicas_hint, 2);
+    // The secret's trailing newline is not part of it; a secret is never printed.
+    let same = {
+        std::fs::write(&secret, "s".repeat(32)).unwrap();
+        load(&fleet("redis_url = \"redis://127.0.0.1:6379/0\"\n"))
+            .unwrap()
+            .fleet
+            .unwrap()
+    };
+    assert_eq!(same.user_key_secret, settings.user_key_secret);
+    let printed = format!("{settings:?}");
+    assert!(!printed.contains("127.0.0.1") && !printed.contains("secret"), "{printed}");
+    // The environment's URL wins.
+    let mut with_env = flags(false);
+    with_env.redis_url = Some("rediss://cache.example:6380".into());
+    let file = FileConfig::parse(&format!(
+        "{}[auth]\nmode = \"none\"\n",
+        fleet("redis_url = \"redis://127.0.0.1:6379/0\"\n")
+    ))
+    .unwrap();
+    let config = Config::from_parts(&with_env, file).unwrap();
+    assert_eq!(config.fleet.unwrap().redis_url, "rediss://cache.example:6380");
+
+    let cases = [
+        (fleet(""), "fleet.redis_url"),
+        (fleet("redis_url = \"http://x\"\n"), "fleet.redis_url"),
+        (
+            fleet("redis_url = \"redis://x\"\nkey_prefix = \"a:b\"\n"),
+            "fleet.key_prefix",
+        ),
+        (
+            fleet("redis_url = \"redis://x\"\non_unavailable = \"maybe\"\n"),
+            "on_unavailable",
+        ),
+        (
+            fleet("redis_url = \"redis://x\"\nredis_password_file = \"/nonexistent\"\n"),
+            "fleet.redis_password_file",
+        ),
+        (
+            fleet("redis_url = \"redis://x\"\nredis_ca_file = {:?}\n")
+                .replace("{:?}", &format!("{:?}", secret.display().to_string())),
+            "fleet.redis_ca_file",
+        ),
+        (
+            "[fleet]\nredis_url = \"redis://x\"\nuser_key_secret_file = \"/nonexistent\"\n"
+                .to_owned(),
+            "fleet.user_key_secret_file",
+        ),
+        (
+            "[limits]\nrequest_id_ttl_secs = 0\n".to_owned(),
+            "limits.request_id_ttl_secs",
+        ),
+        (
+            "[limits]\nuser_identity = \"email\"\n".to_owned(),
+            "user_identity",
+        ),
+    ];
+    for (toml, key) in cases {
+        let message = load(&toml).unwrap_err().to_string();
+        assert!(message.contains(key), "{message:?} should name {key}\n{toml}");
+    }
+    std::fs::write(&secret, "short").unwrap();
+    let message = load(&fleet("redis_url = \"redis://x\"\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(message.contains("at least 32"), "{message}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
