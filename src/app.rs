@@ -23,7 +23,9 @@ use crate::{
         trace::TraceLayer,
     },
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
+    fleet::{Budgets, FleetStore},
     gate::{MemoryStore, Times, random_key},
+    rate::RateLimit,
 };
 
 /// The layers every gRPC call passes, as `layers()` stacks them (innermost first in the type).
@@ -139,21 +141,38 @@ impl App {
             lease: config.cognito.operation_timeout + CLAIM_MARGIN,
             request_ttl: limits.request_id_ttl,
         };
-        let store = Arc::new(MemoryStore::new(
-            times,
-            (limits.backend_rps, limits.backend_burst),
-            (limits.pool_rps, limits.pool_burst),
-        ));
-        // One budget for every request to Cognito: a call's first is spent through the gate, its
-        // retries after throttling by the backend.
-        let backend = backend.with_send_budget(store.backend_guard());
-        let gate = Arc::new(ResetGate::new(random_key(), store));
-        let handler = UserAdmin::new(
+        let budgets = Budgets {
+            backend: (limits.backend_rps, limits.backend_burst),
+            pool: (limits.pool_rps, limits.pool_burst),
+        };
+        let (gate, backend, handler_shares_rates) = match &config.fleet {
+            // One process: its own store, whose backend guard the SDK's throttling retries draw
+            // on too.
+            None => {
+                let store = Arc::new(MemoryStore::new(times, budgets.backend, budgets.pool));
+                let backend = backend.with_send_budget(store.backend_guard());
+                (ResetGate::new(random_key(), store), backend, false)
+            }
+            // A fleet: the store is shared; retries draw on a guard of this replica's.
+            Some(fleet) => {
+                let store = FleetStore::new(fleet, times, budgets).map_err(std::io::Error::other)?;
+                tracing::info!(?fleet, "limits and the user gate are shared by the fleet");
+                let guard = RateLimit::new(limits.backend_rps, limits.backend_burst);
+                let backend = backend.with_send_budget(Arc::new(guard));
+                let gate = ResetGate::new(fleet.user_key_secret, Arc::new(store));
+                (gate, backend, true)
+            }
+        };
+        let gate = Arc::new(gate);
+        let mut handler = UserAdmin::new(
             Arc::new(backend),
             Arc::clone(&gate),
             config.cognito.operation_timeout,
             limits.user_cooldown,
         );
+        if handler_shares_rates {
+            handler = handler.with_shared_caller_rates();
+        }
         let api = UserAdminServiceServer::new(handler)
             .max_decoding_message_size(server.max_decoding_message_size)
             .max_encoding_message_size(server.max_encoding_message_size);

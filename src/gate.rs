@@ -40,8 +40,9 @@ pub type UserKey = [u8; 16];
 pub type RequestKey = [u8; 16];
 
 /// What the gate remembers of a call that ended, and repeats to whoever asks again within the
-/// cooldown (and to a retry of its request id for longer).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// cooldown (and to a retry of its request id for longer). A fleet's store keeps it as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Outcome {
     /// Cognito accepted the reset.
     Sent {

@@ -10,6 +10,8 @@
 //! - [`domain`], validated request types and region names; the username never prints.
 //! - [`gate`], one reset per user per cooldown: single flight, remembered outcomes and request
 //!   ids, decided by a store (in this process, or shared by a fleet).
+//! - [`fleet`], the gate's store in Redis, shared by every replica, and what a replica does when
+//!   it does not answer.
 //! - [`rate`], token buckets with exact waits: per caller, per pool, the backend guard.
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
@@ -37,6 +39,7 @@ pub mod client;
 pub mod cognito;
 pub mod config;
 pub mod domain;
+pub mod fleet;
 pub mod gate;
 pub mod health;
 pub mod local;

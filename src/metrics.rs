@@ -29,6 +29,12 @@ pub struct Metrics {
     pub deduplicated: Counter<u64>,
     /// `cognito_gateway.in_flight`: calls being served.
     pub in_flight: UpDownCounter<i64>,
+    /// `cognito_gateway.fleet.duration`: each round trip to the fleet's store, by `operation`
+    /// (`claim`, `settle`) and `outcome` (`ok`, `error`).
+    pub fleet_duration: Histogram<f64>,
+    /// `cognito_gateway.fleet.fallbacks`: calls decided by this replica alone because the fleet's
+    /// store was down (`on_unavailable = "local"`).
+    pub fleet_fallbacks: Counter<u64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -41,6 +47,12 @@ impl std::fmt::Debug for Metrics {
 const DURATION_BUCKETS_MS: &[f64] = &[
     1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 75.0, 100.0, 250.0, 500.0, 750.0, 1000.0, 2500.0, 5000.0,
     10000.0,
+];
+
+/// Bucket bounds in milliseconds for the fleet's store: a loopback or in-zone round trip, up to
+/// the longest `fleet.timeout_ms` is likely to be.
+const FLEET_BUCKETS_MS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0,
 ];
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -69,6 +81,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         in_flight: meter
             .i64_up_down_counter("cognito_gateway.in_flight")
             .with_description("Calls being served")
+            .build(),
+        fleet_duration: meter
+            .f64_histogram("cognito_gateway.fleet.duration")
+            .with_unit("ms")
+            .with_description("Round trips to the fleet's store")
+            .with_boundaries(FLEET_BUCKETS_MS.to_vec())
+            .build(),
+        fleet_fallbacks: meter
+            .u64_counter("cognito_gateway.fleet.fallbacks")
+            .with_description("Calls decided by this replica alone while the fleet's store was down")
             .build(),
     }
 });
@@ -120,6 +142,31 @@ pub fn observe_limits(limits: &LimitSettings) {
             for (setting, value) in values {
                 gauge.observe(value, &[KeyValue::new("setting", setting)]);
             }
+        })
+        .build();
+}
+
+/// Records one round trip to the fleet's store.
+pub fn record_round_trip(operation: &'static str, took: std::time::Duration, ok: bool) {
+    metrics().fleet_duration.record(
+        took.as_secs_f64() * 1000.0,
+        &[
+            KeyValue::new("operation", operation),
+            KeyValue::new("outcome", if ok { "ok" } else { "error" }),
+        ],
+    );
+}
+
+/// `cognito_gateway.fleet.store_up`: 1 while the fleet's store answers, 0 while it is marked down.
+pub fn observe_store_up(up: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let _gauge = global::meter("cognito-gateway")
+        .u64_observable_gauge("cognito_gateway.fleet.store_up")
+        .with_description("Whether the fleet's store answers (1) or is marked down (0)")
+        .with_callback(move |gauge| {
+            gauge.observe(
+                u64::from(up.load(std::sync::atomic::Ordering::Relaxed)),
+                &[],
+            );
         })
         .build();
 }
