@@ -1,0 +1,458 @@
+//! One reset, one e-mail, across a fleet (contract §5, §6): several replicas (`App`s in this
+//! process, and the real binary where a replica must die) share one real `redis-server` and one
+//! wire-level fake Cognito that counts every send.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use cognito_gateway::{
+    Config,
+    config::{FleetSettings, OnUnavailable},
+};
+use futures_util::future::join_all;
+use tokio::time::Instant;
+use tonic::Code;
+
+use crate::{
+    helpers::{
+        Files, TestApp, details, error_info, request, sdk_backend, spawn_app_with, start_binary,
+        test_config, test_settings,
+    },
+    wire::{cognito_error, cognito_ok, fake_cognito, sends},
+};
+
+const POOL: &str = "us-east-1_Fleet1";
+const SECRET: [u8; 32] = [42; 32];
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("cg-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it (again) on its port, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (bash .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = redis::Client::open(self.url())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(100)))
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
+            if answered.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server answers PING within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills it at once (SIGKILL): what it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Every key and value, as text.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
+        keys.into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+                let value = match kind.as_str() {
+                    "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
+                    "set" => redis::cmd("SMEMBERS")
+                        .arg(&key)
+                        .query::<Vec<String>>(&mut connection)
+                        .unwrap()
+                        .join(","),
+                    other => panic!("unexpected {other} at {key}"),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Ends every cooldown now, as time would: the users' entries go, request ids stay.
+    pub fn end_cooldowns(&self) {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:{g}:u:*")
+            .query(&mut connection)
+            .unwrap();
+        for key in keys {
+            let _: i64 = redis::cmd("DEL").arg(key).query(&mut connection).unwrap();
+        }
+    }
+
+    /// Checks what the contract promises of the store: every key starts with the prefix, and no
+    /// key or value holds a username.
+    pub fn assert_holds_no(&self, usernames: &[&str]) {
+        let dump = self.dump();
+        assert!(!dump.is_empty(), "the fleet wrote nothing");
+        for (key, value) in dump {
+            assert!(key.starts_with("cognito-gateway:{g}:"), "{key}");
+            for name in usernames {
+                let name = name.to_lowercase();
+                assert!(
+                    !key.to_lowercase().contains(&name) && !value.to_lowercase().contains(&name),
+                    "{name} in {key} = {value}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A replica's config: the test defaults, a 30 s cooldown, and the fleet on `redis`.
+fn fleet_config(redis: &Redis, on_unavailable: OnUnavailable) -> Config {
+    let mut config = test_config();
+    config.limits.user_cooldown = Duration::from_secs(30);
+    config.fleet = Some(FleetSettings {
+        redis_url: redis.url(),
+        redis_password: None,
+        redis_ca: None,
+        key_prefix: "cognito-gateway".into(),
+        user_key_secret: SECRET,
+        // Generous: a loaded test machine must not trip it (the store-down tests say otherwise).
+        timeout: Duration::from_secs(2),
+        on_unavailable,
+        replicas_hint: 3,
+    });
+    config
+}
+
+async fn replicas(n: usize, config: &Config, cognito: &str) -> Vec<TestApp> {
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        let backend = sdk_backend(cognito, test_settings()).await;
+        apps.push(spawn_app_with(config.clone(), backend).await);
+    }
+    apps
+}
+
+fn with_request_id(username: &str, id: &str) -> cognito_gateway::proto::ResetUserPasswordRequest {
+    let mut request = request(POOL, username);
+    request.request_id = id.to_owned();
+    request
+}
+
+#[tokio::test]
+async fn one_user_called_through_every_replica_at_once_gets_one_send() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid-1").set_delay(Duration::from_millis(300))).await;
+    let apps = replicas(3, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    let calls = (0..30).map(|i| apps[i % 3].reset(POOL, "alice"));
+    let answers = join_all(calls).await;
+    let mut deduplicated = 0;
+    for answer in answers {
+        let answer = answer.expect("every caller gets the outcome");
+        assert_eq!(answer.cognito_request_id, "rid-1");
+        deduplicated += usize::from(answer.deduplicated);
+    }
+    assert_eq!(sends(&cognito).await, 1);
+    assert_eq!(deduplicated, 29);
+    // A repeat on any replica, later, is answered from the fleet's memory.
+    for app in &apps {
+        let repeat = app.reset(POOL, "alice").await.unwrap();
+        assert!(repeat.deduplicated);
+        assert_eq!(repeat.cognito_request_id, "rid-1");
+    }
+    assert_eq!(sends(&cognito).await, 1);
+    redis.assert_holds_no(&["alice"]);
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_is_never_sent_again_from_any_replica() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_error(
+        500,
+        "InternalErrorException",
+        "Internal error",
+        "rid-500",
+    ))
+    .await;
+    let apps = replicas(3, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    let first = apps[0].reset(POOL, "bob").await.unwrap_err();
+    assert_eq!(first.code(), Code::Unknown, "{first:?}");
+    let info = error_info(&first);
+    assert_eq!(info.reason, "RESET_OUTCOME_UNKNOWN");
+    assert_eq!(info.metadata["exception"], "InternalErrorException");
+    assert!(!info.metadata.contains_key("deduplicated"));
+    let wait = details(&first).retry_info().unwrap().retry_delay.unwrap();
+    assert_eq!(wait, Duration::from_secs(30), "the whole cooldown");
+    for app in &apps[1..] {
+        let repeat = app.reset(POOL, "bob").await.unwrap_err();
+        assert_eq!(repeat.code(), Code::Unknown);
+        let info = error_info(&repeat);
+        assert_eq!(info.reason, "RESET_OUTCOME_UNKNOWN");
+        assert_eq!(info.metadata["deduplicated"], "true");
+        assert_eq!(info.metadata["awsRequestId"], "rid-500");
+        let left = details(&repeat).retry_info().unwrap().retry_delay.unwrap();
+        assert!(left <= wait && left > Duration::from_secs(25), "{left:?}");
+    }
+    assert_eq!(sends(&cognito).await, 1, "the person may have a code: one send");
+    redis.assert_holds_no(&["bob"]);
+}
+
+#[tokio::test]
+async fn a_request_id_retried_anywhere_gets_its_first_outcome_even_after_the_cooldown() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_error(
+        500,
+        "InternalErrorException",
+        "Internal error",
+        "rid-500",
+    ))
+    .await;
+    let apps = replicas(2, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    const ID: &str = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f";
+    let first = apps[0]
+        .reset_request(with_request_id("carol", ID))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&first).reason, "RESET_OUTCOME_UNKNOWN");
+    let retry = apps[1]
+        .reset_request(with_request_id("carol", ID))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&retry).reason, "RESET_OUTCOME_UNKNOWN");
+    assert_eq!(error_info(&retry).metadata["deduplicated"], "true");
+    redis.end_cooldowns();
+    let after = apps[0]
+        .reset_request(with_request_id("CAROL-other", ID).clone())
+        .await
+        .unwrap_err();
+    assert_eq!(after.code(), Code::FailedPrecondition, "{after:?}");
+    assert_eq!(error_info(&after).reason, "REQUEST_ID_REUSED");
+    let retry = apps[1]
+        .reset_request(with_request_id("carol", ID))
+        .await
+        .unwrap_err();
+    assert_eq!(error_info(&retry).reason, "RESET_OUTCOME_UNKNOWN");
+    assert_eq!(error_info(&retry).metadata["deduplicated"], "true");
+    assert_eq!(sends(&cognito).await, 1, "the id's retries sent nothing");
+    // Without the id, a call after the cooldown is a new reset.
+    let _ = apps[1].reset(POOL, "carol").await;
+    assert_eq!(sends(&cognito).await, 2);
+    redis.assert_holds_no(&["carol"]);
+}
+
+#[tokio::test]
+async fn the_backend_budget_holds_for_the_whole_fleet() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    config.limits.backend_rps = 4;
+    config.limits.backend_burst = 4;
+    let apps = replicas(3, &config, &cognito.uri()).await;
+    let started = Instant::now();
+    let names: Vec<String> = (0..45).map(|i| format!("user-{i}")).collect();
+    let answers = join_all(
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| apps[i % 3].reset(POOL, name)),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let sent = sends(&cognito).await;
+    // The burst, and 4 a second after it: never what three replicas alone would allow (12).
+    let allowed = 4 + (elapsed.as_secs_f64() * 4.0).ceil() as usize;
+    assert!(sent >= 4 && sent <= allowed, "{sent} sends in {elapsed:?}");
+    let refused: Vec<_> = answers.into_iter().filter_map(Result::err).collect();
+    assert_eq!(refused.len(), 45 - sent);
+    for status in refused {
+        assert_eq!(error_info(&status).reason, "RATE_LIMITED");
+        let details = details(&status);
+        assert_eq!(details.quota_failure().unwrap().violations[0].subject, "backend");
+        let wait = details.retry_info().unwrap().retry_delay.unwrap();
+        assert!(wait <= Duration::from_millis(250), "{wait:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_store_that_dies_costs_one_timeout_then_replicas_decide_alone_until_it_returns() {
+    let mut redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let mut config = fleet_config(&redis, OnUnavailable::Local);
+    config.fleet.as_mut().unwrap().timeout = Duration::from_millis(200);
+    let apps = replicas(2, &config, &cognito.uri()).await;
+    apps[0].reset(POOL, "dave").await.unwrap();
+    redis.kill();
+    // Down: calls are answered by each replica alone, at once after the first.
+    let started = Instant::now();
+    let answer = apps[0].reset(POOL, "erin").await.unwrap();
+    assert!(!answer.deduplicated);
+    let first = started.elapsed();
+    assert!(first < Duration::from_secs(1), "{first:?}");
+    let started = Instant::now();
+    let repeat = apps[0].reset(POOL, "erin").await.unwrap();
+    assert!(repeat.deduplicated, "the replica's own memory");
+    assert!(
+        started.elapsed() < Duration::from_millis(150),
+        "fails fast: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sends(&cognito).await, 2);
+    // Back: once the probe sees it, the fleet decides again (what it held is gone with it).
+    redis.restart();
+    let mut i = 0;
+    crate::helpers::eventually("the replicas use the store again", || {
+        i += 1;
+        let user = format!("frank-{i}");
+        let apps = &apps;
+        let redis = &redis;
+        async move {
+            let _ = apps[0].reset(POOL, &user).await;
+            !redis.dump().is_empty()
+        }
+    })
+    .await;
+    let before = sends(&cognito).await;
+    apps[0].reset(POOL, "grace").await.unwrap();
+    let shared = apps[1].reset(POOL, "grace").await.unwrap();
+    assert!(shared.deduplicated, "decided by the fleet again");
+    assert_eq!(sends(&cognito).await, before + 1);
+}
+
+#[tokio::test]
+async fn with_deny_a_dead_store_refuses_calls_and_sends_nothing() {
+    let mut redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let apps = replicas(1, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    redis.kill();
+    for _ in 0..2 {
+        let status = apps[0].reset(POOL, "heidi").await.unwrap_err();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(error_info(&status).reason, "FLEET_STORE_UNAVAILABLE");
+        assert!(details(&status).retry_info().is_some());
+    }
+    assert_eq!(sends(&cognito).await, 0);
+}
+
+#[tokio::test]
+async fn a_replica_that_dies_holding_a_flight_blocks_the_user_no_longer_than_its_lease() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(20))).await;
+    // Replica A is the real binary: it is killed while its Cognito call is in flight.
+    let files = Files::new("fleet");
+    let secret = files.write("secret", &"s".repeat(32));
+    let toml = files.write(
+        "gateway.toml",
+        &format!(
+            "[auth]\nmode = \"none\"\n[cognito]\noperation_timeout_ms = 1000\n[limits]\nuser_cooldown_secs = 30\n[fleet]\nredis_url = {:?}\nuser_key_secret_file = {:?}\n",
+            redis.url(),
+            secret.display().to_string()
+        ),
+    );
+    let env = [
+        ("AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER", cognito.uri()),
+        ("AWS_ACCESS_KEY_ID", "AKIDEXAMPLE".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "secret".to_owned()),
+        ("AWS_CONFIG_FILE", "/nonexistent".to_owned()),
+        ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent".to_owned()),
+    ];
+    let mut replica_a = tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        start_binary(&["--config", toml.to_str().unwrap()], &env)
+    })
+    .await
+    .unwrap();
+    let mut client = cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
+        format!("http://{}", replica_a.addr),
+    )
+    .await
+    .unwrap();
+    let in_flight = tokio::spawn(async move { client.reset_user_password(request(POOL, "ivan")).await });
+    crate::helpers::eventually("replica A's call reaches Cognito", || async {
+        sends(&cognito).await == 1
+    })
+    .await;
+    replica_a.child.kill().unwrap();
+    replica_a.child.wait().unwrap();
+    assert!(in_flight.await.unwrap().is_err());
+    // Replica B (same secret, same store) waits out A's lease (1 s operation + 1 s), then sends.
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    config.fleet.as_mut().unwrap().user_key_secret = sha256(&"s".repeat(32));
+    config.cognito.operation_timeout = Duration::from_secs(1);
+    cognito.reset().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(cognito_ok("rid-b"))
+        .mount(&cognito)
+        .await;
+    let replica_b = replicas(1, &config, &cognito.uri()).await;
+    let started = Instant::now();
+    let answer = replica_b[0]
+        .reset_request(crate::helpers::with_deadline(
+            request(POOL, "ivan"),
+            Duration::from_secs(10),
+        ))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(answer.cognito_request_id, "rid-b");
+    assert!(waited < Duration::from_secs(3), "bounded by the lease: {waited:?}");
+    assert_eq!(sends(&cognito).await, 1);
+    redis.assert_holds_no(&["ivan"]);
+}
+
+/// How the binary turns `fleet.user_key_secret_file` into its key.
+fn sha256(text: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(text.as_bytes()).into()
+}
