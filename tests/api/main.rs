@@ -5,7 +5,10 @@
 #![allow(clippy::unwrap_used)] // test plumbing: a failed unwrap is a failed test
 
 mod helpers;
+// Shared with benches/gateway/: spawning the app or the binary, the fake Cognito, temporary files.
 mod jwt;
+#[path = "../kit/kit.rs"]
+mod kit;
 
 mod callers;
 mod cli;

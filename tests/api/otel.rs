@@ -27,7 +27,13 @@ use tonic::{
     transport::{Identity, ServerTlsConfig},
 };
 
-use crate::helpers::{Ca, Files, Gateway, start_binary};
+use crate::{
+    helpers::Ca,
+    kit::{
+        binary::{Gateway, start_binary},
+        files::Files,
+    },
+};
 
 /// A metric's name and the attributes of all its data points.
 type MetricSeen = (String, Vec<KeyValue>);
