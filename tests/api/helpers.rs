@@ -1,6 +1,6 @@
 //! What only the API tests use: requests with a deadline, reading a status's details, waiting for
-//! a condition, a raw HTTP/2 client, certificates. What the benchmark needs too (spawning the app or
-//! the binary, the fake Cognito, temporary files) is in the kit, `tests/kit/`.
+//! a condition, a raw HTTP/2 client, certificates. What the benchmark needs too (spawning the app
+//! or the binary, the fake Cognito, temporary files) is in the kit, `tests/kit/`.
 
 #![allow(dead_code, unreachable_pub)]
 

@@ -5,8 +5,10 @@
 #![allow(clippy::unwrap_used)] // test plumbing: a failed unwrap is a failed test
 
 mod helpers;
-// Shared with benches/gateway/: spawning the app or the binary, the fake Cognito, temporary files.
 mod jwt;
+
+// Shared with benches/gateway/: the app in process, the binary as a child, the fake Cognito,
+// temporary files, an OTLP collector server.
 #[path = "../kit/kit.rs"]
 mod kit;
 

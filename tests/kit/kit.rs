@@ -12,6 +12,7 @@
 //! - [`binary`]: the real binary as a child process, started and waited for until `SERVING`.
 //! - [`files`]: temporary config and key files, written as Kubernetes swaps them.
 //! - [`fake_cognito`]: Cognito on the wire, faked with wiremock.
+//! - [`otlp`]: an OTLP collector server, for the tests' and the bench's collector services.
 
 // Each includer uses part of the kit, and nothing here is reachable outside the binary it is
 // compiled into.
@@ -21,3 +22,4 @@ pub mod app;
 pub mod binary;
 pub mod fake_cognito;
 pub mod files;
+pub mod otlp;
