@@ -279,11 +279,13 @@ impl FlightResult for ResetResult {
                 request_id: outcome.request_id.clone(),
             }),
             // The reset may have happened: repeats must not send another.
-            Err(GatewayError::Backend(error)) if error.outcome_unknown() => Some(Outcome::Unknown {
-                exception: error.exception().to_owned(),
-                request_id: error.request_id().map(str::to_owned),
-                from_cognito: matches!(error, BackendError::Cognito(_)),
-            }),
+            Err(GatewayError::Backend(error)) if error.outcome_unknown() => {
+                Some(Outcome::Unknown {
+                    exception: error.exception().to_owned(),
+                    request_id: error.request_id().map(str::to_owned),
+                    from_cognito: matches!(error, BackendError::Cognito(_)),
+                })
+            }
             // A definite failure is not remembered: nothing happened, so the next call may try
             // again.
             Err(_) => None,

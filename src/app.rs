@@ -16,6 +16,8 @@ use crate::{
     auth::Access,
     cognito::Backend,
     config::{AuthMode, Config, ServerSettings},
+    fleet::{Budgets, FleetStore},
+    gate::{MemoryStore, Times, random_key},
     middleware::{
         admission::{AdmitLayer, Authenticate, CallerRate, LoadShed},
         deadline::DeadlineLayer,
@@ -23,8 +25,6 @@ use crate::{
         trace::TraceLayer,
     },
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
-    fleet::{Budgets, FleetStore},
-    gate::{MemoryStore, Times, random_key},
     rate::RateLimit,
 };
 
@@ -155,7 +155,8 @@ impl App {
             }
             // A fleet: the store is shared; retries draw on a guard of this replica's.
             Some(fleet) => {
-                let store = FleetStore::new(fleet, times, budgets).map_err(std::io::Error::other)?;
+                let store =
+                    FleetStore::new(fleet, times, budgets).map_err(std::io::Error::other)?;
                 tracing::info!(?fleet, "limits and the user gate are shared by the fleet");
                 let guard = RateLimit::new(limits.backend_rps, limits.backend_burst);
                 let backend = backend.with_send_budget(Arc::new(guard));

@@ -249,12 +249,9 @@ impl RequestId {
         }
         let groups: Vec<&str> = raw.split('-').collect();
         let shaped = groups.len() == 5
-            && groups
-                .iter()
-                .zip([8, 4, 4, 4, 12])
-                .all(|(group, len)| {
-                    group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit())
-                });
+            && groups.iter().zip([8, 4, 4, 4, 12]).all(|(group, len)| {
+                group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit())
+            });
         if !shaped {
             return Err(FieldViolation::new(
                 "request_id",
@@ -302,15 +299,12 @@ impl ResetRequest {
                 client_metadata,
                 request_id,
             }),
-            (pool, user, metadata, request_id) => Err([
-                pool.err(),
-                user.err(),
-                metadata.err(),
-                request_id.err(),
-            ]
-            .into_iter()
-            .flatten()
-            .collect()),
+            (pool, user, metadata, request_id) => {
+                Err([pool.err(), user.err(), metadata.err(), request_id.err()]
+                    .into_iter()
+                    .flatten()
+                    .collect())
+            }
         }
     }
 
@@ -377,8 +371,7 @@ mod tests {
             "Value '<username>' at 'username'; lambda said <metadata> ab for <metadata-key>; <username>"
         );
         // Non-ASCII text around and inside the name survives the byte-wise matching.
-        let request =
-            ResetRequest::parse(
+        let request = ResetRequest::parse(
             "us-east-1_Abc".into(),
             "Zoë".into(),
             HashMap::new(),

@@ -318,7 +318,11 @@ async fn probe(redis: ConnectionManager, up: Arc<AtomicBool>, timeout: Duration)
 fn client(settings: &FleetSettings) -> Result<redis::Client, FleetError> {
     use redis::IntoConnectionInfo as _;
     let error = |error: redis::RedisError| FleetError(error.to_string());
-    let mut info = settings.redis_url.as_str().into_connection_info().map_err(error)?;
+    let mut info = settings
+        .redis_url
+        .as_str()
+        .into_connection_info()
+        .map_err(error)?;
     if let Some(password) = &settings.redis_password {
         let redis = info.redis_settings().clone().set_password(password);
         info = info.set_redis_settings(redis);
@@ -352,7 +356,11 @@ fn parse_claim(reply: &[redis::Value], ticket: &Ticket) -> Result<Claim, StoreEr
         Value::Int(n) => u64::try_from(*n).ok(),
         _ => None,
     };
-    let bad = || StoreError(format!("unexpected answer from the claim script: {reply:?}"));
+    let bad = || {
+        StoreError(format!(
+            "unexpected answer from the claim script: {reply:?}"
+        ))
+    };
     let kind = reply.first().and_then(text).ok_or_else(bad)?;
     Ok(match kind.as_str() {
         "granted" => Claim::Granted,

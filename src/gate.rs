@@ -154,8 +154,11 @@ pub trait GateStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Ends a claim: remembers `outcome` for the cooldown (and for the request ids that waited on
     /// the call, for their time), or, with `None`, forgets the user and those request ids.
-    fn settle<'a>(&'a self, ticket: &'a Ticket, outcome: Option<&'a Outcome>)
-    -> StoreFuture<'a, ()>;
+    fn settle<'a>(
+        &'a self,
+        ticket: &'a Ticket,
+        outcome: Option<&'a Outcome>,
+    ) -> StoreFuture<'a, ()>;
 }
 
 /// How a call through the gate was answered.
@@ -334,10 +337,7 @@ impl<R: FlightResult> UserGate<R> {
             }
             match receiver.wait_for(Option::is_some).await {
                 Ok(shared) => {
-                    return shared
-                        .clone()
-                        .expect("waited for Some")
-                        .map(Answer::shared);
+                    return shared.clone().expect("waited for Some").map(Answer::shared);
                 }
                 // The leader went without an answer: it hung up before its call started (or its
                 // task panicked). This call asks again, and may lead.
@@ -405,8 +405,8 @@ impl<R: FlightResult> UserGate<R> {
         let receiver = self.lock().get(&key).cloned();
         match receiver {
             Some(mut receiver) => {
-                let _ = tokio::time::timeout(BUSY_POLL * 50, receiver.wait_for(Option::is_some))
-                    .await;
+                let _ =
+                    tokio::time::timeout(BUSY_POLL * 50, receiver.wait_for(Option::is_some)).await;
             }
             None => tokio::time::sleep(BUSY_POLL).await,
         }

@@ -90,7 +90,9 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .build(),
         fleet_fallbacks: meter
             .u64_counter("cognito_gateway.fleet.fallbacks")
-            .with_description("Calls decided by this replica alone while the fleet's store was down")
+            .with_description(
+                "Calls decided by this replica alone while the fleet's store was down",
+            )
             .build(),
     }
 });

@@ -263,9 +263,7 @@ fn gateway_row(error: &GatewayError) -> Row {
             row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
         }
         GatewayError::OutcomeUnknown { .. } => row(Unknown, OUTCOME_UNKNOWN, Extra::None),
-        GatewayError::RequestIdReused => {
-            row(FailedPrecondition, "REQUEST_ID_REUSED", Extra::None)
-        }
+        GatewayError::RequestIdReused => row(FailedPrecondition, "REQUEST_ID_REUSED", Extra::None),
         GatewayError::StoreUnavailable(_) => {
             row(Unavailable, "FLEET_STORE_UNAVAILABLE", Extra::Retry)
         }

@@ -334,6 +334,25 @@ fn register_process_metrics() {
         .build();
 }
 
+/// utime and stime, in clock ticks, from the text of a Linux `/proc/<pid>/stat` file; `None` if the
+/// text is not one. Public so that the bench reads its child processes' CPU time with this parser.
+///
+/// ```
+/// use cognito_gateway::telemetry::proc_stat_cpu_ticks;
+///
+/// // The command name may hold spaces and parentheses: fields count from its last ')'.
+/// let stat = "42 (odd) name) S 1 42 42 0 -1 4194560 120 0 0 0 7 3 0 0 20 0 1 0 9 1024 12";
+/// assert_eq!(proc_stat_cpu_ticks(stat), Some((7, 3)));
+/// assert_eq!(proc_stat_cpu_ticks("not a stat line"), None);
+/// ```
+pub fn proc_stat_cpu_ticks(stat: &str) -> Option<(u64, u64)> {
+    // Field 3 (the state) is the first after the command's closing parenthesis; utime and stime
+    // are fields 14 and 15.
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?))
+}
+
 /// Linux `/proc/self`; elsewhere the process metrics are simply absent.
 mod proc_self {
     /// Clock ticks per second: 100 on every Linux this runs on (`getconf CLK_TCK`).
@@ -348,11 +367,10 @@ mod proc_self {
 
     pub(super) fn cpu_seconds() -> Option<(f64, f64)> {
         let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-        // The command name may hold spaces; fields are counted after its closing parenthesis.
-        let rest = &stat[stat.rfind(')')? + 2..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let user: f64 = fields.get(11)?.parse().ok()?;
-        let system: f64 = fields.get(12)?.parse().ok()?;
-        Some((user / TICKS_PER_SECOND, system / TICKS_PER_SECOND))
+        let (user, system) = super::proc_stat_cpu_ticks(&stat)?;
+        Some((
+            user as f64 / TICKS_PER_SECOND,
+            system as f64 / TICKS_PER_SECOND,
+        ))
     }
 }

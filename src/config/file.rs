@@ -7,7 +7,7 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    AccessConfig, CognitoSettings, Config, ConfigError, FleetSettings, Flags, LimitSettings,
+    AccessConfig, CognitoSettings, Config, ConfigError, Flags, FleetSettings, LimitSettings,
     OnUnavailable, ServerSettings, UserIdentity, invalid,
 };
 use crate::domain::Region;
@@ -417,9 +417,8 @@ impl FileFleet {
         let redis_password = match &self.redis_password_file {
             Some(path) => {
                 let bytes = read_file("fleet.redis_password_file", path)?;
-                let password = String::from_utf8(trim_newline(&bytes).to_vec()).map_err(|_| {
-                    invalid("fleet.redis_password_file", "must hold UTF-8 text")
-                })?;
+                let password = String::from_utf8(trim_newline(&bytes).to_vec())
+                    .map_err(|_| invalid("fleet.redis_password_file", "must hold UTF-8 text"))?;
                 Some(password)
             }
             None => None,

@@ -249,7 +249,10 @@ fn fleet_settings_are_read_with_their_files() {
     };
     assert_eq!(same.user_key_secret, settings.user_key_secret);
     let printed = format!("{settings:?}");
-    assert!(!printed.contains("127.0.0.1") && !printed.contains("secret"), "{printed}");
+    assert!(
+        !printed.contains("127.0.0.1") && !printed.contains("secret"),
+        "{printed}"
+    );
     // The environment's URL wins.
     let mut with_env = flags(false);
     with_env.redis_url = Some("rediss://cache.example:6380".into());
@@ -259,7 +262,10 @@ fn fleet_settings_are_read_with_their_files() {
     ))
     .unwrap();
     let config = Config::from_parts(&with_env, file).unwrap();
-    assert_eq!(config.fleet.unwrap().redis_url, "rediss://cache.example:6380");
+    assert_eq!(
+        config.fleet.unwrap().redis_url,
+        "rediss://cache.example:6380"
+    );
 
     let cases = [
         (fleet(""), "fleet.redis_url"),
@@ -297,7 +303,10 @@ fn fleet_settings_are_read_with_their_files() {
     ];
     for (toml, key) in cases {
         let message = load(&toml).unwrap_err().to_string();
-        assert!(message.contains(key), "{message:?} should name {key}\n{toml}");
+        assert!(
+            message.contains(key),
+            "{message:?} should name {key}\n{toml}"
+        );
     }
     std::fs::write(&secret, "short").unwrap();
     let message = load(&fleet("redis_url = \"redis://x\"\n"))

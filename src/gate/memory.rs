@@ -104,7 +104,9 @@ impl MemoryStore {
         let State {
             users, requests, ..
         } = &mut *state;
-        let user = users.get_mut(&ticket.user).filter(|user| user.until() > now);
+        let user = users
+            .get_mut(&ticket.user)
+            .filter(|user| user.until() > now);
         let left = match &user {
             Some(User::Remembered { until, .. }) => until.saturating_duration_since(now),
             _ => Duration::ZERO,

@@ -137,12 +137,18 @@ async fn a_repeat_inside_the_window_makes_no_send_and_one_after_it_does() {
     let gate = gate();
     let sends = Arc::new(AtomicUsize::new(0));
     let first = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r1")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r1")),
+        )
         .await;
     assert!(!flown(first.unwrap()).1);
     tokio::time::advance(Duration::from_secs(29)).await;
     let repeat = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r2")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r2")),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -156,7 +162,10 @@ async fn a_repeat_inside_the_window_makes_no_send_and_one_after_it_does() {
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     tokio::time::advance(Duration::from_secs(2)).await;
     let after = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r3")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r3")),
+        )
         .await
         .unwrap();
     assert!(!flown(after).1);
@@ -169,7 +178,10 @@ async fn users_are_kept_apart() {
     let sends = Arc::new(AtomicUsize::new(0));
     for name in ["alice", "bob"] {
         let answer = gate
-            .reset(ticket(&gate, name), counting(&sends, Duration::ZERO, ok(name)))
+            .reset(
+                ticket(&gate, name),
+                counting(&sends, Duration::ZERO, ok(name)),
+            )
             .await
             .unwrap();
         assert!(!flown(answer).1);
@@ -190,7 +202,10 @@ async fn users_are_kept_apart() {
     assert_ne!(gate.request_key("x_a", &id), gate.user_key(&b, id.as_str()));
     // Another key, other hashes: the key is what makes them mean something.
     let other = UserGate::<Result>::new([8; 32], store());
-    assert_ne!(other.user_key(&pool(), "alice"), gate.user_key(&pool(), "alice"));
+    assert_ne!(
+        other.user_key(&pool(), "alice"),
+        gate.user_key(&pool(), "alice")
+    );
     assert_eq!(sends.load(Ordering::SeqCst), 2);
 }
 
@@ -212,7 +227,10 @@ async fn definite_failures_are_shared_but_not_remembered() {
     assert!(flown(a.unwrap()).0.is_err() && flown(b.unwrap()).0.is_err());
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     let retry = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await
         .unwrap();
     assert!(!flown(retry).1);
@@ -224,13 +242,19 @@ async fn an_unknown_outcome_is_remembered_like_a_success() {
     let gate = gate();
     let sends = Arc::new(AtomicUsize::new(0));
     let first = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, Err("HTTP 500".into())))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, Err("HTTP 500".into())),
+        )
         .await
         .unwrap();
     assert_eq!(flown(first), (Err("HTTP 500".into()), false));
     tokio::time::advance(Duration::from_secs(10)).await;
     let repeat = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -249,14 +273,20 @@ async fn a_request_id_keeps_its_outcome_beyond_the_cooldown() {
     let sends = Arc::new(AtomicUsize::new(0));
     const ID: &str = "123e4567-e89b-12d3-a456-426614174000";
     let first = gate
-        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r1")))
+        .reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::ZERO, ok("r1")),
+        )
         .await
         .unwrap();
     assert!(!flown(first).1);
     // Past the cooldown, a new call for alice sends again, but a retry of the id does not.
     tokio::time::advance(TIMES.cooldown + Duration::from_secs(1)).await;
     let retry = gate
-        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r2")))
+        .reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::ZERO, ok("r2")),
+        )
         .await
         .unwrap();
     assert_eq!(
@@ -269,15 +299,19 @@ async fn a_request_id_keeps_its_outcome_beyond_the_cooldown() {
     assert_eq!(sends.load(Ordering::SeqCst), 1);
     // The id belongs to alice: for bob it is refused, and nothing is sent.
     let reused = gate
-        .reset(with_request(&gate, "bob", ID), counting(&sends, Duration::ZERO, ok("r3")))
+        .reset(
+            with_request(&gate, "bob", ID),
+            counting(&sends, Duration::ZERO, ok("r3")),
+        )
         .await;
-    assert!(matches!(reused, Err(GateError::RequestReused)), "{reused:?}");
+    assert!(
+        matches!(reused, Err(GateError::RequestReused)),
+        "{reused:?}"
+    );
     // Another caller's equal id is another id.
     let mut other_caller = with_request(&gate, "bob", ID);
-    other_caller.request = Some(gate.request_key(
-        "ops",
-        &RequestId::parse(ID.into()).unwrap().unwrap(),
-    ));
+    other_caller.request =
+        Some(gate.request_key("ops", &RequestId::parse(ID.into()).unwrap().unwrap()));
     let bob = gate
         .reset(other_caller, counting(&sends, Duration::ZERO, ok("r4")))
         .await
@@ -286,7 +320,10 @@ async fn a_request_id_keeps_its_outcome_beyond_the_cooldown() {
     // Past the id's own lifetime it is forgotten.
     tokio::time::advance(TIMES.request_ttl).await;
     let fresh = gate
-        .reset(with_request(&gate, "bob", ID), counting(&sends, Duration::ZERO, ok("r5")))
+        .reset(
+            with_request(&gate, "bob", ID),
+            counting(&sends, Duration::ZERO, ok("r5")),
+        )
         .await
         .unwrap();
     assert!(!flown(fresh).1);
@@ -307,7 +344,10 @@ async fn a_request_id_whose_call_failed_definitely_is_processed_anew() {
         .unwrap();
     assert!(flown(failed).0.is_err());
     let retry = gate
-        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await
         .unwrap();
     assert_eq!(flown(retry), (ok("r"), false));
@@ -342,7 +382,10 @@ async fn a_request_id_that_joined_a_call_learns_its_outcome() {
     // Long after the cooldown, the id still answers with the call it joined.
     tokio::time::advance(TIMES.cooldown * 2).await;
     let retry = gate
-        .reset(with_request(&gate, "alice", ID), counting(&sends, Duration::ZERO, ok("r3")))
+        .reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::ZERO, ok("r3")),
+        )
         .await
         .unwrap();
     assert!(matches!(retry, Answer::Remembered { outcome, .. } if outcome == sent("r1")));
@@ -354,18 +397,27 @@ async fn budgets_are_spent_only_by_calls_that_go_to_cognito() {
     let store = Arc::new(MemoryStore::new(TIMES, (1, 1), (0, 0)));
     let gate = gate_on(&store);
     let sends = Arc::new(AtomicUsize::new(0));
-    gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
-        .await
-        .unwrap();
+    gate.reset(
+        ticket(&gate, "alice"),
+        counting(&sends, Duration::ZERO, ok("r")),
+    )
+    .await
+    .unwrap();
     // Alice's repeat is answered from memory, whatever the budget.
     let repeat = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await
         .unwrap();
     assert!(matches!(repeat, Answer::Remembered { .. }));
     // Bob needs a send, and the backend guard has none left this second.
     let refused = gate
-        .reset(ticket(&gate, "bob"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&gate, "bob"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await;
     assert!(
         matches!(refused, Err(GateError::Limited { limit: crate::rate::Limit::Backend, wait })
@@ -377,14 +429,26 @@ async fn budgets_are_spent_only_by_calls_that_go_to_cognito() {
     // A pool's own share is refused as the pool's.
     let pools = Arc::new(MemoryStore::new(TIMES, (100, 100), (1, 1)));
     let gate = gate_on(&pools);
-    gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r")))
-        .await
-        .unwrap();
+    gate.reset(
+        ticket(&gate, "alice"),
+        counting(&sends, Duration::ZERO, ok("r")),
+    )
+    .await
+    .unwrap();
     let refused = gate
-        .reset(ticket(&gate, "bob"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&gate, "bob"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await;
     assert!(
-        matches!(refused, Err(GateError::Limited { limit: crate::rate::Limit::Pool(_), .. })),
+        matches!(
+            refused,
+            Err(GateError::Limited {
+                limit: crate::rate::Limit::Pool(_),
+                ..
+            })
+        ),
         "{refused:?}"
     );
 }
@@ -405,7 +469,10 @@ async fn a_caller_hanging_up_does_not_cancel_the_send() {
     );
     // A retry joins the call still in flight instead of sending again.
     let retry = gate
-        .reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r2")))
+        .reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r2")),
+        )
         .await
         .unwrap();
     assert_eq!(flown(retry), (ok("r1"), true));
@@ -424,7 +491,10 @@ async fn a_claim_held_elsewhere_is_waited_for_and_lapses_with_its_lease() {
     let sends = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let answer = here
-        .reset(ticket(&here, "alice"), counting(&sends, Duration::ZERO, ok("r")))
+        .reset(
+            ticket(&here, "alice"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        )
         .await
         .unwrap();
     assert!(!flown(answer).1);
@@ -478,7 +548,10 @@ async fn a_panicking_call_does_not_poison_the_user() {
     let sends = Arc::new(AtomicUsize::new(0));
     let next = tokio::time::timeout(
         Duration::from_secs(1),
-        gate.reset(ticket(&gate, "alice"), counting(&sends, Duration::ZERO, ok("r"))),
+        gate.reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::ZERO, ok("r")),
+        ),
     )
     .await
     .expect("the claim was given back, not left to lapse")

@@ -100,7 +100,9 @@ where
 
 /// The method a path names, for the log line: `ResetUserPassword` for the API, else the path.
 fn method_name(path: &str) -> Arc<str> {
-    path.rsplit_once('/').map_or(path, |(_, method)| method).into()
+    path.rsplit_once('/')
+        .map_or(path, |(_, method)| method)
+        .into()
 }
 
 /// A call's log line, written once: when its answer is ready, or, if it never is, when the call
@@ -146,7 +148,8 @@ impl CallLine {
                         span_id,
                         caller = self.record.caller_name(),
                         user_pool_id = self.pool(),
-                        cognito_request_id = reset.cognito_request_id.as_deref().unwrap_or_default(),
+                        cognito_request_id =
+                            reset.cognito_request_id.as_deref().unwrap_or_default(),
                         deduplicated = reset.deduplicated,
                         duration_ms = self.duration_ms(),
                         "{}",

@@ -589,7 +589,12 @@ fn every_exception_the_backend_knows_has_a_row_of_its_own() {
         .chain(crate::cognito::CREDENTIAL_EXCEPTIONS)
     {
         let status = to_status(&cognito(exception, "m"), Some(&pool()));
-        let reason = status.get_error_details().error_info().unwrap().reason.clone();
+        let reason = status
+            .get_error_details()
+            .error_info()
+            .unwrap()
+            .reason
+            .clone();
         assert_ne!(reason, "UNKNOWN_COGNITO_ERROR", "{exception}");
     }
 }
@@ -599,5 +604,8 @@ fn an_unavailable_fleet_store_is_unavailable_with_retry() {
     let error = GatewayError::StoreUnavailable(crate::gate::StoreError("timed out".into()));
     let (status, details) = check(&error, Code::Unavailable, "FLEET_STORE_UNAVAILABLE");
     assert!(details.retry_info().is_some());
-    assert!(!status.message().contains("timed out"), "opaque: {status:?}");
+    assert!(
+        !status.message().contains("timed out"),
+        "opaque: {status:?}"
+    );
 }

@@ -1,7 +1,7 @@
 //! Callers: authentication, per-pool authorization, the gateway's limits, de-duplication and load
 //! shedding, through the real server.
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use clap::Parser as _;
 use cognito_gateway::{
@@ -15,11 +15,15 @@ use tonic::{Code, Request};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::MockServer;
 
-use crate::helpers::{
-    TestApp, details, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
-    test_settings,
+use crate::{
+    helpers::{details, error_info, eventually},
+    kit::{
+        app::{TestApp, request, sdk_backend, spawn_app_with, test_config, test_settings},
+        fake_cognito::{cognito_ok, fake_cognito, sends},
+        files::Files,
+    },
 };
 
 const POOL: &str = "us-east-1_Callers1";
@@ -49,24 +53,6 @@ fn token_config(callers: Vec<CallerConfig>) -> Config {
     config
 }
 
-async fn cognito(delay: Duration) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("x-amzn-RequestId", "rid")
-                .set_body_raw("{}", "application/x-amz-json-1.1")
-                .set_delay(delay),
-        )
-        .mount(&server)
-        .await;
-    server
-}
-
-async fn sends(server: &MockServer) -> usize {
-    server.received_requests().await.map_or(0, |r| r.len())
-}
-
 async fn app_for(config: Config, server: &MockServer) -> TestApp {
     let backend = sdk_backend(&server.uri(), test_settings()).await;
     spawn_app_with(config, backend).await
@@ -82,7 +68,7 @@ fn with_token(message: ResetUserPasswordRequest, token: &str) -> Request<ResetUs
 
 #[tokio::test]
 async fn the_right_token_passes_and_others_are_unauthenticated_alike() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = app_for(
         token_config(vec![caller("billing", "s3cret-billing", None)]),
         &server,
@@ -118,7 +104,7 @@ async fn the_right_token_passes_and_others_are_unauthenticated_alike() {
 
 #[tokio::test]
 async fn health_and_reflection_need_no_token() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = app_for(token_config(vec![caller("billing", "t", None)]), &server).await;
     let health = HealthClient::new(app.channel.clone())
         .check(HealthCheckRequest {
@@ -133,7 +119,7 @@ async fn health_and_reflection_need_no_token() {
 
 #[tokio::test]
 async fn callers_reach_only_their_pools() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = app_for(
         token_config(vec![
             caller("billing", "tb", Some(&[POOL])),
@@ -169,7 +155,7 @@ async fn callers_reach_only_their_pools() {
 
 #[tokio::test]
 async fn a_callers_own_rate_limits_it_alone_with_the_exact_wait() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut slow = caller("slow", "ts", None);
     slow.rate_per_second = 1;
     slow.burst = 2;
@@ -208,7 +194,7 @@ async fn a_callers_own_rate_limits_it_alone_with_the_exact_wait() {
 
 #[tokio::test]
 async fn the_backend_guard_caps_cognito_calls_across_callers() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.limits.backend_rps = 1;
     config.limits.backend_burst = 2;
@@ -229,7 +215,7 @@ async fn the_backend_guard_caps_cognito_calls_across_callers() {
 
 #[tokio::test]
 async fn a_pool_limit_keeps_one_pool_from_taking_the_backend_budget() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.limits.pool_rps = 1;
     config.limits.pool_burst = 2;
@@ -252,7 +238,7 @@ async fn a_pool_limit_keeps_one_pool_from_taking_the_backend_budget() {
 
 #[tokio::test]
 async fn fifty_identical_calls_make_one_send_and_a_repeat_makes_none() {
-    let server = cognito(Duration::from_millis(200)).await;
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_millis(200))).await;
     let mut config = test_config();
     config.limits.user_cooldown = Duration::from_secs(1);
     let app = app_for(config, &server).await;
@@ -285,7 +271,7 @@ async fn fifty_identical_calls_make_one_send_and_a_repeat_makes_none() {
 
 #[tokio::test]
 async fn beyond_max_in_flight_calls_are_shed_not_queued() {
-    let server = cognito(Duration::from_secs(2)).await;
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(2))).await;
     let mut config = test_config();
     config.limits.max_in_flight = 2;
     let app = Arc::new(app_for(config, &server).await);
@@ -321,7 +307,7 @@ async fn beyond_max_in_flight_calls_are_shed_not_queued() {
 
 #[tokio::test]
 async fn one_caller_cannot_take_every_place_in_flight() {
-    let server = cognito(Duration::from_secs(2)).await;
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(2))).await;
     let mut config = token_config(vec![
         caller("billing", "tok-billing", None),
         caller("support", "tok-support", None),
@@ -360,17 +346,13 @@ async fn one_caller_cannot_take_every_place_in_flight() {
 }
 
 /// A config file on disk, as an operator writes it, for the reload tests.
-struct ConfigFile {
-    dir: PathBuf,
-    path: PathBuf,
-}
+struct ConfigFile(Files);
 
 impl ConfigFile {
+    const NAME: &str = "gateway.toml";
+
     fn new(name: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cg-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gateway.toml");
-        Self { dir, path }
+        Self(Files::new(name))
     }
 
     fn write(&self, callers: &[(&str, &str, &str)]) {
@@ -381,10 +363,8 @@ impl ConfigFile {
                 sha_hex(token)
             );
         }
-        // Write-then-rename, as Kubernetes swaps mounted files: never a half-written file.
-        let tmp = self.dir.join("gateway.toml.tmp");
-        std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, &self.path).unwrap();
+        // Written as Kubernetes swaps mounted files: never a half-written file.
+        self.0.write(Self::NAME, &text);
     }
 
     fn load(&self) -> Config {
@@ -398,7 +378,7 @@ impl ConfigFile {
             ]
             .into_iter()
             .map(String::from)
-            .chain([self.path.display().to_string()]),
+            .chain([self.0.path(Self::NAME).display().to_string()]),
         )
         .unwrap();
         let Command::Serve(args) = cli.command else {
@@ -408,15 +388,9 @@ impl ConfigFile {
     }
 }
 
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
 #[tokio::test]
 async fn tokens_and_pools_reload_without_a_restart() {
-    let server = cognito(Duration::ZERO).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let file = ConfigFile::new("reload");
     file.write(&[("billing", "old-token", &format!("\"{POOL}\""))]);
     let app = app_for(file.load(), &server).await;

@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
-use crate::helpers::{BIN, start_binary, start_binary_against};
+use crate::kit::{
+    binary::{BIN, start_binary, start_binary_against},
+    fake_cognito::{cognito_ok, fake_cognito},
+};
 
 fn reset(addr: &str, user: &str) -> std::process::Output {
     Command::new(BIN)
@@ -88,16 +91,8 @@ fn reset_reports_an_unreachable_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_takes_aws_settings_from_the_standard_environment() {
-    use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
-    let cognito = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("x-amzn-RequestId", "rid-env")
-                .set_body_raw("{}", "application/x-amz-json-1.1"),
-        )
-        .mount(&cognito)
-        .await;
+    use wiremock::{Mock, matchers::method};
+    let cognito = fake_cognito(cognito_ok("rid-env")).await;
     let (gateway, _files) = start_binary_against(
         &cognito.uri(),
         &[
@@ -143,12 +138,7 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
         .and(wiremock::matchers::body_string_contains(
             "\"Username\":\"slow\"",
         ))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .insert_header("x-amzn-RequestId", "rid-slow")
-                .set_body_raw("{}", "application/x-amz-json-1.1")
-                .set_delay(std::time::Duration::from_secs(3)),
-        )
+        .respond_with(cognito_ok("rid-slow").set_delay(std::time::Duration::from_secs(3)))
         .with_priority(1)
         .mount(&cognito)
         .await;

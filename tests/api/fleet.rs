@@ -2,161 +2,29 @@
 //! process, and the real binary where a replica must die) share one real `redis-server` and one
 //! wire-level fake Cognito that counts every send.
 
-use std::{
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
+use cognito_gateway::proto::{ResetUserPasswordRequest, ResetUserPasswordResponse};
 use cognito_gateway::{
     Config,
     config::{FleetSettings, OnUnavailable},
 };
-use futures_util::future::join_all;
 use tokio::time::Instant;
-use tonic::Code;
+use tonic::{Code, Status};
 
 use crate::{
-    helpers::{
-        Files, TestApp, details, error_info, request, sdk_backend, spawn_app_with, start_binary,
-        test_config, test_settings,
+    helpers::{details, error_info, eventually, with_deadline},
+    kit::{
+        app::{TestApp, request, sdk_backend, spawn_app_with, test_config, test_settings},
+        binary::start_binary,
+        fake_cognito::{cognito_error, cognito_ok, fake_cognito, sends},
+        files::Files,
+        redis::Redis,
     },
-    wire::{cognito_error, cognito_ok, fake_cognito, sends},
 };
 
 const POOL: &str = "us-east-1_Fleet1";
 const SECRET: [u8; 32] = [42; 32];
-
-/// A private `redis-server` on a free loopback port, killed on drop.
-pub struct Redis {
-    child: Option<Child>,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Redis {
-    pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = std::env::temp_dir().join(format!("cg-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut redis = Self {
-            child: None,
-            port,
-            dir,
-        };
-        redis.restart();
-        redis
-    }
-
-    /// Starts it (again) on its port, and waits until it answers PING.
-    pub fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (bash .ci/run installs it)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let answered = redis::Client::open(self.url())
-                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(100)))
-                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
-            if answered.is_ok() {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server answers PING within 10 s"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Kills it at once (SIGKILL): what it held is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    fn connection(&self) -> redis::Connection {
-        redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
-    }
-
-    /// Every key and value, as text.
-    pub fn dump(&self) -> Vec<(String, String)> {
-        let mut connection = self.connection();
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
-        keys.into_iter()
-            .map(|key| {
-                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
-                let value = match kind.as_str() {
-                    "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
-                    "set" => redis::cmd("SMEMBERS")
-                        .arg(&key)
-                        .query::<Vec<String>>(&mut connection)
-                        .unwrap()
-                        .join(","),
-                    other => panic!("unexpected {other} at {key}"),
-                };
-                (key, value)
-            })
-            .collect()
-    }
-
-    /// Ends every cooldown now, as time would: the users' entries go, request ids stay.
-    pub fn end_cooldowns(&self) {
-        let mut connection = self.connection();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg("*:{g}:u:*")
-            .query(&mut connection)
-            .unwrap();
-        for key in keys {
-            let _: i64 = redis::cmd("DEL").arg(key).query(&mut connection).unwrap();
-        }
-    }
-
-    /// Checks what the contract promises of the store: every key starts with the prefix, and no
-    /// key or value holds a username.
-    pub fn assert_holds_no(&self, usernames: &[&str]) {
-        let dump = self.dump();
-        assert!(!dump.is_empty(), "the fleet wrote nothing");
-        for (key, value) in dump {
-            assert!(key.starts_with("cognito-gateway:{g}:"), "{key}");
-            for name in usernames {
-                let name = name.to_lowercase();
-                assert!(
-                    !key.to_lowercase().contains(&name) && !value.to_lowercase().contains(&name),
-                    "{name} in {key} = {value}"
-                );
-            }
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
 
 /// A replica's config: the test defaults, a 30 s cooldown, and the fleet on `redis`.
 fn fleet_config(redis: &Redis, on_unavailable: OnUnavailable) -> Config {
@@ -185,7 +53,30 @@ async fn replicas(n: usize, config: &Config, cognito: &str) -> Vec<TestApp> {
     apps
 }
 
-fn with_request_id(username: &str, id: &str) -> cognito_gateway::proto::ResetUserPasswordRequest {
+/// The calls at once, each on its replica: their answers, in order.
+async fn at_once(
+    calls: impl IntoIterator<Item = (&TestApp, ResetUserPasswordRequest)>,
+) -> Vec<Result<ResetUserPasswordResponse, Status>> {
+    let tasks: Vec<_> = calls
+        .into_iter()
+        .map(|(app, request)| {
+            let mut client = app.client.clone();
+            tokio::spawn(async move {
+                client
+                    .reset_user_password(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.unwrap());
+    }
+    answers
+}
+
+fn with_request_id(username: &str, id: &str) -> ResetUserPasswordRequest {
     let mut request = request(POOL, username);
     request.request_id = id.to_owned();
     request
@@ -195,9 +86,13 @@ fn with_request_id(username: &str, id: &str) -> cognito_gateway::proto::ResetUse
 async fn one_user_called_through_every_replica_at_once_gets_one_send() {
     let redis = Redis::start();
     let cognito = fake_cognito(cognito_ok("rid-1").set_delay(Duration::from_millis(300))).await;
-    let apps = replicas(3, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
-    let calls = (0..30).map(|i| apps[i % 3].reset(POOL, "alice"));
-    let answers = join_all(calls).await;
+    let apps = replicas(
+        3,
+        &fleet_config(&redis, OnUnavailable::Deny),
+        &cognito.uri(),
+    )
+    .await;
+    let answers = at_once((0..30).map(|i| (&apps[i % 3], request(POOL, "alice")))).await;
     let mut deduplicated = 0;
     for answer in answers {
         let answer = answer.expect("every caller gets the outcome");
@@ -226,7 +121,12 @@ async fn an_unknown_outcome_is_never_sent_again_from_any_replica() {
         "rid-500",
     ))
     .await;
-    let apps = replicas(3, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    let apps = replicas(
+        3,
+        &fleet_config(&redis, OnUnavailable::Deny),
+        &cognito.uri(),
+    )
+    .await;
     let first = apps[0].reset(POOL, "bob").await.unwrap_err();
     assert_eq!(first.code(), Code::Unknown, "{first:?}");
     let info = error_info(&first);
@@ -245,7 +145,11 @@ async fn an_unknown_outcome_is_never_sent_again_from_any_replica() {
         let left = details(&repeat).retry_info().unwrap().retry_delay.unwrap();
         assert!(left <= wait && left > Duration::from_secs(25), "{left:?}");
     }
-    assert_eq!(sends(&cognito).await, 1, "the person may have a code: one send");
+    assert_eq!(
+        sends(&cognito).await,
+        1,
+        "the person may have a code: one send"
+    );
     redis.assert_holds_no(&["bob"]);
 }
 
@@ -259,7 +163,12 @@ async fn a_request_id_retried_anywhere_gets_its_first_outcome_even_after_the_coo
         "rid-500",
     ))
     .await;
-    let apps = replicas(2, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    let apps = replicas(
+        2,
+        &fleet_config(&redis, OnUnavailable::Deny),
+        &cognito.uri(),
+    )
+    .await;
     const ID: &str = "5f0c1d2e-3a4b-4c5d-8e6f-7a8b9c0d1e2f";
     let first = apps[0]
         .reset_request(with_request_id("carol", ID))
@@ -302,11 +211,11 @@ async fn the_backend_budget_holds_for_the_whole_fleet() {
     let apps = replicas(3, &config, &cognito.uri()).await;
     let started = Instant::now();
     let names: Vec<String> = (0..45).map(|i| format!("user-{i}")).collect();
-    let answers = join_all(
+    let answers = at_once(
         names
             .iter()
             .enumerate()
-            .map(|(i, name)| apps[i % 3].reset(POOL, name)),
+            .map(|(i, name)| (&apps[i % 3], request(POOL, name))),
     )
     .await;
     let elapsed = started.elapsed();
@@ -319,7 +228,10 @@ async fn the_backend_budget_holds_for_the_whole_fleet() {
     for status in refused {
         assert_eq!(error_info(&status).reason, "RATE_LIMITED");
         let details = details(&status);
-        assert_eq!(details.quota_failure().unwrap().violations[0].subject, "backend");
+        assert_eq!(
+            details.quota_failure().unwrap().violations[0].subject,
+            "backend"
+        );
         let wait = details.retry_info().unwrap().retry_delay.unwrap();
         assert!(wait <= Duration::from_millis(250), "{wait:?}");
     }
@@ -352,7 +264,7 @@ async fn a_store_that_dies_costs_one_timeout_then_replicas_decide_alone_until_it
     // Back: once the probe sees it, the fleet decides again (what it held is gone with it).
     redis.restart();
     let mut i = 0;
-    crate::helpers::eventually("the replicas use the store again", || {
+    eventually("the replicas use the store again", || {
         i += 1;
         let user = format!("frank-{i}");
         let apps = &apps;
@@ -374,7 +286,12 @@ async fn a_store_that_dies_costs_one_timeout_then_replicas_decide_alone_until_it
 async fn with_deny_a_dead_store_refuses_calls_and_sends_nothing() {
     let mut redis = Redis::start();
     let cognito = fake_cognito(cognito_ok("rid")).await;
-    let apps = replicas(1, &fleet_config(&redis, OnUnavailable::Deny), &cognito.uri()).await;
+    let apps = replicas(
+        1,
+        &fleet_config(&redis, OnUnavailable::Deny),
+        &cognito.uri(),
+    )
+    .await;
     redis.kill();
     for _ in 0..2 {
         let status = apps[0].reset(POOL, "heidi").await.unwrap_err();
@@ -413,13 +330,15 @@ async fn a_replica_that_dies_holding_a_flight_blocks_the_user_no_longer_than_its
     })
     .await
     .unwrap();
-    let mut client = cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
-        format!("http://{}", replica_a.addr),
-    )
-    .await
-    .unwrap();
-    let in_flight = tokio::spawn(async move { client.reset_user_password(request(POOL, "ivan")).await });
-    crate::helpers::eventually("replica A's call reaches Cognito", || async {
+    let mut client =
+        cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
+            format!("http://{}", replica_a.addr),
+        )
+        .await
+        .unwrap();
+    let in_flight =
+        tokio::spawn(async move { client.reset_user_password(request(POOL, "ivan")).await });
+    eventually("replica A's call reaches Cognito", || async {
         sends(&cognito).await == 1
     })
     .await;
@@ -438,7 +357,7 @@ async fn a_replica_that_dies_holding_a_flight_blocks_the_user_no_longer_than_its
     let replica_b = replicas(1, &config, &cognito.uri()).await;
     let started = Instant::now();
     let answer = replica_b[0]
-        .reset_request(crate::helpers::with_deadline(
+        .reset_request(with_deadline(
             request(POOL, "ivan"),
             Duration::from_secs(10),
         ))
@@ -446,7 +365,10 @@ async fn a_replica_that_dies_holding_a_flight_blocks_the_user_no_longer_than_its
         .unwrap();
     let waited = started.elapsed();
     assert_eq!(answer.cognito_request_id, "rid-b");
-    assert!(waited < Duration::from_secs(3), "bounded by the lease: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(3),
+        "bounded by the lease: {waited:?}"
+    );
     assert_eq!(sends(&cognito).await, 1);
     redis.assert_holds_no(&["ivan"]);
 }

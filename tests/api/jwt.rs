@@ -1,10 +1,7 @@
 //! JWT authentication with keys generated here: RS256 and ES256, every way a token can be wrong,
 //! and key rotation through a JWKS URL.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::{
     encoding::AsDer as _,
@@ -19,8 +16,13 @@ use serde_json::{Value, json};
 use tonic::{Code, Request};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
-use crate::helpers::{
-    TestApp, error_info, request, sdk_backend, spawn_app_with, test_config, test_settings,
+use crate::{
+    helpers::error_info,
+    kit::{
+        app::{TestApp, request, sdk_backend, spawn_app_with, test_config, test_settings},
+        fake_cognito::{cognito_ok, fake_cognito},
+        files::Files,
+    },
 };
 
 const ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
@@ -139,33 +141,6 @@ fn jwt_config(jwks: JwksSource, min_refetch: Duration) -> cognito_gateway::Confi
     config
 }
 
-struct JwksFile(PathBuf);
-
-impl JwksFile {
-    fn new(name: &str, contents: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("cg-jwks-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("jwks.json");
-        std::fs::write(&path, contents).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for JwksFile {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
-    }
-}
-
-async fn cognito() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw("{}", "application/x-amz-json-1.1"))
-        .mount(&server)
-        .await;
-    server
-}
-
 async fn call(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
     let mut req = Request::new(request(POOL, "alice"));
     req.metadata_mut()
@@ -177,11 +152,12 @@ async fn call(app: &TestApp, token: &str) -> Result<(), tonic::Status> {
 async fn valid_tokens_pass_and_every_flaw_is_unauthenticated() {
     let rsa = rsa_signer("rsa-1");
     let ec = ec_signer("ec-1");
-    let file = JwksFile::new("flaws", &jwks(&[&rsa, &ec]));
-    let server = cognito().await;
+    let files = Files::new("jwks");
+    let jwks_file = files.write("jwks.json", &jwks(&[&rsa, &ec]));
+    let server = fake_cognito(cognito_ok("rid")).await;
     let backend = sdk_backend(&server.uri(), test_settings()).await;
     let app = spawn_app_with(
-        jwt_config(JwksSource::File(file.0.clone()), Duration::from_secs(3600)),
+        jwt_config(JwksSource::File(jwks_file), Duration::from_secs(3600)),
         backend,
     )
     .await;
@@ -280,7 +256,7 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
     let new = rsa_signer("2026-new");
     let keys = jwks_server(jwks(&[&old])).await;
     let url = format!("{}/openid/v1/jwks", keys.uri());
-    let server = cognito().await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let backend = sdk_backend(&server.uri(), test_settings()).await;
     let app = spawn_app_with(
         jwt_config(JwksSource::Url { url, ca_file: None }, Duration::ZERO),
@@ -311,7 +287,7 @@ async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks_endpoint() {
     let known = ec_signer("known");
     let keys = jwks_server(jwks(&[&known])).await;
     let url = format!("{}/keys", keys.uri());
-    let server = cognito().await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let backend = sdk_backend(&server.uri(), test_settings()).await;
     let app = spawn_app_with(
         jwt_config(
@@ -336,7 +312,7 @@ async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks_endpoint() {
 
 #[tokio::test]
 async fn a_jwks_file_that_cannot_be_read_stops_the_start() {
-    let server = cognito().await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let backend = sdk_backend(&server.uri(), test_settings()).await;
     let config = jwt_config(
         JwksSource::File("/nonexistent/jwks.json".into()),

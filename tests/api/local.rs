@@ -3,9 +3,12 @@
 use cognito_gateway::local::{DEMO_POOL_ID, DEMO_USERS, LocalCognito, UserStatus};
 use tonic::Code;
 
-use crate::helpers::{error_info, sdk_backend, spawn_app_with, test_config, test_settings};
+use crate::{
+    helpers::error_info,
+    kit::app::{TestApp, sdk_backend, spawn_app_with, test_config, test_settings},
+};
 
-async fn local_app() -> (LocalCognito, crate::helpers::TestApp) {
+async fn local_app() -> (LocalCognito, TestApp) {
     let local = LocalCognito::start().await.unwrap();
     let backend = sdk_backend(&local.endpoint_url(), test_settings()).await;
     let app = spawn_app_with(test_config(), backend).await;

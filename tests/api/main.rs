@@ -7,8 +7,14 @@
 mod helpers;
 mod jwt;
 
+// Shared with benches/gateway/: the app in process, the binary as a child, the fake Cognito,
+// temporary files, an OTLP collector server.
+#[path = "../kit/kit.rs"]
+mod kit;
+
 mod callers;
 mod cli;
+mod fleet;
 mod local;
 mod moto;
 mod mtls;

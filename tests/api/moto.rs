@@ -22,7 +22,10 @@ use serde::Deserialize;
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::helpers::{TestApp, details, error_info, spawn_app};
+use crate::{
+    helpers::{details, error_info},
+    kit::app::{TestApp, spawn_app},
+};
 
 /// How long `moto_server` may take to listen. Generous: the suite runs on busy 2-core CI machines.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);

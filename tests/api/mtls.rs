@@ -10,24 +10,19 @@ use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity},
 };
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::MockServer;
 
-use crate::helpers::{
-    Ca, Files, TestApp, error_info, eventually, request, sdk_backend, spawn_app_with, test_config,
-    test_settings,
+use crate::{
+    helpers::{Ca, error_info, eventually},
+    kit::{
+        app::{TestApp, request, sdk_backend, spawn_app_with, test_config, test_settings},
+        fake_cognito::{cognito_ok, fake_cognito},
+        files::Files,
+    },
 };
 
 const POOL: &str = "us-east-1_Mtls1";
 const BILLING: &str = "spiffe://cluster.local/ns/billing/sa/api";
-
-async fn cognito() -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(ResponseTemplate::new(200).set_body_raw("{}", "application/x-amz-json-1.1"))
-        .mount(&server)
-        .await;
-    server
-}
 
 /// A gateway in mTLS mode whose server certificate and client CA are `server_ca`'s and
 /// `client_ca`'s, with the callers `billing` (SPIFFE ID) allowed in POOL.
@@ -98,7 +93,7 @@ async fn a_client_certificate_names_the_caller_and_others_are_refused() {
     let server_ca = Ca::new("server CA");
     let clients = Ca::new("clients CA");
     let strangers = Ca::new("another CA");
-    let cognito = cognito().await;
+    let cognito = fake_cognito(cognito_ok("rid")).await;
     let app = mtls_app(&files, &server_ca, &clients.pem, &cognito).await;
 
     reset(client(&app, &server_ca, Some(clients.issue(&[], Some(BILLING)))).await)
@@ -142,7 +137,7 @@ async fn a_rotated_client_ca_is_picked_up_without_a_restart() {
     let server_ca = Ca::new("server CA");
     let old = Ca::new("clients CA 2025");
     let new = Ca::new("clients CA 2026");
-    let cognito = cognito().await;
+    let cognito = fake_cognito(cognito_ok("rid")).await;
     let app = mtls_app(&files, &server_ca, &old.pem, &cognito).await;
     reset(client(&app, &server_ca, Some(old.issue(&[], Some(BILLING)))).await)
         .await

@@ -11,23 +11,27 @@ use opentelemetry_proto::tonic::{
     collector::{
         metrics::v1::{
             ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-            metrics_service_server::{MetricsService, MetricsServiceServer},
+            metrics_service_server::MetricsService,
         },
         trace::v1::{
             ExportTraceServiceRequest, ExportTraceServiceResponse,
-            trace_service_server::{TraceService, TraceServiceServer},
+            trace_service_server::TraceService,
         },
     },
     common::v1::{AnyValue, KeyValue, any_value::Value},
     trace::v1::{Span, span::SpanKind},
 };
 use prost::Message as _;
-use tonic::{
-    Request, Response, Status,
-    transport::{Identity, ServerTlsConfig},
-};
+use tonic::{Request, Response, Status, transport::Identity};
 
-use crate::helpers::{Ca, Files, Gateway, start_binary};
+use crate::{
+    helpers::Ca,
+    kit::{
+        binary::{Gateway, start_binary},
+        files::Files,
+        otlp::serve_otlp,
+    },
+};
 
 /// A metric's name and the attributes of all its data points.
 type MetricSeen = (String, Vec<KeyValue>);
@@ -128,23 +132,10 @@ async fn start_collector() -> (SocketAddr, Collector) {
     start_collector_with(None).await
 }
 
-/// A collector serving TLS with `identity` when given.
+/// A collector serving TLS with `identity` when given, for as long as the test runs.
 async fn start_collector_with(identity: Option<Identity>) -> (SocketAddr, Collector) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
-    let mut server = tonic::transport::Server::builder();
-    if let Some(identity) = identity {
-        server = server
-            .tls_config(ServerTlsConfig::new().identity(identity))
-            .unwrap();
-    }
-    let server = server
-        .add_service(TraceServiceServer::new(collector.clone()))
-        .add_service(MetricsServiceServer::new(collector.clone()));
-    tokio::spawn(
-        server.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, _server) = serve_otlp(collector.clone(), identity, std::future::pending()).await;
     (addr, collector)
 }
 

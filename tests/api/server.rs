@@ -16,29 +16,19 @@ use tonic_health::pb::{
 use tracing_subscriber::{Layer as _, filter::FilterFn, layer::SubscriberExt as _};
 use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
 
-use crate::helpers::{
-    error_info, eventually, raw, request, sdk_backend, spawn_app, spawn_app_with, test_config,
-    test_settings,
+use crate::{
+    helpers::{error_info, eventually, raw},
+    kit::{
+        app::{
+            TestApp, request, sdk_backend, spawn_app, spawn_app_with, test_config, test_settings,
+        },
+        fake_cognito::{cognito_ok, fake_cognito},
+    },
 };
 
 const RESET_PATH: &str = "/cognitogateway.v1.UserAdminService/ResetUserPassword";
 
-async fn cognito(reply: ResponseTemplate) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(reply)
-        .mount(&server)
-        .await;
-    server
-}
-
-fn ok() -> ResponseTemplate {
-    ResponseTemplate::new(200)
-        .insert_header("x-amzn-RequestId", "rid")
-        .set_body_raw("{}", "application/x-amz-json-1.1")
-}
-
-async fn health(app: &crate::helpers::TestApp, service: &str) -> ServingStatus {
+async fn health(app: &TestApp, service: &str) -> ServingStatus {
     let mut client = HealthClient::new(app.channel.clone());
     let response = client
         .check(HealthCheckRequest {
@@ -51,7 +41,7 @@ async fn health(app: &crate::helpers::TestApp, service: &str) -> ServingStatus {
 
 #[tokio::test]
 async fn health_serves_overall_and_per_service() {
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = spawn_app(&server.uri()).await;
     assert_eq!(health(&app, "").await, ServingStatus::Serving);
     assert_eq!(health(&app, SERVICE_NAME).await, ServingStatus::Serving);
@@ -67,7 +57,7 @@ async fn health_serves_overall_and_per_service() {
 #[tokio::test]
 async fn reflection_v1_and_v1alpha_list_the_api() {
     use tonic_reflection::pb::{v1, v1alpha};
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = spawn_app(&server.uri()).await;
 
     let request = v1::ServerReflectionRequest {
@@ -115,7 +105,7 @@ async fn reflection_v1_and_v1alpha_list_the_api() {
 
 #[tokio::test]
 async fn malformed_messages_get_a_clear_status_and_the_server_lives_on() {
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let app = spawn_app(&server.uri()).await;
 
     // Not protobuf at all.
@@ -162,7 +152,7 @@ async fn malformed_messages_get_a_clear_status_and_the_server_lives_on() {
 
 #[tokio::test]
 async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
-    let server = cognito(ok().set_delay(Duration::from_millis(300))).await;
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_millis(300))).await;
     let mut app = spawn_app(&server.uri()).await;
     let mut watch = HealthClient::new(app.channel.clone())
         .watch(HealthCheckRequest {
@@ -206,7 +196,7 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
 
 #[tokio::test]
 async fn shutdown_is_bounded_by_the_grace_period() {
-    let server = cognito(ok().set_delay(Duration::from_secs(60))).await;
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(60))).await;
     let mut config = test_config();
     config.server.shutdown_grace = Duration::from_millis(200);
     config.cognito = CognitoSettings {
@@ -297,7 +287,7 @@ fn logs_of_calls(capped: bool) -> String {
             .with_priority(1)
             .mount(&server)
             .await;
-        Mock::given(method("POST")).respond_with(ok()).with_priority(2).mount(&server).await;
+        Mock::given(method("POST")).respond_with(cognito_ok("rid")).with_priority(2).mount(&server).await;
         let app = spawn_app(&server.uri()).await;
         let mut with_metadata = request("us-east-1_Pool1", USER);
         with_metadata.client_metadata.insert("tenant".into(), METADATA.into());
@@ -342,7 +332,7 @@ fn the_cap_on_dependency_logs_is_what_keeps_them_out() {
 
 #[tokio::test]
 async fn http2_limits_are_advertised() {
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.server.max_concurrent_streams = 7;
     let backend = sdk_backend(&server.uri(), test_settings()).await;
@@ -369,7 +359,7 @@ async fn http2_limits_are_advertised() {
 
 #[tokio::test]
 async fn a_health_only_listener_serves_probes_and_nothing_else() {
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.health_listen = Some("127.0.0.1:0".parse().unwrap());
     let backend = sdk_backend(&server.uri(), test_settings()).await;
@@ -424,7 +414,7 @@ async fn a_health_only_listener_serves_probes_and_nothing_else() {
 
 #[tokio::test]
 async fn a_call_whose_body_never_comes_is_ended_and_frees_its_place() {
-    let server = cognito(ok()).await;
+    let server = fake_cognito(cognito_ok("rid")).await;
     let mut config = test_config();
     config.limits.max_in_flight = 1;
     config.server.request_timeout = Duration::from_millis(500);

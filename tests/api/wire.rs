@@ -7,54 +7,19 @@ use std::{collections::HashMap, time::Duration};
 use cognito_gateway::{config::CognitoSettings, domain::Region};
 use serde_json::{Value, json};
 use tonic::Code;
-use wiremock::{
-    Mock, MockServer, ResponseTemplate,
-    matchers::{header, method, path},
+use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+
+use crate::{
+    helpers::{details, error_info, raw, with_deadline},
+    kit::{
+        app::{request, sdk_backend, spawn_app, spawn_app_with, test_config, test_settings},
+        binary::start_binary_against,
+        fake_cognito::{cognito_error, cognito_ok, fake_cognito, sends},
+    },
 };
 
-use crate::helpers::{
-    details, error_info, raw, request, sdk_backend, spawn_app, spawn_app_with,
-    start_binary_against, test_config, test_settings, with_deadline,
-};
-
-const TARGET: &str = "AWSCognitoIdentityProviderService.AdminResetUserPassword";
 const POOL: &str = "us-east-1_Wire1";
 const RESET_PATH: &str = "/cognitogateway.v1.UserAdminService/ResetUserPassword";
-
-/// A Cognito error reply, as Cognito sends it.
-fn cognito_error(http: u16, exception: &str, message: &str, request_id: &str) -> ResponseTemplate {
-    ResponseTemplate::new(http)
-        .insert_header("x-amzn-RequestId", request_id)
-        .insert_header(
-            "x-amzn-ErrorType",
-            format!("{exception}:http://internal.amazon.com/coral/com.amazonaws.cognito.identity.idp.model/"),
-        )
-        .set_body_raw(
-            json!({ "__type": exception, "message": message }).to_string(),
-            "application/x-amz-json-1.1",
-        )
-}
-
-fn cognito_ok(request_id: &str) -> ResponseTemplate {
-    ResponseTemplate::new(200)
-        .insert_header("x-amzn-RequestId", request_id)
-        .set_body_raw("{}", "application/x-amz-json-1.1")
-}
-
-async fn fake_cognito(reply: ResponseTemplate) -> MockServer {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(path("/"))
-        .and(header("x-amz-target", TARGET))
-        .respond_with(reply)
-        .mount(&server)
-        .await;
-    server
-}
-
-async fn sends(server: &MockServer) -> usize {
-    server.received_requests().await.map_or(0, |r| r.len())
-}
 
 /// One row of the error table, end to end.
 async fn row(

@@ -1,0 +1,109 @@
+//! `cargo bench --bench gateway`: what the gateway costs, measured in one run.
+//!
+//! 1. The release binary: file size, time from exec to the `SERVING` log line, RSS idle and after
+//!    calls, time from SIGTERM to a clean exit.
+//! 2. In process, as the tests build the app: sequential latency (p50/p90/p99) and concurrent
+//!    throughput, with a real tonic client over loopback, against the embedded local Cognito.
+//! 3. The same loads sent straight to the local Cognito with the AWS SDK, no gateway, so the
+//!    difference is the gateway's own overhead.
+//! 4. Tracing's cost: the release binary with OTLP export at 100% sampling to a live collector
+//!    running in this process, against the same binary with no OTEL_* variables, rounds
+//!    interleaved; the collector counts the spans it received.
+//! 5. The middleware stack's cost: the gateway as `App::build` assembles it (token authentication
+//!    on) against the bare handler with no layers, both in front of a backend that answers at once,
+//!    so the figures are the gateway's alone, not Cognito's.
+//!
+//! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
+//! as the tests do: their checks still run on every call, but none refuses one and no answer is
+//! remembered (cooldown 0), so the figures are the gateway's work rather than its throttles. Only
+//! the per-user single-flight stays: concurrent loads name a new user each call, apart from one
+//! line that shows the sharing on purpose.
+//!
+//! The machine is shared and noisy, so every figure is a median over repeated rounds, gateway and
+//! direct rounds are interleaved (a noisy spell hits both), and overheads are paired per round. The
+//! tables go to stdout and, with the method and machine, to `docs/benchmarks.md`.
+//!
+//! # Layout
+//!
+//! One file per measured concern; each measures and then writes its section of the report, so that
+//! the method the report describes sits next to the code that follows it.
+//!
+//! - `binary.rs`: 1, the release binary as a child process.
+//! - `in_process.rs`: 2 and 3, the gateway in process against the SDK called directly.
+//! - `tracing_cost.rs`: 4, OTLP export on and off.
+//! - `stack.rs`: 5, the middleware stack against the bare handler.
+//! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
+//! - `stats.rs`: percentiles per round, medians over rounds.
+//! - `compare.rs`: two paths measured round by round with the CPU they used (sections 4 and 5).
+//! - `report.rs`: the machine, the report's header, its tables.
+//! - `tests/kit/` (shared with the API tests): the app in process, the binary as a child process,
+//!   an OTLP collector server.
+//!
+//! `cargo test --all-targets` also builds and runs this (harness = false) target, without
+//! `--bench`; `main` then returns at once so the test suite stays fast.
+
+// A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
+// wrong thing; every `expect` in these files says what it relies on.
+
+use std::{path::Path, time::Instant};
+
+mod binary;
+mod compare;
+mod in_process;
+mod load;
+mod report;
+mod stack;
+mod stats;
+mod tracing_cost;
+
+// Shared with tests/api/: the app in process, the binary as a child, the OTLP collector server.
+#[path = "../../tests/kit/kit.rs"]
+mod kit;
+
+/// Rounds of each measurement but the binary's startup; figures are medians over rounds.
+const ROUNDS: usize = 5;
+/// Calls not measured before the first round of each path (connections, SDK caches, allocator).
+const WARM_UP: usize = 200;
+/// Calls in flight at once under concurrent load.
+const IN_FLIGHT: usize = 64;
+
+fn main() {
+    // cargo bench passes --bench; cargo test does not, and must not pay for minutes of load.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let started = Instant::now();
+    // Default worker count (one per core), as the binary's #[tokio::main] has.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime builds");
+
+    let machine = report::Machine::probe();
+    eprintln!(
+        "benchmarking the release binary ({} processes)...",
+        binary::STARTUP_RUNS
+    );
+    let binary = binary::bench(&runtime);
+    eprintln!("benchmarking in process ({ROUNDS} rounds per figure)...");
+    let in_process = runtime.block_on(in_process::bench());
+    eprintln!("benchmarking tracing: OTLP export on and off ({ROUNDS} rounds)...");
+    let tracing_cost = tracing_cost::bench(&runtime);
+    // Last: its second half installs a process-wide log subscriber, which nothing before expects.
+    eprintln!("benchmarking the middleware stack against the bare handler ({ROUNDS} rounds)...");
+    let stack = runtime.block_on(stack::bench());
+    let load_after = report::read_loadavg();
+
+    let mut report = String::new();
+    report::write_header(&mut report, &machine, &load_after, started.elapsed());
+    binary::write(&mut report, &binary);
+    in_process::write(&mut report, &in_process, machine.cpus);
+    tracing_cost::write(&mut report, &tracing_cost);
+    stack::write(&mut report, &stack);
+    println!("{report}");
+    if let Some(dir) = Path::new(report::REPORT).parent() {
+        std::fs::create_dir_all(dir).expect("docs/ can be created");
+    }
+    std::fs::write(report::REPORT, &report).expect("docs/benchmarks.md is writable");
+    eprintln!("written to {}", report::REPORT);
+}

@@ -1,0 +1,139 @@
+//! A private `redis-server` for the fleet's tests and benchmark: Debian's package, started on a
+//! free loopback port with nothing saved to disk.
+
+use std::{
+    net::TcpListener,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+/// A private `redis-server` on a free loopback port, killed on drop.
+pub struct Redis {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("cg-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut redis = Self {
+            child: None,
+            port,
+            dir,
+        };
+        redis.restart();
+        redis
+    }
+
+    /// Starts it (again) on its port, and waits until it answers PING.
+    pub fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (bash .ci/run installs it)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let answered = redis::Client::open(self.url())
+                .and_then(|client| client.get_connection_with_timeout(Duration::from_millis(100)))
+                .and_then(|mut connection| redis::cmd("PING").query::<String>(&mut connection));
+            if answered.is_ok() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "redis-server answers PING within 10 s"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills it at once (SIGKILL): what it held is gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Every key and value, as text.
+    pub fn dump(&self) -> Vec<(String, String)> {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
+        keys.into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+                let value = match kind.as_str() {
+                    "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
+                    "set" => redis::cmd("SMEMBERS")
+                        .arg(&key)
+                        .query::<Vec<String>>(&mut connection)
+                        .unwrap()
+                        .join(","),
+                    other => panic!("unexpected {other} at {key}"),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+
+    /// Ends every cooldown now, as time would: the users' entries go, request ids stay.
+    pub fn end_cooldowns(&self) {
+        let mut connection = self.connection();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*:{g}:u:*")
+            .query(&mut connection)
+            .unwrap();
+        for key in keys {
+            let _: i64 = redis::cmd("DEL").arg(key).query(&mut connection).unwrap();
+        }
+    }
+
+    /// Checks what the contract promises of the store: every key starts with the prefix, and no
+    /// key or value holds a username.
+    pub fn assert_holds_no(&self, usernames: &[&str]) {
+        let dump = self.dump();
+        assert!(!dump.is_empty(), "the fleet wrote nothing");
+        for (key, value) in dump {
+            assert!(key.starts_with("cognito-gateway:{g}:"), "{key}");
+            for name in usernames {
+                let name = name.to_lowercase();
+                assert!(
+                    !key.to_lowercase().contains(&name) && !value.to_lowercase().contains(&name),
+                    "{name} in {key} = {value}"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
