@@ -6,13 +6,15 @@ use std::{sync::Arc, time::Duration};
 
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
-use tracing::{Instrument as _, field::Empty};
+use tracing::Instrument as _;
 
 use crate::{
     auth::Caller,
-    cognito::{Backend, BackendError, CallBounds, ResetOutcome},
+    cognito::{Backend, BackendError, CallBounds, ResetOutcome, client_span},
+    config::UserIdentity,
     domain::{ResetRequest, UserPoolId},
     gate::{Answer, CallerRate, FlightResult, GateError, Outcome, Ticket, UserGate},
+    identity::Identities,
     middleware::{CallRecord, ResetRecord, deadline::CallerDeadline, rescue::placeholder},
     proto::{
         ResetUserPasswordRequest, ResetUserPasswordResponse,
@@ -31,6 +33,7 @@ pub type ResetGate = UserGate<ResetResult>;
 #[derive(Debug)]
 pub struct UserAdmin<B> {
     backend: Arc<B>,
+    identities: Identities<B>,
     gate: Arc<ResetGate>,
     operation_timeout: Duration,
     cooldown: Duration,
@@ -39,17 +42,19 @@ pub struct UserAdmin<B> {
     store_keeps_caller_rates: bool,
 }
 
-impl<B> UserAdmin<B> {
-    /// A service calling `backend` through `gate`. Each Cognito call is bounded by
-    /// `operation_timeout`; each caller's wait, by their own deadline as well. An outcome is
-    /// remembered for `cooldown`.
+impl<B: Backend> UserAdmin<B> {
+    /// A service calling `backend` through `gate`, which knows users by their identity in
+    /// `user_identity`'s sense. Each Cognito call is bounded by `operation_timeout`; each caller's
+    /// wait, by their own deadline as well. An outcome is remembered for `cooldown`.
     pub fn new(
         backend: Arc<B>,
+        user_identity: UserIdentity,
         gate: Arc<ResetGate>,
         operation_timeout: Duration,
         cooldown: Duration,
     ) -> Self {
         Self {
+            identities: Identities::new(Arc::clone(&backend), user_identity),
             backend,
             gate,
             operation_timeout,
@@ -153,6 +158,18 @@ impl<B: Backend> UserAdmin<B> {
                 .unwrap_or(Err(GatewayError::DeadlineExceeded))?,
             None => gated.await?,
         };
+        // How a deduplicated answer came, for the metric.
+        let kind = match &answer {
+            Answer::Flown { deduplicated, .. } => deduplicated.then_some("in_flight"),
+            Answer::Remembered {
+                outcome: Outcome::Sent { .. },
+                ..
+            } => Some("cooldown"),
+            Answer::Remembered { .. } => Some("unknown_outcome"),
+        };
+        if let Some(kind) = kind {
+            record.set_deduplicated(kind);
+        }
         match answer {
             Answer::Flown {
                 result,
@@ -217,10 +234,13 @@ impl<B: Backend> UserAdmin<B> {
             timeout: self.operation_timeout,
             retry_until,
         };
+        let identity = self
+            .identities
+            .resolve(&request.user_pool_id, &request.username)
+            .await
+            .map_err(GatewayError::Lookup)?;
         let ticket = Ticket {
-            user: self
-                .gate
-                .user_key(&request.user_pool_id, request.username.expose()),
+            user: self.gate.user_key(&request.user_pool_id, &identity),
             request: request
                 .request_id
                 .as_ref()
@@ -235,19 +255,7 @@ impl<B: Backend> UserAdmin<B> {
         let start = || {
             // The CLIENT span is made here, in the caller's span, and goes with the call into its
             // own task.
-            let span = tracing::info_span!(
-                "cognito",
-                otel.name = "CognitoIdentityProvider/AdminResetUserPassword",
-                otel.kind = "client",
-                otel.status_code = Empty,
-                rpc.system = "aws-api",
-                rpc.service = "CognitoIdentityProvider",
-                rpc.method = "AdminResetUserPassword",
-                cloud.region = Empty,
-                aws.request_id = Empty,
-                aws.exception = Empty,
-                aws.attempts = Empty,
-            );
+            let span = client_span("AdminResetUserPassword");
             let backend = Arc::clone(&self.backend);
             let request = Arc::clone(&request);
             async move {

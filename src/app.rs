@@ -167,6 +167,7 @@ impl App {
         let gate = Arc::new(gate);
         let mut handler = UserAdmin::new(
             Arc::new(backend),
+            limits.user_identity,
             Arc::clone(&gate),
             config.cognito.operation_timeout,
             limits.user_cooldown,

@@ -50,7 +50,7 @@ use tokio::time::Instant;
 
 use crate::{
     config::CognitoSettings,
-    domain::{self, ResetRequest, UserPoolId},
+    domain::{self, ResetRequest, UserPoolId, Username},
     metrics::{cognito_attributes, metrics},
     rate::RateLimit,
 };
@@ -213,6 +213,24 @@ impl BackendError {
     }
 }
 
+/// The CLIENT span of one call to Cognito (`method`: `AdminResetUserPassword`, ...), under
+/// OpenTelemetry's RPC conventions; the backend fills in the rest as it learns it.
+pub fn client_span(method: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "cognito",
+        otel.name = format!("CognitoIdentityProvider/{method}"),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        rpc.system = "aws-api",
+        rpc.service = "CognitoIdentityProvider",
+        rpc.method = method,
+        cloud.region = tracing::field::Empty,
+        aws.request_id = tracing::field::Empty,
+        aws.exception = tracing::field::Empty,
+        aws.attempts = tracing::field::Empty,
+    )
+}
+
 /// What bounds one call to Cognito.
 #[derive(Debug, Clone, Copy)]
 pub struct CallBounds {
@@ -233,6 +251,29 @@ pub trait Backend: Send + Sync + 'static {
         request: &ResetRequest,
         bounds: CallBounds,
     ) -> impl Future<Output = Result<ResetOutcome, BackendError>> + Send;
+
+    /// `DescribeUserPool`: whether the pool compares usernames case-sensitively
+    /// (`UsernameConfiguration.CaseSensitive`; pools created without it are). A backend that cannot
+    /// tell says they are, and usernames are then compared exactly.
+    fn usernames_case_sensitive(
+        &self,
+        _pool: &UserPoolId,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<bool, BackendError>> + Send {
+        std::future::ready(Ok(true))
+    }
+
+    /// `AdminGetUser`: the `sub` of the user a username or alias names.
+    fn user_sub(
+        &self,
+        _pool: &UserPoolId,
+        _username: &Username,
+        _timeout: Duration,
+    ) -> impl Future<Output = Result<String, BackendError>> + Send {
+        std::future::ready(Err(BackendError::Misconfigured(
+            "this backend cannot look users up (AdminGetUser)".into(),
+        )))
+    }
 
     /// Whether this backend can serve the pool at all, checked before a call spends the backend
     /// guard's budget: a call that cannot be sent must not crowd out one that can.
@@ -568,7 +609,81 @@ impl Backend for SdkBackend {
             }),
             Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
         };
-        record_cognito_call(&result, self.region_label(&region), started);
+        if let Ok(ResetOutcome {
+            request_id: Some(id),
+        }) = &result
+        {
+            tracing::Span::current().record("aws.request_id", id.as_str());
+        }
+        record_cognito_call(
+            "AdminResetUserPassword",
+            &result,
+            self.region_label(&region),
+            started,
+        );
+        result
+    }
+
+    async fn usernames_case_sensitive(
+        &self,
+        pool: &UserPoolId,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
+        let describe = client
+            .describe_user_pool()
+            .user_pool_id(pool.as_str())
+            .send();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, describe).await {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            // No UsernameConfiguration: a pool created without one, whose usernames are
+            // case-sensitive.
+            Ok(Ok(output)) => Ok(output
+                .user_pool()
+                .and_then(|pool| pool.username_configuration())
+                .is_none_or(|configuration| configuration.case_sensitive())),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        };
+        record_cognito_call(
+            "DescribeUserPool",
+            &result,
+            self.region_label(&region),
+            started,
+        );
+        result
+    }
+
+    async fn user_sub(
+        &self,
+        pool: &UserPoolId,
+        username: &Username,
+        timeout: Duration,
+    ) -> Result<String, BackendError> {
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
+        let get = client
+            .admin_get_user()
+            .user_pool_id(pool.as_str())
+            .username(username.expose())
+            .send();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, get).await {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            Ok(Ok(output)) => output
+                .user_attributes()
+                .iter()
+                .find(|attribute| attribute.name() == "sub")
+                .and_then(|attribute| attribute.value())
+                .map(str::to_owned)
+                .ok_or_else(|| BackendError::BadResponse {
+                    request_id: output.request_id().map(str::to_owned),
+                    detail: "AdminGetUser answered without the user's sub".into(),
+                }),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        };
+        record_cognito_call("AdminGetUser", &result, self.region_label(&region), started);
         result
     }
 }
@@ -576,14 +691,15 @@ impl Backend for SdkBackend {
 /// Finishes the CLIENT span (the current one, made by the caller) and the `rpc.client.duration`
 /// metric, whose labels take a bounded set of values: `region_label`, and an exception the error
 /// table knows or `_OTHER`.
-fn record_cognito_call(
-    result: &Result<ResetOutcome, BackendError>,
+fn record_cognito_call<T>(
+    method: &'static str,
+    result: &Result<T, BackendError>,
     region_label: &str,
     started: Instant,
 ) {
     let span = tracing::Span::current();
     let request_id = match result {
-        Ok(outcome) => outcome.request_id.as_deref(),
+        Ok(_) => None,
         Err(error) => error.request_id(),
     };
     let exception = match result {
@@ -603,15 +719,18 @@ fn record_cognito_call(
     };
     metrics().rpc_client_duration.record(
         started.elapsed().as_secs_f64() * 1000.0,
-        &cognito_attributes(exception_label, region_label),
+        &cognito_attributes(method, exception_label, region_label),
     );
 }
 
 /// Sorts the SDK's failure into a [`BackendError`].
-fn sort_sdk_error(
-    err: SdkError<AdminResetUserPasswordError, aws_smithy_runtime_api::http::Response>,
+fn sort_sdk_error<E: ProvideErrorMetadata>(
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
     timeout: Duration,
-) -> BackendError {
+) -> BackendError
+where
+    SdkError<E, aws_smithy_runtime_api::http::Response>: std::error::Error + 'static,
+{
     let request_id = err.request_id().map(str::to_owned);
     let detail = || DisplayErrorContext(&err).to_string();
     match &err {

@@ -13,6 +13,7 @@
 //! - [`fleet`], the gate's store in Redis, shared by every replica, and what a replica does when
 //!   it does not answer.
 //! - [`rate`], token buckets with exact waits: per caller, per pool, the backend guard.
+//! - [`identity`], who is "the same person": the username as the pool compares it, or the `sub`.
 //! - [`cognito`], the backend trait, the AWS SDK implementation, region routing and retry rules.
 //! - [`status`], THE error table, Cognito and gateway failures to gRPC statuses.
 //! - [`middleware`], tower layers, one per concern: trace, rescue (the one place errors become
@@ -42,6 +43,7 @@ pub mod domain;
 pub mod fleet;
 pub mod gate;
 pub mod health;
+pub mod identity;
 pub mod local;
 pub mod metrics;
 pub mod middleware;

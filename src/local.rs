@@ -11,6 +11,10 @@
 //! | not `CONFIRMED` | `NotAuthorizedException` "User password cannot be reset in the current state." |
 //! | no verified email or phone | `InvalidParameterException` |
 //! | otherwise | OK, user becomes `RESET_REQUIRED` |
+//!
+//! It also answers `DescribeUserPool` (the demo pool's usernames are case-insensitive, as the
+//! console has made them since 2020) and `AdminGetUser` (each user has a `sub` and an e-mail alias),
+//! which the gateway asks to know who is the same person.
 
 use std::{
     collections::HashMap,
@@ -107,20 +111,48 @@ pub const DEMO_USERS: &[DemoUser] = &[
 
 #[derive(Debug, Clone)]
 struct User {
+    username: String,
+    sub: String,
+    email: String,
     enabled: bool,
     status: UserStatus,
     verified_contact: bool,
 }
 
 #[derive(Debug, Default)]
+struct Pool {
+    /// As Cognito's `UsernameConfiguration.CaseSensitive`.
+    case_sensitive: bool,
+    users: Vec<User>,
+}
+
+impl Pool {
+    /// The user a username or e-mail alias names, compared as the pool compares.
+    fn find(&mut self, name: &str) -> Option<&mut User> {
+        let case_sensitive = self.case_sensitive;
+        let same = |a: &str, b: &str| {
+            if case_sensitive {
+                a == b
+            } else {
+                a.to_lowercase() == b.to_lowercase()
+            }
+        };
+        self.users
+            .iter_mut()
+            .find(|user| same(&user.username, name) || same(&user.email, name))
+    }
+}
+
+#[derive(Debug, Default)]
 struct Pools {
-    pools: HashMap<String, HashMap<String, User>>,
+    pools: HashMap<String, Pool>,
 }
 
 #[derive(Debug, Default)]
 struct Shared {
     pools: Mutex<Pools>,
     requests: AtomicU64,
+    resets: AtomicU64,
 }
 
 /// A running local Cognito. Dropping it stops the server.
@@ -144,19 +176,24 @@ impl LocalCognito {
         let addr = listener.local_addr()?;
         let users = DEMO_USERS
             .iter()
-            .map(|u| {
-                let user = User {
-                    enabled: u.enabled,
-                    status: u.status,
-                    verified_contact: u.verified_contact,
-                };
-                (u.username.to_owned(), user)
+            .enumerate()
+            .map(|(i, u)| User {
+                username: u.username.to_owned(),
+                sub: format!("00000000-0000-4000-8000-{:012}", i + 1),
+                email: format!("{}@example.com", u.username),
+                enabled: u.enabled,
+                status: u.status,
+                verified_contact: u.verified_contact,
             })
             .collect();
+        let pool = Pool {
+            case_sensitive: false,
+            users,
+        };
         let shared = Arc::new(Shared::default());
         lock(&shared.pools)
             .pools
-            .insert(DEMO_POOL_ID.to_owned(), users);
+            .insert(DEMO_POOL_ID.to_owned(), pool);
         let app = Router::new()
             .route("/", post(handle))
             .with_state(shared.clone());
@@ -177,14 +214,19 @@ impl LocalCognito {
     pub fn user_status(&self, pool: &str, username: &str) -> Option<UserStatus> {
         lock(&self.shared.pools)
             .pools
-            .get(pool)?
-            .get(username)
+            .get_mut(pool)?
+            .find(username)
             .map(|u| u.status)
     }
 
     /// How many requests reached this Cognito.
     pub fn requests(&self) -> u64 {
         self.shared.requests.load(Ordering::Relaxed)
+    }
+
+    /// How many of them were resets (`AdminResetUserPassword`): the sends that e-mail someone.
+    pub fn resets(&self) -> u64 {
+        self.shared.resets.load(Ordering::Relaxed)
     }
 }
 
@@ -195,9 +237,27 @@ fn lock(pools: &Mutex<Pools>) -> std::sync::MutexGuard<'_, Pools> {
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-struct ResetBody {
+struct UserBody {
     user_pool_id: String,
     username: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct PoolBody {
+    user_pool_id: String,
+}
+
+/// A Cognito error: its exception name and message.
+type Failure = (&'static str, String);
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Failure> {
+    serde_json::from_slice(body).map_err(|_| {
+        (
+            "SerializationException",
+            "could not read the request body".to_owned(),
+        )
+    })
 }
 
 async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -207,23 +267,21 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         .get("x-amz-target")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let result = match target {
-        "AWSCognitoIdentityProviderService.AdminResetUserPassword" => {
-            match serde_json::from_slice::<ResetBody>(&body) {
-                Ok(body) => reset(&shared, &body),
-                Err(_) => Err((
-                    "SerializationException",
-                    "could not read the request body".to_owned(),
-                )),
-            }
+    let result = match target.strip_prefix("AWSCognitoIdentityProviderService.") {
+        Some("AdminResetUserPassword") => {
+            shared.resets.fetch_add(1, Ordering::Relaxed);
+            parse(&body).and_then(|body| reset(&shared, &body).map(|()| "{}".to_owned()))
         }
+        Some("AdminGetUser") => parse(&body).and_then(|body| get_user(&shared, &body)),
+        Some("DescribeUserPool") => parse(&body).and_then(|body| describe_pool(&shared, &body)),
         _ => Err((
             "UnknownOperationException",
-            "the local Cognito implements AdminResetUserPassword only".to_owned(),
+            "the local Cognito implements AdminResetUserPassword, AdminGetUser and DescribeUserPool only"
+                .to_owned(),
         )),
     };
     let (status, body, error_type) = match result {
-        Ok(()) => (StatusCode::OK, "{}".to_owned(), None),
+        Ok(body) => (StatusCode::OK, body, None),
         Err((code, message)) => {
             let body = serde_json::json!({ "__type": code, "message": message }).to_string();
             (StatusCode::BAD_REQUEST, body, Some(code))
@@ -244,17 +302,51 @@ async fn handle(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
     response
 }
 
-fn reset(shared: &Shared, body: &ResetBody) -> Result<(), (&'static str, String)> {
-    let mut pools = lock(&shared.pools);
-    let Some(pool) = pools.pools.get_mut(&body.user_pool_id) else {
-        return Err((
+fn pool<'a>(pools: &'a mut Pools, id: &str) -> Result<&'a mut Pool, Failure> {
+    pools.pools.get_mut(id).ok_or_else(|| {
+        (
             "ResourceNotFoundException",
-            format!("User pool {} does not exist.", body.user_pool_id),
-        ));
-    };
-    let Some(user) = pool.get_mut(&body.username) else {
-        return Err(("UserNotFoundException", "User does not exist.".to_owned()));
-    };
+            format!("User pool {id} does not exist."),
+        )
+    })
+}
+
+fn user<'a>(pools: &'a mut Pools, body: &UserBody) -> Result<&'a mut User, Failure> {
+    pool(pools, &body.user_pool_id)?
+        .find(&body.username)
+        .ok_or_else(|| ("UserNotFoundException", "User does not exist.".to_owned()))
+}
+
+fn describe_pool(shared: &Shared, body: &PoolBody) -> Result<String, Failure> {
+    let mut pools = lock(&shared.pools);
+    let pool = pool(&mut pools, &body.user_pool_id)?;
+    Ok(serde_json::json!({
+        "UserPool": {
+            "Id": body.user_pool_id,
+            "UsernameConfiguration": { "CaseSensitive": pool.case_sensitive },
+        }
+    })
+    .to_string())
+}
+
+fn get_user(shared: &Shared, body: &UserBody) -> Result<String, Failure> {
+    let mut pools = lock(&shared.pools);
+    let user = user(&mut pools, body)?;
+    Ok(serde_json::json!({
+        "Username": user.username,
+        "Enabled": user.enabled,
+        "UserStatus": user.status.as_str(),
+        "UserAttributes": [
+            { "Name": "sub", "Value": user.sub },
+            { "Name": "email", "Value": user.email },
+        ],
+    })
+    .to_string())
+}
+
+fn reset(shared: &Shared, body: &UserBody) -> Result<(), Failure> {
+    let mut pools = lock(&shared.pools);
+    let user = user(&mut pools, body)?;
     if !user.enabled {
         return Err(("NotAuthorizedException", "User is disabled.".to_owned()));
     }

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub deduplicated: Counter<u64>,
     /// `cognito_gateway.in_flight`: calls being served.
     pub in_flight: UpDownCounter<i64>,
+    /// `cognito_gateway.pools_not_described`: failed `DescribeUserPool` calls, by `exception`;
+    /// meanwhile the pool's usernames are compared exactly.
+    pub pools_not_described: Counter<u64>,
     /// `cognito_gateway.fleet.duration`: each round trip to the fleet's store, by `operation`
     /// (`claim`, `settle`) and `outcome` (`ok`, `error`).
     pub fleet_duration: Histogram<f64>,
@@ -82,6 +85,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             .i64_up_down_counter("cognito_gateway.in_flight")
             .with_description("Calls being served")
             .build(),
+        pools_not_described: meter
+            .u64_counter("cognito_gateway.pools_not_described")
+            .with_description("Failed DescribeUserPool calls; the pool's usernames are compared exactly meanwhile")
+            .build(),
         fleet_duration: meter
             .f64_histogram("cognito_gateway.fleet.duration")
             .with_unit("ms")
@@ -103,11 +110,11 @@ pub fn metrics() -> &'static Metrics {
 }
 
 /// The attributes every Cognito client measurement carries.
-pub fn cognito_attributes(exception: &str, region: &str) -> [KeyValue; 5] {
+pub fn cognito_attributes(method: &'static str, exception: &str, region: &str) -> [KeyValue; 5] {
     [
         KeyValue::new("rpc.system", "aws-api"),
         KeyValue::new("rpc.service", "CognitoIdentityProvider"),
-        KeyValue::new("rpc.method", "AdminResetUserPassword"),
+        KeyValue::new("rpc.method", method),
         KeyValue::new("aws.exception", exception.to_owned()),
         KeyValue::new("cloud.region", region.to_owned()),
     ]

@@ -29,6 +29,7 @@ pub struct CallRecord {
     caller: OnceLock<Arc<str>>,
     pool: OnceLock<UserPoolId>,
     reset: OnceLock<ResetRecord>,
+    deduplicated: OnceLock<&'static str>,
 }
 
 /// What a successful reset adds to its call's record.
@@ -54,6 +55,18 @@ impl CallRecord {
     /// Records a successful reset.
     pub fn set_reset(&self, reset: ResetRecord) {
         let _ = self.reset.set(reset);
+    }
+
+    /// Records that the call was answered without a Cognito call of its own, and how: `in_flight`
+    /// (it shared one), `cooldown` (a success remembered), `unknown_outcome` (an unknown outcome
+    /// remembered or shared).
+    pub fn set_deduplicated(&self, kind: &'static str) {
+        let _ = self.deduplicated.set(kind);
+    }
+
+    /// How the call was deduplicated, if it was.
+    pub fn deduplicated(&self) -> Option<&'static str> {
+        self.deduplicated.get().copied()
     }
 
     /// Who called; `""` before authentication (or without it).

@@ -97,6 +97,9 @@ pub enum GatewayError {
         /// The failure itself, for the log; `None` when answered from memory.
         cause: Option<BackendError>,
     },
+    /// Looking the user up failed (`DescribeUserPool`, `AdminGetUser`): no reset was sent.
+    #[error("looking the user up failed: {0}")]
+    Lookup(BackendError),
     /// The request id was used before, for another pool or username.
     #[error("request_id was used for another pool or username")]
     RequestIdReused,
@@ -118,7 +121,7 @@ impl GatewayError {
     /// Cognito's request id, where Cognito answered.
     pub fn cognito_request_id(&self) -> Option<&str> {
         match self {
-            Self::Backend(backend) => backend.request_id(),
+            Self::Backend(backend) | Self::Lookup(backend) => backend.request_id(),
             Self::OutcomeUnknown { request_id, .. } => request_id.as_deref(),
             _ => None,
         }
@@ -263,6 +266,12 @@ fn gateway_row(error: &GatewayError) -> Row {
             row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
         }
         GatewayError::OutcomeUnknown { .. } => row(Unknown, OUTCOME_UNKNOWN, Extra::None),
+        // Whatever went wrong, no reset was sent: Cognito's own answers keep their rows, and what
+        // would leave a reset's outcome unknown only means Cognito was not reached.
+        GatewayError::Lookup(error) if error.outcome_unknown() => {
+            row(Unavailable, "BACKEND_UNREACHABLE", Extra::Retry)
+        }
+        GatewayError::Lookup(error) => gateway_row(&GatewayError::Backend(error.clone())),
         GatewayError::RequestIdReused => row(FailedPrecondition, "REQUEST_ID_REUSED", Extra::None),
         GatewayError::StoreUnavailable(_) => {
             row(Unavailable, "FLEET_STORE_UNAVAILABLE", Extra::Retry)

@@ -76,7 +76,7 @@ pub(crate) async fn bench() -> InProcess {
         sequential(WARM_UP, &gw_ok, "gateway warm-up").await;
         sequential(WARM_UP, &sdk_ok, "direct warm-up").await;
 
-        let before = local.requests();
+        let before = local.resets();
         let mut gw_seq = Sequential::new("gateway → local Cognito, `alice` OK");
         let mut sdk_seq = Sequential::new("SDK direct → local Cognito, `alice` OK");
         for _ in 0..ROUNDS {
@@ -85,7 +85,7 @@ pub(crate) async fn bench() -> InProcess {
         }
         // Same work on both sides: no gateway call was answered without Cognito.
         assert_eq!(
-            local.requests() - before,
+            local.resets() - before,
             (2 * ROUNDS * SEQUENTIAL_CALLS) as u64,
             "every sequential call reached the local Cognito once"
         );
@@ -125,9 +125,9 @@ pub(crate) async fn bench() -> InProcess {
                 (&mut gw_same, &gw_ok),
                 (&mut sdk_same, &sdk_ok),
             ] {
-                let before = local.requests();
+                let before = local.resets();
                 let load = concurrent(CONCURRENT_CALLS, IN_FLIGHT, call, rounds.label).await;
-                rounds.push(load, local.requests() - before);
+                rounds.push(load, local.resets() - before);
             }
         }
         let same_user_deduplicated = deduplicated.load(Ordering::Relaxed) - dedup_before;

@@ -144,6 +144,7 @@ async fn start_bare(
     let gate = ResetGate::new(random_key(), Arc::new(store));
     let handler = UserAdminServiceServer::new(UserAdmin::new(
         Arc::new(backend),
+        limits.user_identity,
         Arc::new(gate),
         operation_timeout,
         limits.user_cooldown,

@@ -130,6 +130,11 @@ impl CallLine {
                 .filter(|status| status.code() != Code::Ok)
                 .map(|status| protocol_error(&status)),
         };
+        if let Some(kind) = self.record.deduplicated() {
+            metrics()
+                .deduplicated
+                .add(1, &[opentelemetry::KeyValue::new("kind", kind)]);
+        }
         match error {
             Some(error) => {
                 let status = to_status(&error, self.record.pool());
@@ -138,9 +143,6 @@ impl CallLine {
             }
             None => {
                 if let Some(reset) = self.record.reset() {
-                    if reset.deduplicated {
-                        metrics().deduplicated.add(1, &[]);
-                    }
                     let (trace_id, span_id) = current_ids().unwrap_or_default();
                     tracing::info!(
                         code = "OK",

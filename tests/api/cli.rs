@@ -91,7 +91,11 @@ fn reset_reports_an_unreachable_gateway() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_takes_aws_settings_from_the_standard_environment() {
-    use wiremock::{Mock, matchers::method};
+    use crate::kit::fake_cognito::TARGET;
+    use wiremock::{
+        Mock,
+        matchers::{header, method},
+    };
     let cognito = fake_cognito(cognito_ok("rid-env")).await;
     let (gateway, _files) = start_binary_against(
         &cognito.uri(),
@@ -120,7 +124,7 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
     .unwrap();
     assert!(output.status.success(), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stdout).contains("rid-env"));
-    let sent = cognito.received_requests().await.unwrap();
+    let sent = crate::kit::fake_cognito::resets(&cognito).await;
     assert_eq!(sent.len(), 1);
     let authorization = sent[0].headers["authorization"].to_str().unwrap();
     assert!(
@@ -135,6 +139,7 @@ async fn serve_takes_aws_settings_from_the_standard_environment() {
     // --timeout-ms goes to the gateway as the call's deadline: a slow Cognito makes it
     // DEADLINE_EXCEEDED, the gateway's answer, not a local CANCELLED.
     Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
         .and(wiremock::matchers::body_string_contains(
             "\"Username\":\"slow\"",
         ))

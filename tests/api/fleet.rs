@@ -17,7 +17,7 @@ use crate::{
     kit::{
         app::{TestApp, request, sdk_backend, spawn_app_with, test_config, test_settings},
         binary::start_binary,
-        fake_cognito::{cognito_error, cognito_ok, fake_cognito, sends},
+        fake_cognito::{cognito_error, cognito_ok, fake_cognito, fake_cognito_with_pool, sends},
         files::Files,
         redis::Redis,
     },
@@ -377,4 +377,93 @@ async fn a_replica_that_dies_holding_a_flight_blocks_the_user_no_longer_than_its
 fn sha256(text: &str) -> [u8; 32] {
     use sha2::Digest as _;
     sha2::Sha256::digest(text.as_bytes()).into()
+}
+
+#[tokio::test]
+async fn spellings_of_one_user_are_one_user_where_the_pool_says_so() {
+    for case_sensitive in [false, true] {
+        let redis = Redis::start();
+        let cognito = fake_cognito_with_pool(cognito_ok("rid"), case_sensitive).await;
+        let apps = replicas(
+            2,
+            &fleet_config(&redis, OnUnavailable::Deny),
+            &cognito.uri(),
+        )
+        .await;
+        assert!(!apps[0].reset(POOL, "Judy").await.unwrap().deduplicated);
+        let other_spelling = apps[1].reset(POOL, "jUDY").await.unwrap();
+        let expected_sends = if case_sensitive { 2 } else { 1 };
+        assert_eq!(
+            other_spelling.deduplicated, !case_sensitive,
+            "case-sensitive pool: {case_sensitive}"
+        );
+        assert_eq!(sends(&cognito).await, expected_sends);
+        redis.assert_holds_no(&["judy"]);
+    }
+}
+
+#[tokio::test]
+async fn with_canonical_identity_an_alias_is_the_same_user() {
+    use wiremock::{
+        Mock, ResponseTemplate,
+        matchers::{body_partial_json, header},
+    };
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    for (username, sub) in [
+        ("kim", "sub-kim"),
+        ("kim@example.com", "sub-kim"),
+        ("lee", "sub-lee"),
+    ] {
+        Mock::given(header(
+            "x-amz-target",
+            "AWSCognitoIdentityProviderService.AdminGetUser",
+        ))
+        .and(body_partial_json(
+            serde_json::json!({ "Username": username }),
+        ))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(
+                serde_json::json!({
+                    "Username": "kim",
+                    "UserAttributes": [{ "Name": "sub", "Value": sub }],
+                })
+                .to_string(),
+                "application/x-amz-json-1.1",
+            ),
+        )
+        .mount(&cognito)
+        .await;
+    }
+    Mock::given(header(
+        "x-amz-target",
+        "AWSCognitoIdentityProviderService.AdminGetUser",
+    ))
+    .respond_with(cognito_error(
+        400,
+        "UserNotFoundException",
+        "User does not exist.",
+        "rid-nf",
+    ))
+    .with_priority(10)
+    .mount(&cognito)
+    .await;
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    config.limits.user_identity = cognito_gateway::config::UserIdentity::Canonical;
+    let apps = replicas(2, &config, &cognito.uri()).await;
+    assert!(!apps[0].reset(POOL, "kim").await.unwrap().deduplicated);
+    assert!(
+        apps[1]
+            .reset(POOL, "kim@example.com")
+            .await
+            .unwrap()
+            .deduplicated
+    );
+    assert!(!apps[1].reset(POOL, "lee").await.unwrap().deduplicated);
+    assert_eq!(sends(&cognito).await, 2);
+    // A user AdminGetUser does not know: NOT_FOUND, and nothing sent.
+    let unknown = apps[0].reset(POOL, "nobody").await.unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert_eq!(sends(&cognito).await, 2);
+    redis.assert_holds_no(&["kim", "lee", "sub-"]);
 }

@@ -34,7 +34,7 @@ async fn the_resettable_demo_user_is_reset_and_a_repeat_changes_nothing() {
     );
     let second = app.reset(DEMO_POOL_ID, "alice").await.unwrap();
     assert_ne!(first.cognito_request_id, second.cognito_request_id);
-    assert_eq!(local.requests(), 2);
+    assert_eq!(local.resets(), 2);
 }
 
 #[tokio::test]

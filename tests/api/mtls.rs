@@ -128,7 +128,7 @@ async fn a_client_certificate_names_the_caller_and_others_are_refused() {
         assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
         assert_eq!(error_info(&status).reason, "UNAUTHENTICATED");
     }
-    assert_eq!(cognito.received_requests().await.unwrap().len(), 1);
+    assert_eq!(crate::kit::fake_cognito::sends(&cognito).await, 1);
 }
 
 #[tokio::test]

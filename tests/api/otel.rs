@@ -272,7 +272,11 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     // Its Cognito call is a CLIENT child.
     let client = spans
         .iter()
-        .find(|s| s.kind == SpanKind::Client as i32 && s.parent_span_id == first.span_id)
+        .find(|s| {
+            s.kind == SpanKind::Client as i32
+                && s.parent_span_id == first.span_id
+                && s.name.ends_with("AdminResetUserPassword")
+        })
         .expect("a client span under the first server span");
     assert_eq!(client.trace_id, first.trace_id);
     assert_eq!(

@@ -14,7 +14,10 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tracing_subscriber::{Layer as _, filter::FilterFn, layer::SubscriberExt as _};
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{header, method},
+};
 
 use crate::{
     helpers::{error_info, eventually, raw},
@@ -22,7 +25,7 @@ use crate::{
         app::{
             TestApp, request, sdk_backend, spawn_app, spawn_app_with, test_config, test_settings,
         },
-        fake_cognito::{cognito_ok, fake_cognito},
+        fake_cognito::{TARGET, cognito_ok, fake_cognito},
     },
 };
 
@@ -146,7 +149,7 @@ async fn malformed_messages_get_a_clear_status_and_the_server_lives_on() {
     assert_eq!(error_info(&status).reason, "UNKNOWN_METHOD");
 
     // And a good call still works, none of the above reached Cognito.
-    assert_eq!(server.received_requests().await.unwrap().len(), 0);
+    assert_eq!(crate::kit::fake_cognito::sends(&server).await, 0);
     app.reset("us-east-1_Pool1", "alice").await.unwrap();
 }
 
@@ -176,10 +179,7 @@ async fn shutdown_turns_health_off_and_lets_in_flight_calls_finish() {
         })
     };
     eventually("the call to reach Cognito", || async {
-        server
-            .received_requests()
-            .await
-            .is_some_and(|r| r.len() == 1)
+        crate::kit::fake_cognito::sends(&server).await == 1
     })
     .await;
     app.begin_shutdown();
@@ -214,10 +214,7 @@ async fn shutdown_is_bounded_by_the_grace_period() {
         })
     };
     eventually("the call to reach Cognito", || async {
-        server
-            .received_requests()
-            .await
-            .is_some_and(|r| r.len() == 1)
+        crate::kit::fake_cognito::sends(&server).await == 1
     })
     .await;
     app.begin_shutdown();
@@ -275,6 +272,7 @@ fn logs_of_calls(capped: bool) -> String {
         let server = MockServer::start().await;
         // Cognito quoting the username back, as its validation and Lambda messages can.
         Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
             .respond_with(
                 ResponseTemplate::new(400)
                     .insert_header("x-amzn-ErrorType", "UnexpectedLambdaException")
@@ -287,7 +285,8 @@ fn logs_of_calls(capped: bool) -> String {
             .with_priority(1)
             .mount(&server)
             .await;
-        Mock::given(method("POST")).respond_with(cognito_ok("rid")).with_priority(2).mount(&server).await;
+        Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET)).respond_with(cognito_ok("rid")).with_priority(2).mount(&server).await;
         let app = spawn_app(&server.uri()).await;
         let mut with_metadata = request("us-east-1_Pool1", USER);
         with_metadata.client_metadata.insert("tenant".into(), METADATA.into());
@@ -409,7 +408,7 @@ async fn a_health_only_listener_serves_probes_and_nothing_else() {
         watch.next().await.unwrap().unwrap().status(),
         ServingStatus::NotServing
     );
-    assert_eq!(server.received_requests().await.unwrap().len(), 0);
+    assert_eq!(crate::kit::fake_cognito::sends(&server).await, 0);
 }
 
 #[tokio::test]

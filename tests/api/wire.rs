@@ -7,14 +7,17 @@ use std::{collections::HashMap, time::Duration};
 use cognito_gateway::{config::CognitoSettings, domain::Region};
 use serde_json::{Value, json};
 use tonic::Code;
-use wiremock::{Mock, MockServer, ResponseTemplate, matchers::method};
+use wiremock::{
+    Mock, MockServer, ResponseTemplate,
+    matchers::{header, method},
+};
 
 use crate::{
     helpers::{details, error_info, raw, with_deadline},
     kit::{
         app::{request, sdk_backend, spawn_app, spawn_app_with, test_config, test_settings},
         binary::start_binary_against,
-        fake_cognito::{cognito_error, cognito_ok, fake_cognito, sends},
+        fake_cognito::{TARGET, cognito_error, cognito_ok, fake_cognito, sends},
     },
 };
 
@@ -112,7 +115,7 @@ async fn success_returns_cognitos_request_id() {
     let response = app.reset(POOL, "zoë").await.unwrap();
     assert_eq!(response.cognito_request_id, "rid-ok-1");
 
-    let sent = server.received_requests().await.unwrap();
+    let sent = crate::kit::fake_cognito::resets(&server).await;
     assert_eq!(sent.len(), 1);
     let body: Value = sent[0].body_json().unwrap();
     assert_eq!(body["UserPoolId"], POOL);
@@ -134,7 +137,7 @@ async fn client_metadata_reaches_cognito() {
     let mut req = request(POOL, "alice");
     req.client_metadata = HashMap::from([("tenant".to_owned(), "acme".to_owned())]);
     app.reset_request(req).await.unwrap();
-    let sent = server.received_requests().await.unwrap();
+    let sent = crate::kit::fake_cognito::resets(&server).await;
     let body: Value = sent[0].body_json().unwrap();
     assert_eq!(body["ClientMetadata"], json!({ "tenant": "acme" }));
 }
@@ -159,6 +162,7 @@ async fn error_type_header_wins_and_namespaces_are_stripped() {
 async fn throttling_then_success_is_retried_once() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
         .respond_with(cognito_error(
             400,
             "TooManyRequestsException",
@@ -170,6 +174,7 @@ async fn throttling_then_success_is_retried_once() {
         .mount(&server)
         .await;
     Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
         .respond_with(cognito_ok("rid-second"))
         .with_priority(2)
         .mount(&server)
@@ -351,7 +356,7 @@ async fn the_region_comes_from_the_pool_id() {
     let app = spawn_app(&server.uri()).await;
     app.reset("eu-west-1_Pool1", "alice").await.unwrap();
     app.reset("ap-southeast-2_Pool2", "alice").await.unwrap();
-    let sent = server.received_requests().await.unwrap();
+    let sent = crate::kit::fake_cognito::resets(&server).await;
     let scopes: Vec<_> = sent
         .iter()
         .map(|r| r.headers["authorization"].to_str().unwrap().to_owned())
@@ -419,7 +424,7 @@ async fn concurrent_resets_each_reach_cognito_exactly_once() {
     });
     let results = futures_join_all(calls).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
-    let sent = server.received_requests().await.unwrap();
+    let sent = crate::kit::fake_cognito::resets(&server).await;
     let mut per_user: HashMap<String, usize> = HashMap::new();
     for request in &sent {
         let body: Value = request.body_json().unwrap();
@@ -470,11 +475,15 @@ async fn black_hole() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>
     let counter = accepted.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buf = [0u8; 4096];
-                // Read the request head, then hang up mid-exchange.
-                let _ = socket.read(&mut buf).await;
+                // Read the request head, then hang up mid-exchange. Only resets are counted
+                // (lookups such as DescribeUserPool send nobody anything).
+                let read = socket.read(&mut buf).await.unwrap_or(0);
+                if String::from_utf8_lossy(&buf[..read]).contains(TARGET) {
+                    counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
             });
         }
     });
@@ -557,6 +566,7 @@ impl wiremock::Respond for EchoingLambda {
 async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
         .respond_with(EchoingLambda("UserLambdaValidationException"))
         .mount(&server)
         .await;
@@ -588,6 +598,7 @@ async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
 async fn what_a_lambda_says_stays_out_of_the_log() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
+        .and(header("x-amz-target", TARGET))
         .respond_with(EchoingLambda("UnexpectedLambdaException"))
         .mount(&server)
         .await;

@@ -85,9 +85,11 @@ impl Redis {
         let mut connection = self.connection();
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
         keys.into_iter()
-            .map(|key| {
+            .filter_map(|key| {
                 let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
                 let value = match kind.as_str() {
+                    // Expired since KEYS listed it.
+                    "none" => return None,
                     "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
                     "set" => redis::cmd("SMEMBERS")
                         .arg(&key)
@@ -96,7 +98,7 @@ impl Redis {
                         .join(","),
                     other => panic!("unexpected {other} at {key}"),
                 };
-                (key, value)
+                Some((key, value))
             })
             .collect()
     }
