@@ -113,16 +113,7 @@ impl App {
             .build_v1alpha()
             .map_err(std::io::Error::other)?;
 
-        let access = Arc::new(
-            Access::load(
-                &config.access,
-                &config.limits,
-                config.path.clone(),
-                config.local,
-            )
-            .await
-            .map_err(std::io::Error::other)?,
-        );
+        let access = Arc::new(load_access(&config).await.map_err(std::io::Error::other)?);
         if config.access.mode == AuthMode::None {
             tracing::warn!(
                 "authentication is OFF (auth.mode = \"none\"): every call is the caller \"anonymous\""
@@ -313,6 +304,43 @@ impl App {
             }
         }
     }
+}
+
+/// The caller policy, with the files it names (JWKS, certificates) read.
+async fn load_access(config: &Config) -> Result<Access, String> {
+    Access::load(
+        &config.access,
+        &config.limits,
+        config.path.clone(),
+        config.local,
+    )
+    .await
+}
+
+/// Checks a configuration as [`App::build`] would use it, reading every file it names, without
+/// binding or serving (`check-config`); says in one line what it configures.
+pub async fn check(config: &Config) -> Result<String, String> {
+    let access = load_access(config).await?;
+    if let Some(fleet) = &config.fleet {
+        crate::fleet::check(fleet).map_err(|error| error.to_string())?;
+    }
+    let callers = access.policy().caller_names().len();
+    let limits = &config.limits;
+    let fleet = match &config.fleet {
+        Some(fleet) => format!(
+            "shared through Redis (on_unavailable {}, replicas_hint {})",
+            fleet.on_unavailable.as_str(),
+            fleet.replicas_hint
+        ),
+        None => "in this process".to_owned(),
+    };
+    Ok(format!(
+        "config OK: auth {} with {callers} caller(s); backend_rps {}; cooldown {} s; user identity {}; limits and the user gate {fleet}",
+        config.access.mode.as_str(),
+        limits.backend_rps,
+        limits.user_cooldown.as_secs(),
+        limits.user_identity.as_str(),
+    ))
 }
 
 /// What reflection describes: the API and health.

@@ -23,6 +23,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Call a running gateway's ResetUserPassword and print the outcome.
     Reset(ResetArgs),
+    /// Validate a configuration exactly as `serve` would (every key, every file it names) without
+    /// serving: exit 0 with a one-line summary, or exit 2 with a message naming the key.
+    CheckConfig(ServeArgs),
 }
 
 /// Flags of `serve`.
@@ -80,6 +83,10 @@ pub struct ResetArgs {
     /// projected service-account token. Read from a file so that it never shows in `ps`.
     #[arg(long, env = "COGNITO_GATEWAY_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// The request's id (a UUID). Send the one a previous run printed to retry that request
+    /// safely: its outcome is answered, and nothing is sent again. A new one by default.
+    #[arg(long)]
+    pub request_id: Option<String>,
 }
 
 fn parse_key_value(raw: &str) -> Result<(String, String), String> {

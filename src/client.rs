@@ -17,10 +17,11 @@ use crate::{
 
 /// Calls the gateway and prints the outcome: stdout on success, stderr on failure.
 pub async fn run(args: ResetArgs) -> ExitCode {
-    match call(&args).await {
+    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
+    match call(&args, &request_id).await {
         Ok(response) if response.deduplicated => {
             println!(
-                "OK: already reset moments ago; no new code was sent (Cognito request id: {})",
+                "OK: already reset moments ago (or by this request id); no new code was sent (Cognito request id: {})",
                 or_none(&response.cognito_request_id)
             );
             ExitCode::SUCCESS
@@ -34,12 +35,20 @@ pub async fn run(args: ResetArgs) -> ExitCode {
         }
         Err(status) => {
             eprintln!("{}", describe(&status));
+            // Whether the reset happened is not known: the same id asks again without sending
+            // the user another code.
+            if matches!(
+                status.code(),
+                tonic::Code::Unknown | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+            ) {
+                eprintln!("  to retry this very request safely: --request-id {request_id}");
+            }
             ExitCode::FAILURE
         }
     }
 }
 
-async fn call(args: &ResetArgs) -> Result<ResetUserPasswordResponse, Status> {
+async fn call(args: &ResetArgs, request_id: &str) -> Result<ResetUserPasswordResponse, Status> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let endpoint = Endpoint::from_shared(args.addr.clone())
         .map_err(|e| Status::invalid_argument(format!("bad --addr {:?}: {e}", args.addr)))?
@@ -55,7 +64,7 @@ async fn call(args: &ResetArgs) -> Result<ResetUserPasswordResponse, Status> {
         user_pool_id: args.user_pool_id.clone(),
         username: args.username.clone(),
         client_metadata: args.client_metadata.iter().cloned().collect(),
-        request_id: new_request_id(),
+        request_id: request_id.to_owned(),
     });
     if let Some(path) = &args.token_file {
         let token = std::fs::read_to_string(path).map_err(|e| {

@@ -73,6 +73,18 @@ pub enum AuthMode {
     None,
 }
 
+impl AuthMode {
+    /// The name the TOML file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Jwt => "jwt",
+            Self::Mtls => "mtls",
+            Self::None => "none",
+        }
+    }
+}
+
 /// The reloadable part of the configuration: authentication and the caller policy.
 #[derive(Debug, Clone)]
 pub struct AccessConfig {
@@ -195,6 +207,16 @@ pub enum UserIdentity {
     Canonical,
 }
 
+impl UserIdentity {
+    /// The name the TOML file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Username => "username",
+            Self::Canonical => "canonical",
+        }
+    }
+}
+
 /// `[fleet]`: the Redis (or Valkey, ElastiCache, MemoryDB) every replica shares.
 #[derive(Clone, PartialEq, Eq)]
 pub struct FleetSettings {
@@ -236,6 +258,16 @@ pub enum OnUnavailable {
     Local,
     /// Calls are refused (UNAVAILABLE FLEET_STORE_UNAVAILABLE) until the store answers again.
     Deny,
+}
+
+impl OnUnavailable {
+    /// The name the TOML file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::Deny => "deny",
+        }
+    }
 }
 
 /// HTTP/2 and shutdown settings (`[server]` in the TOML file).

@@ -315,6 +315,11 @@ async fn probe(redis: ConnectionManager, up: Arc<AtomicBool>, timeout: Duration)
     }
 }
 
+/// Checks that `settings` name a Redis the client can use (the URL, the CA), without connecting.
+pub fn check(settings: &FleetSettings) -> Result<(), FleetError> {
+    client(settings).map(drop)
+}
+
 fn client(settings: &FleetSettings) -> Result<redis::Client, FleetError> {
     use redis::IntoConnectionInfo as _;
     let error = |error: redis::RedisError| FleetError(error.to_string());

@@ -17,6 +17,25 @@ async fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Serve(args) => serve(args).await,
         Command::Reset(args) => cognito_gateway::client::run(args).await,
+        Command::CheckConfig(args) => check_config(&args).await,
+    }
+}
+
+/// `check-config`: exit 0 and one line, or exit 2 and what is wrong (naming the key).
+async fn check_config(args: &ServeArgs) -> ExitCode {
+    let checked = match Config::load(args) {
+        Ok(config) => cognito_gateway::app::check(&config).await,
+        Err(error) => Err(error.to_string()),
+    };
+    match checked {
+        Ok(summary) => {
+            println!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("cognito-gateway: {error}");
+            ExitCode::from(2)
+        }
     }
 }
 

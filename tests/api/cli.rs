@@ -256,3 +256,84 @@ fn without_aws_region_the_start_never_asks_imds() {
     assert_eq!(gateway.terminate(), Some(0));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_key_of_a_bad_one() {
+    let files = crate::kit::files::Files::new("check-config");
+    let secret = files.write("secret", &"s".repeat(40));
+    let good = files.write(
+        "good.toml",
+        &format!(
+            "[auth]\nmode = \"none\"\n[limits]\nuser_identity = \"canonical\"\n[fleet]\nredis_url = \"redis://127.0.0.1:1/0\"\nuser_key_secret_file = {:?}\n",
+            secret.display().to_string()
+        ),
+    );
+    let check = |path: &std::path::Path| {
+        Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(path)
+            .env_remove("COGNITO_GATEWAY_REDIS_URL")
+            .output()
+            .unwrap()
+    };
+    let ok = check(&good);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    let summary = String::from_utf8_lossy(&ok.stdout);
+    assert_eq!(summary.lines().count(), 1, "{summary}");
+    assert!(
+        summary.starts_with("config OK: auth none") && summary.contains("user identity canonical"),
+        "{summary}"
+    );
+    // Nothing is served and Redis is not asked: the check passed with no Redis at that address.
+    for (name, toml, key) in [
+        (
+            "range.toml",
+            "[server]\nmax_concurrent_streams = 0\n".to_owned(),
+            "server.max_concurrent_streams",
+        ),
+        (
+            "secret.toml",
+            "[auth]\nmode = \"none\"\n[fleet]\nredis_url = \"redis://x\"\nuser_key_secret_file = \"/nonexistent/secret\"\n".to_owned(),
+            "fleet.user_key_secret_file",
+        ),
+        (
+            "jwks.toml",
+            "[auth]\nmode = \"jwt\"\n[auth.jwt]\nissuer = \"i\"\naudience = \"a\"\njwks_file = \"/nonexistent/jwks.json\"\n[[callers]]\nname = \"svc\"\nuser_pools = [\"*\"]\n".to_owned(),
+            "auth.jwt.jwks_file",
+        ),
+    ] {
+        let bad = check(&files.write(name, &toml));
+        assert_eq!(bad.status.code(), Some(2), "{name}: {bad:?}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(stderr.contains(key), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn reset_prints_the_request_id_to_retry_an_unknown_outcome_with() {
+    let mut gateway = start_binary(&["--local"], &[]);
+    const ID: &str = "0b3e6f1c-7d2a-4e8b-9c5f-1a2b3c4d5e6f";
+    let run = |user: &str| {
+        Command::new(BIN)
+            .args(["reset", "--addr", &format!("http://{}", gateway.addr)])
+            .args(["--user-pool-id", "local-1_DemoPool", "--username", user])
+            .args(["--request-id", ID])
+            .output()
+            .unwrap()
+    };
+    let first = run("alice");
+    assert!(first.status.success(), "{first:?}");
+    let again = run("alice");
+    assert!(again.status.success(), "{again:?}");
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("no new code was sent"),
+        "{again:?}"
+    );
+    // The same id for another user is refused.
+    let reused = run("carol-unconfirmed");
+    assert!(
+        String::from_utf8_lossy(&reused.stderr).starts_with("FAILED_PRECONDITION REQUEST_ID_REUSED"),
+        "{reused:?}"
+    );
+    assert_eq!(gateway.terminate(), Some(0));
+}
