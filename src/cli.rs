@@ -115,7 +115,7 @@ mod tests {
         let cli = Cli::try_parse_from(["cognito-gateway", "serve"].iter().chain(args)).unwrap();
         match cli.command {
             Command::Serve(serve) => serve,
-            Command::Reset(_) => unreachable!("parsed serve"),
+            Command::Reset(_) | Command::CheckConfig(_) => unreachable!("parsed serve"),
         }
     }
 

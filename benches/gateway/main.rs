@@ -12,6 +12,8 @@
 //! 5. The middleware stack's cost: the gateway as `App::build` assembles it (token authentication
 //!    on) against the bare handler with no layers, both in front of a backend that answers at once,
 //!    so the figures are the gateway's alone, not Cognito's.
+//! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
+//!    process, with the Redis round trips each call costs.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
 //! as the tests do: their checks still run on every call, but none refuses one and no answer is
@@ -32,6 +34,7 @@
 //! - `in_process.rs`: 2 and 3, the gateway in process against the SDK called directly.
 //! - `tracing_cost.rs`: 4, OTLP export on and off.
 //! - `stack.rs`: 5, the middleware stack against the bare handler.
+//! - `fleet.rs`: 6, Redis against in process.
 //! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
 //! - `stats.rs`: percentiles per round, medians over rounds.
 //! - `compare.rs`: two paths measured round by round with the CPU they used (sections 4 and 5).
@@ -40,7 +43,8 @@
 //!   an OTLP collector server.
 //!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
-//! `--bench`; `main` then returns at once so the test suite stays fast.
+//! `--bench`; `main` then returns at once so the test suite stays fast. With
+//! `COGNITO_GATEWAY_BENCH=fleet` (say) only that section runs, and its table goes to stdout only.
 
 // A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
 // wrong thing; every `expect` in these files says what it relies on.
@@ -49,6 +53,7 @@ use std::{path::Path, time::Instant};
 
 mod binary;
 mod compare;
+mod fleet;
 mod in_process;
 mod load;
 mod report;
@@ -73,12 +78,20 @@ fn main() {
         return;
     }
     let started = Instant::now();
+    let only = std::env::var("COGNITO_GATEWAY_BENCH").ok();
     // Default worker count (one per core), as the binary's #[tokio::main] has.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime builds");
 
+    if only.as_deref() == Some("fleet") {
+        let figures = runtime.block_on(fleet::bench());
+        let mut report = String::new();
+        fleet::write(&mut report, &figures);
+        println!("{report}");
+        return;
+    }
     let machine = report::Machine::probe();
     eprintln!(
         "benchmarking the release binary ({} processes)...",
@@ -92,6 +105,8 @@ fn main() {
     // Last: its second half installs a process-wide log subscriber, which nothing before expects.
     eprintln!("benchmarking the middleware stack against the bare handler ({ROUNDS} rounds)...");
     let stack = runtime.block_on(stack::bench());
+    eprintln!("benchmarking the fleet: Redis against in process ({ROUNDS} rounds)...");
+    let fleet = runtime.block_on(fleet::bench());
     let load_after = report::read_loadavg();
 
     let mut report = String::new();
@@ -100,6 +115,7 @@ fn main() {
     in_process::write(&mut report, &in_process, machine.cpus);
     tracing_cost::write(&mut report, &tracing_cost);
     stack::write(&mut report, &stack);
+    fleet::write(&mut report, &fleet);
     println!("{report}");
     if let Some(dir) = Path::new(report::REPORT).parent() {
         std::fs::create_dir_all(dir).expect("docs/ can be created");

@@ -80,6 +80,23 @@ impl Redis {
             .unwrap()
     }
 
+    /// The commands Redis has run that the gateway sends: its scripts (EVALSHA, and EVAL when a
+    /// script was not loaded yet) and its probes (PING); each is one round trip.
+    pub fn round_trips(&self) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        info.lines()
+            .filter(|line| {
+                ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_ping:"]
+                    .iter()
+                    .any(|name| line.starts_with(name))
+            })
+            .filter_map(|line| line.split("calls=").nth(1)?.split(',').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
     /// Every key and value, as text.
     pub fn dump(&self) -> Vec<(String, String)> {
         let mut connection = self.connection();
