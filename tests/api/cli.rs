@@ -332,7 +332,8 @@ fn reset_prints_the_request_id_to_retry_an_unknown_outcome_with() {
     // The same id for another user is refused.
     let reused = run("carol-unconfirmed");
     assert!(
-        String::from_utf8_lossy(&reused.stderr).starts_with("FAILED_PRECONDITION REQUEST_ID_REUSED"),
+        String::from_utf8_lossy(&reused.stderr)
+            .starts_with("FAILED_PRECONDITION REQUEST_ID_REUSED"),
         "{reused:?}"
     );
     assert_eq!(gateway.terminate(), Some(0));

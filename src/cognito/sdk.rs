@@ -1,0 +1,483 @@
+//! The production backend: the AWS SDK, one client per region (the region comes from the pool id).
+
+use std::{
+    cell::Cell,
+    collections::{BTreeSet, HashMap},
+    sync::{Arc, RwLock},
+    time::Duration,
+};
+
+use aws_config::{
+    BehaviorVersion, SdkConfig,
+    default_provider::{credentials::DefaultCredentialsChain, token::DefaultTokenChain},
+    environment::region::EnvironmentVariableRegionProvider,
+    meta::region::RegionProviderChain,
+    profile::ProfileFileRegionProvider,
+};
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_cognitoidentityprovider::{
+    Client,
+    config::{Region, retry::RetryConfig, timeout::TimeoutConfig},
+    error::{ConnectorError, DisplayErrorContext, ProvideErrorMetadata, SdkError},
+    operation::RequestId,
+};
+use aws_smithy_runtime_api::client::{dns::ResolveDnsError, retries::RequestAttempts};
+use tokio::time::Instant;
+
+use crate::{
+    config::CognitoSettings,
+    domain::{self, ResetRequest, UserPoolId, Username},
+    metrics::{cognito_attributes, metrics},
+    rate::RateLimit,
+};
+
+use super::{
+    Backend, BackendError, CallBounds, CognitoFailure, ResetOutcome, is_known_exception,
+    retry::{RETRY, RetryGate, RetryState, SafeRetryClassifier, is_connect_failure},
+};
+
+/// The production backend: the AWS SDK, one client per region.
+#[derive(Debug)]
+pub struct SdkBackend {
+    base: SdkConfig,
+    settings: CognitoSettings,
+    /// What throttling retries draw on; without one they are bounded by `max_attempts` alone.
+    send_budget: Option<Arc<RateLimit>>,
+    clients: RwLock<HashMap<String, Client>>,
+    /// The regions metrics name (see [`SdkBackend::region_label`]).
+    region_labels: RwLock<BTreeSet<String>>,
+}
+
+impl SdkBackend {
+    /// Loads the standard AWS chain (credentials, `AWS_ENDPOINT_URL*`, profile). The fallback region
+    /// is read from the environment and profile only, never from IMDS: a pod's IMDS can hang for
+    /// seconds, and the pool id names the region anyway.
+    pub async fn from_env(settings: CognitoSettings) -> Self {
+        let region: Option<Region> =
+            RegionProviderChain::first_try(EnvironmentVariableRegionProvider::new())
+                .or_else(ProfileFileRegionProvider::new())
+                .region()
+                .await;
+        // The credential and token chains look for a region of their own (IMDS included) unless
+        // given one: they get this one, even when it is none.
+        let credentials = DefaultCredentialsChain::builder()
+            .region(region.clone())
+            .build()
+            .await;
+        let token = DefaultTokenChain::builder()
+            .region(region.clone())
+            .build()
+            .await;
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(region)
+            .credentials_provider(credentials)
+            .token_provider(token)
+            .load()
+            .await;
+        Self::new(base, settings)
+    }
+
+    /// A backend that sends everything to `endpoint_url` with fixed, fake credentials: the local
+    /// Cognito, moto and test fakes. `fallback_region` stands in for `AWS_REGION`.
+    pub async fn with_endpoint(
+        endpoint_url: &str,
+        fallback_region: &str,
+        settings: CognitoSettings,
+    ) -> Self {
+        let credentials = aws_sdk_cognitoidentityprovider::config::Credentials::new(
+            "local",
+            "local",
+            None,
+            None,
+            "cognito-gateway-fixed",
+        );
+        let base = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(fallback_region.to_owned()))
+            .credentials_provider(credentials)
+            .endpoint_url(endpoint_url)
+            .load()
+            .await;
+        Self::new(base, settings)
+    }
+
+    /// A backend on an already loaded SDK configuration.
+    pub fn new(base: SdkConfig, settings: CognitoSettings) -> Self {
+        Self {
+            base,
+            settings,
+            send_budget: None,
+            clients: RwLock::new(HashMap::new()),
+            region_labels: RwLock::new(BTreeSet::new()),
+        }
+    }
+
+    fn region_for(&self, pool: &UserPoolId) -> Result<String, BackendError> {
+        let prefix = pool.region_prefix();
+        // Anything but a region-shaped prefix is not taken for a region.
+        let region = if let Ok(region) = domain::Region::parse(prefix.to_owned()) {
+            String::from(region)
+        } else if let Some(fallback) = self.base.region() {
+            fallback.to_string()
+        } else {
+            return Err(BackendError::Misconfigured(
+                "the pool id names no region and no fallback region is set (AWS_REGION)".into(),
+            ));
+        };
+        if let Some(allowed) = &self.settings.allowed_regions
+            && !allowed.contains(region.as_str())
+        {
+            return Err(BackendError::RegionNotAllowed {
+                region,
+                why: "not in cognito.allowed_regions".into(),
+            });
+        }
+        Ok(region)
+    }
+
+    fn client_for(&self, region: String) -> Result<Client, BackendError> {
+        if let Some(client) = self.read_clients().get(&region) {
+            return Ok(client.clone());
+        }
+        let mut clients = self
+            .clients
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if let Some(client) = clients.get(&region) {
+            return Ok(client.clone());
+        }
+        // Without an allow-list, any region-shaped prefix is accepted; the cap keeps callers from
+        // growing this map (and its connection pools) without bound. Beyond it a client is
+        // dropped (and rebuilt if needed, about 2.5 ms) rather than a region refused, so made-up
+        // regions cannot lock the real ones out.
+        if clients.len() >= self.settings.max_regions
+            && let Some(evicted) = clients.keys().find(|r| **r != region).cloned()
+        {
+            tracing::warn!(%evicted, %region, max = self.settings.max_regions, "cognito.max_regions reached: dropping a client");
+            clients.remove(&evicted);
+        }
+        let gate = RetryGate {
+            budget: self.send_budget.clone(),
+        };
+        let client = Client::from_conf(client_config(&self.base, &self.settings, &region, gate));
+        tracing::info!(%region, "created Cognito client");
+        clients.insert(region, client.clone());
+        Ok(client)
+    }
+
+    /// The region as a metric label. Without `cognito.allowed_regions` any region-shaped prefix a
+    /// caller sends is a region, so only the first `cognito.max_regions` seen are named; the rest
+    /// are `_OTHER` (spans still name them).
+    fn region_label<'a>(&self, region: &'a str) -> &'a str {
+        if self.settings.allowed_regions.is_some() {
+            return region;
+        }
+        let known = self
+            .region_labels
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .contains(region);
+        if known {
+            return region;
+        }
+        let mut labelled = self
+            .region_labels
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if labelled.len() < self.settings.max_regions {
+            labelled.insert(region.to_owned());
+            region
+        } else {
+            "_OTHER"
+        }
+    }
+
+    fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Client>> {
+        // A panic while holding the lock cannot leave the map half-written: insert is the only write.
+        self.clients
+            .read()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+fn client_config(
+    base: &SdkConfig,
+    settings: &CognitoSettings,
+    region: &str,
+    gate: RetryGate,
+) -> aws_sdk_cognitoidentityprovider::Config {
+    let retry = RetryConfig::standard()
+        .with_max_attempts(settings.max_attempts)
+        .with_initial_backoff(settings.initial_backoff)
+        .with_max_backoff(settings.max_backoff);
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .operation_timeout(settings.operation_timeout)
+        .build();
+    aws_sdk_cognitoidentityprovider::config::Builder::from(base)
+        .region(Region::new(region.to_owned()))
+        .retry_config(retry)
+        .timeout_config(timeouts)
+        .retry_classifier(SafeRetryClassifier)
+        .interceptor(gate)
+        .interceptor(AttemptsOnSpan)
+        .build()
+}
+
+/// Records how many sends a call took (`aws.attempts`) on the CLIENT span, which is the current
+/// span while the SDK runs: the SDK's own spans are disabled by the log and trace filters.
+#[derive(Debug, Clone, Copy)]
+struct AttemptsOnSpan;
+
+impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
+    fn name(&self) -> &'static str {
+        "cognito-gateway: attempts on the span"
+    }
+
+    fn read_after_attempt(
+        &self,
+        _context: &aws_smithy_runtime_api::client::interceptors::context::FinalizerInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_cognitoidentityprovider::config::RuntimeComponents,
+        cfg: &mut aws_sdk_cognitoidentityprovider::config::ConfigBag,
+    ) -> Result<(), aws_sdk_cognitoidentityprovider::error::BoxError> {
+        if let Some(attempts) = cfg.load::<RequestAttempts>() {
+            tracing::Span::current().record("aws.attempts", i64::from(attempts.attempts()));
+        }
+        Ok(())
+    }
+}
+
+impl Backend for SdkBackend {
+    fn serves(&self, pool: &UserPoolId) -> Result<(), BackendError> {
+        self.region_for(pool).map(drop)
+    }
+
+    fn with_send_budget(mut self, budget: Arc<RateLimit>) -> Self {
+        self.send_budget = Some(budget);
+        self
+    }
+
+    async fn reset_user_password(
+        &self,
+        request: &ResetRequest,
+        bounds: CallBounds,
+    ) -> Result<ResetOutcome, BackendError> {
+        let region = self.region_for(&request.user_pool_id)?;
+        tracing::Span::current().record("cloud.region", region.as_str());
+        let client = self.client_for(region.clone())?;
+        let metadata = &request.client_metadata;
+        let timeout = bounds.timeout;
+        let send = client
+            .admin_reset_user_password()
+            .user_pool_id(request.user_pool_id.as_str())
+            .username(request.username.expose())
+            .set_client_metadata((!metadata.is_empty()).then(|| metadata.expose().clone()))
+            .send();
+        let started = Instant::now();
+        let retry = RetryState {
+            until: bounds.retry_until,
+            refused: Cell::new(false),
+        };
+        // Dropping the send future on timeout cancels any retry in progress as well.
+        let result = match RETRY
+            .scope(retry, tokio::time::timeout(timeout, send))
+            .await
+        {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            Ok(Ok(output)) => Ok(ResetOutcome {
+                request_id: output.request_id().map(str::to_owned),
+            }),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        };
+        if let Ok(ResetOutcome {
+            request_id: Some(id),
+        }) = &result
+        {
+            tracing::Span::current().record("aws.request_id", id.as_str());
+        }
+        record_cognito_call(
+            "AdminResetUserPassword",
+            &result,
+            self.region_label(&region),
+            started,
+        );
+        result
+    }
+
+    async fn usernames_case_sensitive(
+        &self,
+        pool: &UserPoolId,
+        timeout: Duration,
+    ) -> Result<bool, BackendError> {
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
+        let describe = client
+            .describe_user_pool()
+            .user_pool_id(pool.as_str())
+            .send();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, describe).await {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            // No UsernameConfiguration: a pool created without one, whose usernames are
+            // case-sensitive.
+            Ok(Ok(output)) => Ok(output
+                .user_pool()
+                .and_then(|pool| pool.username_configuration())
+                .is_none_or(|configuration| configuration.case_sensitive())),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        };
+        record_cognito_call(
+            "DescribeUserPool",
+            &result,
+            self.region_label(&region),
+            started,
+        );
+        result
+    }
+
+    async fn user_sub(
+        &self,
+        pool: &UserPoolId,
+        username: &Username,
+        timeout: Duration,
+    ) -> Result<String, BackendError> {
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
+        let get = client
+            .admin_get_user()
+            .user_pool_id(pool.as_str())
+            .username(username.expose())
+            .send();
+        let started = Instant::now();
+        let result = match tokio::time::timeout(timeout, get).await {
+            Err(_elapsed) => Err(BackendError::Timeout(timeout)),
+            Ok(Ok(output)) => output
+                .user_attributes()
+                .iter()
+                .find(|attribute| attribute.name() == "sub")
+                .and_then(|attribute| attribute.value())
+                .map(str::to_owned)
+                .ok_or_else(|| BackendError::BadResponse {
+                    request_id: output.request_id().map(str::to_owned),
+                    detail: "AdminGetUser answered without the user's sub".into(),
+                }),
+            Ok(Err(err)) => Err(sort_sdk_error(err, timeout)),
+        };
+        record_cognito_call("AdminGetUser", &result, self.region_label(&region), started);
+        result
+    }
+}
+
+/// Finishes the CLIENT span (the current one, made by the caller) and the `rpc.client.duration`
+/// metric, whose labels take a bounded set of values: `region_label`, and an exception the error
+/// table knows or `_OTHER`.
+fn record_cognito_call<T>(
+    method: &'static str,
+    result: &Result<T, BackendError>,
+    region_label: &str,
+    started: Instant,
+) {
+    let span = tracing::Span::current();
+    let request_id = match result {
+        Ok(_) => None,
+        Err(error) => error.request_id(),
+    };
+    let exception = match result {
+        Ok(_) => "",
+        Err(error) => error.exception(),
+    };
+    if let Some(id) = request_id {
+        span.record("aws.request_id", id);
+    }
+    if result.is_err() {
+        span.record("aws.exception", exception);
+        span.record("otel.status_code", "ERROR");
+    }
+    let exception_label = match result {
+        Err(BackendError::Cognito(_)) if !is_known_exception(exception) => "_OTHER",
+        _ => exception,
+    };
+    metrics().rpc_client_duration.record(
+        started.elapsed().as_secs_f64() * 1000.0,
+        &cognito_attributes(method, exception_label, region_label),
+    );
+}
+
+/// Sorts the SDK's failure into a [`BackendError`].
+fn sort_sdk_error<E: ProvideErrorMetadata>(
+    err: SdkError<E, aws_smithy_runtime_api::http::Response>,
+    timeout: Duration,
+) -> BackendError
+where
+    SdkError<E, aws_smithy_runtime_api::http::Response>: std::error::Error + 'static,
+{
+    let request_id = err.request_id().map(str::to_owned);
+    let detail = || DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::ServiceError(service) => {
+            let error = service.err();
+            BackendError::Cognito(CognitoFailure {
+                code: error.code().unwrap_or_default().to_owned(),
+                message: error.message().unwrap_or_default().to_owned(),
+                request_id,
+                http_status: service.raw().status().as_u16(),
+            })
+        }
+        SdkError::TimeoutError(_) => BackendError::Timeout(timeout),
+        SdkError::DispatchFailure(failure) => match failure.as_connector_error() {
+            Some(connector) if never_left_the_process(connector) => {
+                BackendError::Misconfigured(detail())
+            }
+            Some(connector) if connector.is_timeout() && !is_connect_failure(connector) => {
+                BackendError::Timeout(timeout)
+            }
+            Some(connector) if !is_connect_failure(connector) => {
+                BackendError::ConnectionLost(detail())
+            }
+            _ => BackendError::Unreachable(detail()),
+        },
+        SdkError::ConstructionFailure(_) => BackendError::Misconfigured(detail()),
+        _ => BackendError::BadResponse {
+            request_id,
+            detail: detail(),
+        },
+    }
+}
+
+/// The SDK reports failures to sign (no credentials, no identity resolver) as dispatch failures,
+/// though nothing was sent: they are configuration errors, not an unreachable Cognito. They are the
+/// "other" connector errors with a credentials error, or no network error at all, in their chain.
+fn never_left_the_process(connector: &ConnectorError) -> bool {
+    if !connector.is_other() {
+        return false;
+    }
+    let mut network = false;
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(connector);
+    while let Some(error) = next {
+        if error.is::<CredentialsError>() {
+            return true;
+        }
+        network |= error.is::<std::io::Error>()
+            || error.is::<hyper_util::client::legacy::Error>()
+            || error.is::<ResolveDnsError>();
+        next = error.source();
+    }
+    !network
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_name_at_most_max_regions_regions() {
+        let settings = CognitoSettings {
+            max_regions: 2,
+            ..CognitoSettings::default()
+        };
+        let backend = SdkBackend::with_endpoint("http://127.0.0.1:1", "us-east-1", settings).await;
+        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
+        assert_eq!(backend.region_label("eu-west-1"), "eu-west-1");
+        assert_eq!(backend.region_label("xx-made-up-1"), "_OTHER");
+        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
+    }
+}
