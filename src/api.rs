@@ -24,7 +24,7 @@ use crate::{
 };
 
 /// What one Cognito call gives everyone waiting on it.
-pub type ResetResult = Result<ResetOutcome, GatewayError>;
+pub(crate) type ResetResult = Result<ResetOutcome, GatewayError>;
 
 /// The per-user gate, as the service uses it.
 pub type ResetGate = UserGate<ResetResult>;

@@ -29,11 +29,11 @@ use crate::{
     rate::RateLimit,
 };
 
-pub mod jwt;
-pub mod tls;
+pub(crate) mod jwt;
+pub(crate) mod tls;
 
 /// The name of every call when `auth.mode = "none"`.
-pub const ANONYMOUS: &str = "anonymous";
+pub(crate) const ANONYMOUS: &str = "anonymous";
 
 /// An authenticated caller and what it may do.
 pub struct Caller {
@@ -70,7 +70,7 @@ impl Caller {
 
 /// Why authentication failed, for the log only (the caller is told nothing more than
 /// UNAUTHENTICATED).
-pub type AuthFailure = &'static str;
+pub(crate) type AuthFailure = &'static str;
 
 /// The callers and how they authenticate.
 #[derive(Debug)]
@@ -182,7 +182,7 @@ pub(crate) fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 
 /// The live policy, and how to reload it.
 #[derive(Debug)]
-pub struct Access {
+pub(crate) struct Access {
     current: ArcSwap<Policy>,
     /// With `auth.mode = "jwt"`: its settings need a restart to change; the callers reload.
     jwt: Option<Arc<JwtVerifier>>,
@@ -202,7 +202,7 @@ pub struct Access {
 
 impl Access {
     /// The policy of a validated configuration (without JWT verification).
-    pub fn new(
+    pub(crate) fn new(
         access: &AccessConfig,
         limits: &LimitSettings,
         config_path: Option<PathBuf>,
@@ -229,7 +229,7 @@ impl Access {
     }
 
     /// The policy of a validated configuration; with `auth.mode = "jwt"`, loads the keys first.
-    pub async fn load(
+    pub(crate) async fn load(
         access: &AccessConfig,
         limits: &LimitSettings,
         config_path: Option<PathBuf>,
@@ -250,18 +250,18 @@ impl Access {
     }
 
     /// The server's TLS, with `auth.mode = "mtls"`.
-    pub fn tls(&self) -> Option<Arc<Tls>> {
+    pub(crate) fn tls(&self) -> Option<Arc<Tls>> {
         self.tls.clone()
     }
 
     /// The policy in force now.
-    pub fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
+    pub(crate) fn policy(&self) -> arc_swap::Guard<Arc<Policy>> {
         self.current.load()
     }
 
     /// The caller a request's credentials prove, if any: its `authorization` header, or with mTLS
     /// the client certificate of its connection.
-    pub async fn authenticate(
+    pub(crate) async fn authenticate(
         &self,
         authorization: Option<&[u8]>,
         peer_certificate: Option<&CertificateDer<'static>>,
@@ -289,14 +289,14 @@ impl Access {
     }
 
     /// Keeps the JWKS fresh while the server runs (nothing to do without JWT).
-    pub async fn refresh_keys(self: Arc<Self>) {
+    pub(crate) async fn refresh_keys(self: Arc<Self>) {
         if let Some(verifier) = self.jwt.clone() {
             verifier.refresh_periodically().await;
         }
     }
 
     /// Re-reads the files; on success swaps the policy, on failure keeps the old one and says why.
-    pub fn reload(&self) -> Result<(), ConfigError> {
+    pub(crate) fn reload(&self) -> Result<(), ConfigError> {
         if let Some(tls) = &self.tls
             && let Err(error) = tls.reload()
         {
@@ -328,7 +328,7 @@ impl Access {
 
     /// Watches the files: re-reads them when their contents change (checked every
     /// `auth.reload_interval_secs`) or when `reload_now` fires (SIGHUP). Runs until dropped.
-    pub async fn watch(self: Arc<Self>, mut reload_now: tokio::sync::mpsc::Receiver<()>) {
+    pub(crate) async fn watch(self: Arc<Self>, mut reload_now: tokio::sync::mpsc::Receiver<()>) {
         if self.sources.is_empty() {
             return;
         }

@@ -39,7 +39,7 @@ const PROBE_EVERY: Duration = Duration::from_millis(500);
 
 /// The budgets for Cognito calls, as the fleet shares them: (rate per second, burst).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Budgets {
+pub(crate) struct Budgets {
     /// The backend guard (`limits.backend_rps`, `backend_burst`).
     pub backend: (u32, u32),
     /// Each pool's share (`limits.pool_rps`, `pool_burst`); a rate of 0: none.
@@ -47,7 +47,7 @@ pub struct Budgets {
 }
 
 /// The gate's store in Redis, with what a replica does when Redis does not answer.
-pub struct FleetStore {
+pub(crate) struct FleetStore {
     redis: ConnectionManager,
     keys: Keys,
     times: Times,
@@ -113,12 +113,12 @@ impl Keys {
 /// A fleet whose settings cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("fleet.redis_url: {0}")]
-pub struct FleetError(String);
+pub(crate) struct FleetError(String);
 
 impl FleetStore {
     /// A store on `settings`' Redis. Nothing is asked of Redis yet: the first call connects, and
     /// the gateway starts (and is ready) whether Redis answers or not.
-    pub fn new(
+    pub(crate) fn new(
         settings: &FleetSettings,
         times: Times,
         budgets: Budgets,
@@ -161,7 +161,7 @@ impl FleetStore {
     }
 
     /// Whether the store answered last time it was asked.
-    pub fn is_up(&self) -> bool {
+    pub(crate) fn is_up(&self) -> bool {
         self.up.load(Ordering::Relaxed)
     }
 
@@ -316,7 +316,7 @@ async fn probe(redis: ConnectionManager, up: Arc<AtomicBool>, timeout: Duration)
 }
 
 /// Checks that `settings` name a Redis the client can use (the URL, the CA), without connecting.
-pub fn check(settings: &FleetSettings) -> Result<(), FleetError> {
+pub(crate) fn check(settings: &FleetSettings) -> Result<(), FleetError> {
     client(settings).map(drop)
 }
 

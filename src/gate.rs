@@ -34,10 +34,10 @@ mod memory;
 pub use memory::MemoryStore;
 
 /// A user, as the gate knows them: a keyed hash of (pool, username), never the name itself.
-pub type UserKey = [u8; 16];
+pub(crate) type UserKey = [u8; 16];
 
 /// A caller's request id (AIP-155), as the gate knows it: a keyed hash of (caller, id).
-pub type RequestKey = [u8; 16];
+pub(crate) type RequestKey = [u8; 16];
 
 /// What the gate remembers of a call that ended, and repeats to whoever asks again within the
 /// cooldown (and to a retry of its request id for longer). A fleet's store keeps it as JSON.
@@ -131,7 +131,8 @@ pub enum Claim {
 pub struct StoreError(pub String);
 
 /// A future a store returns (boxed, so that stores can be chosen at run time).
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+pub(crate) type StoreFuture<'a, T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// How long the store keeps what: the same for every call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ use tonic_health::{
 };
 
 /// The reporter to set statuses with, and the service to serve.
-pub fn health() -> (HealthReporter, HealthServer<DrainingHealth>) {
+pub(crate) fn health() -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
     let service = DrainingHealth(HealthService::from_health_reporter(reporter.clone()));
     (reporter, HealthServer::new(service))
@@ -28,7 +28,7 @@ pub fn health() -> (HealthReporter, HealthServer<DrainingHealth>) {
 
 /// tonic-health's service, with `Watch` streams that end after NOT_SERVING.
 #[derive(Debug)]
-pub struct DrainingHealth(HealthService);
+pub(crate) struct DrainingHealth(HealthService);
 
 #[tonic::async_trait]
 impl Health for DrainingHealth {
@@ -55,7 +55,7 @@ impl Health for DrainingHealth {
 
 /// A stream of statuses that ends after the first NOT_SERVING.
 #[derive(Debug)]
-pub struct UntilNotServing<S> {
+pub(crate) struct UntilNotServing<S> {
     inner: S,
     ended: bool,
 }

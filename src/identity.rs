@@ -28,9 +28,9 @@ use crate::{
 };
 
 /// How long a pool's case sensitivity is trusted before it is asked again.
-pub const KNOWN_FOR: Duration = Duration::from_secs(3600);
+pub(crate) const KNOWN_FOR: Duration = Duration::from_secs(3600);
 /// How long a pool that could not be described is compared exactly before it is asked again.
-pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// The longest a lookup may take (the caller's deadline may cut it shorter).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pools remembered at most: pool ids come from callers.
@@ -49,7 +49,7 @@ struct Known {
 
 /// Resolves callers' usernames to the identity the gate keys on.
 #[derive(Debug)]
-pub struct Identities<B> {
+pub(crate) struct Identities<B> {
     backend: Arc<B>,
     mode: UserIdentity,
     pools: Mutex<HashMap<UserPoolId, Slot>>,
@@ -57,7 +57,7 @@ pub struct Identities<B> {
 
 impl<B: Backend> Identities<B> {
     /// Identities in `mode`, looked up through `backend`.
-    pub fn new(backend: Arc<B>, mode: UserIdentity) -> Self {
+    pub(crate) fn new(backend: Arc<B>, mode: UserIdentity) -> Self {
         Self {
             backend,
             mode,
@@ -67,7 +67,7 @@ impl<B: Backend> Identities<B> {
 
     /// The identity of `username` in `pool`: a text the gate hashes, never logged. A lookup that
     /// fails fails the call (nothing was sent).
-    pub async fn resolve(
+    pub(crate) async fn resolve(
         &self,
         pool: &UserPoolId,
         username: &Username,
@@ -147,7 +147,7 @@ impl<B: Backend> Identities<B> {
                 }
             }
         });
-        known.map_or(true, |known| known.case_sensitive)
+        known.is_none_or(|known| known.case_sensitive)
     }
 }
 

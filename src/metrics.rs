@@ -18,7 +18,7 @@ use crate::config::LimitSettings;
 
 /// The instruments. Built on first use, from the global meter provider, so telemetry must be set up
 /// first (the binary does that before anything else).
-pub struct Metrics {
+pub(crate) struct Metrics {
     /// `rpc.server.duration`: each call, by `rpc.method` and `rpc.grpc.status_code`.
     pub rpc_server_duration: Histogram<f64>,
     /// `rpc.client.duration`: each Cognito call, by `aws.exception` (`""` on success) and region.
@@ -105,12 +105,16 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 });
 
 /// The instruments.
-pub fn metrics() -> &'static Metrics {
+pub(crate) fn metrics() -> &'static Metrics {
     &METRICS
 }
 
 /// The attributes every Cognito client measurement carries.
-pub fn cognito_attributes(method: &'static str, exception: &str, region: &str) -> [KeyValue; 5] {
+pub(crate) fn cognito_attributes(
+    method: &'static str,
+    exception: &str,
+    region: &str,
+) -> [KeyValue; 5] {
     [
         KeyValue::new("rpc.system", "aws-api"),
         KeyValue::new("rpc.service", "CognitoIdentityProvider"),
@@ -122,7 +126,7 @@ pub fn cognito_attributes(method: &'static str, exception: &str, region: &str) -
 
 /// `cognito_gateway.callers`: how many callers the policy in force has (read at each export), so
 /// that "no traffic while callers are configured" can be told from "no callers".
-pub fn observe_callers(count: impl Fn() -> usize + Send + Sync + 'static) {
+pub(crate) fn observe_callers(count: impl Fn() -> usize + Send + Sync + 'static) {
     let _gauge = global::meter("cognito-gateway")
         .u64_observable_gauge("cognito_gateway.callers")
         .with_description("Callers in the policy in force")
@@ -132,7 +136,7 @@ pub fn observe_callers(count: impl Fn() -> usize + Send + Sync + 'static) {
 
 /// `cognito_gateway.limit`: the configured limits, by `setting`, so that dashboards draw demand
 /// against the deployment's own values rather than numbers typed into them.
-pub fn observe_limits(limits: &LimitSettings) {
+pub(crate) fn observe_limits(limits: &LimitSettings) {
     let values = [
         ("backend_rps", f64::from(limits.backend_rps)),
         ("backend_burst", f64::from(limits.backend_burst)),
@@ -156,7 +160,7 @@ pub fn observe_limits(limits: &LimitSettings) {
 }
 
 /// Records one round trip to the fleet's store.
-pub fn record_round_trip(operation: &'static str, took: std::time::Duration, ok: bool) {
+pub(crate) fn record_round_trip(operation: &'static str, took: std::time::Duration, ok: bool) {
     metrics().fleet_duration.record(
         took.as_secs_f64() * 1000.0,
         &[
@@ -167,7 +171,7 @@ pub fn record_round_trip(operation: &'static str, took: std::time::Duration, ok:
 }
 
 /// `cognito_gateway.fleet.store_up`: 1 while the fleet's store answers, 0 while it is marked down.
-pub fn observe_store_up(up: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+pub(crate) fn observe_store_up(up: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     let _gauge = global::meter("cognito-gateway")
         .u64_observable_gauge("cognito_gateway.fleet.store_up")
         .with_description("Whether the fleet's store answers (1) or is marked down (0)")

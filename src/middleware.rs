@@ -10,14 +10,14 @@ use std::sync::{Arc, OnceLock};
 
 use crate::domain::UserPoolId;
 
-pub mod admission;
-pub mod deadline;
-pub mod rescue;
-pub mod trace;
+pub(crate) mod admission;
+pub(crate) mod deadline;
+pub(crate) mod rescue;
+pub(crate) mod trace;
 
 /// Paths open to everyone: health (Kubernetes probes carry no credentials) and reflection (it serves
 /// the API's schema, which is public, and no data).
-pub fn is_open_path(path: &str) -> bool {
+pub(crate) fn is_open_path(path: &str) -> bool {
     path.starts_with("/grpc.health.v1.Health/") || path.starts_with("/grpc.reflection.")
 }
 
@@ -25,7 +25,7 @@ pub fn is_open_path(path: &str) -> bool {
 /// outermost layer puts one in the request's extensions (as `Arc<CallRecord>`), the others fill it
 /// in. Each fact is set once.
 #[derive(Debug, Default)]
-pub struct CallRecord {
+pub(crate) struct CallRecord {
     caller: OnceLock<Arc<str>>,
     pool: OnceLock<UserPoolId>,
     reset: OnceLock<ResetRecord>,
@@ -34,7 +34,7 @@ pub struct CallRecord {
 
 /// What a successful reset adds to its call's record.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResetRecord {
+pub(crate) struct ResetRecord {
     /// Cognito's request id of the call that answered, where it sent one.
     pub cognito_request_id: Option<String>,
     /// Whether the answer came without a Cognito call of this call's own.
@@ -43,44 +43,44 @@ pub struct ResetRecord {
 
 impl CallRecord {
     /// Records who called (authentication).
-    pub fn set_caller(&self, caller: &Arc<str>) {
+    pub(crate) fn set_caller(&self, caller: &Arc<str>) {
         let _ = self.caller.set(Arc::clone(caller));
     }
 
     /// Records the (validated) pool the call is about.
-    pub fn set_pool(&self, pool: UserPoolId) {
+    pub(crate) fn set_pool(&self, pool: UserPoolId) {
         let _ = self.pool.set(pool);
     }
 
     /// Records a successful reset.
-    pub fn set_reset(&self, reset: ResetRecord) {
+    pub(crate) fn set_reset(&self, reset: ResetRecord) {
         let _ = self.reset.set(reset);
     }
 
     /// Records that the call was answered without a Cognito call of its own, and how: `in_flight`
     /// (it shared one), `cooldown` (a success remembered), `unknown_outcome` (an unknown outcome
     /// remembered or shared).
-    pub fn set_deduplicated(&self, kind: &'static str) {
+    pub(crate) fn set_deduplicated(&self, kind: &'static str) {
         let _ = self.deduplicated.set(kind);
     }
 
     /// How the call was deduplicated, if it was.
-    pub fn deduplicated(&self) -> Option<&'static str> {
+    pub(crate) fn deduplicated(&self) -> Option<&'static str> {
         self.deduplicated.get().copied()
     }
 
     /// Who called; `""` before authentication (or without it).
-    pub fn caller_name(&self) -> &str {
+    pub(crate) fn caller_name(&self) -> &str {
         self.caller.get().map_or("", |caller| caller)
     }
 
     /// The pool, once validated.
-    pub fn pool(&self) -> Option<&UserPoolId> {
+    pub(crate) fn pool(&self) -> Option<&UserPoolId> {
         self.pool.get()
     }
 
     /// The reset, if one succeeded.
-    pub fn reset(&self) -> Option<&ResetRecord> {
+    pub(crate) fn reset(&self) -> Option<&ResetRecord> {
         self.reset.get()
     }
 }

@@ -119,7 +119,7 @@ impl<C: Clock + Clone> RateLimit<C> {
 
 /// A token bucket per user pool (`limits.pool_rps`, `pool_burst`), for the calls that reach
 /// Cognito: so that one pool's users cannot spend the whole backend guard.
-pub struct PoolRateLimit<C: Clock = DefaultClock> {
+pub(crate) struct PoolRateLimit<C: Clock = DefaultClock> {
     limiter: RateLimiter<UserPoolId, HashMapStateStore<UserPoolId>, C, NoOpMiddleware<C::Instant>>,
     clock: C,
     checks: AtomicUsize,
@@ -146,14 +146,14 @@ fn quota(rate: u32, burst: u32) -> Quota {
 
 impl PoolRateLimit {
     /// Buckets on the real clock.
-    pub fn new(rate: u32, burst: u32) -> Self {
+    pub(crate) fn new(rate: u32, burst: u32) -> Self {
         Self::with_clock(rate, burst, DefaultClock::default())
     }
 }
 
 impl<C: Clock + Clone> PoolRateLimit<C> {
     /// Buckets on a given clock (governor's `FakeRelativeClock` in tests).
-    pub fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
+    pub(crate) fn with_clock(rate: u32, burst: u32, clock: C) -> Self {
         Self {
             limiter: RateLimiter::hashmap_with_clock(quota(rate, burst), clock.clone()),
             clock,
@@ -162,7 +162,7 @@ impl<C: Clock + Clone> PoolRateLimit<C> {
     }
 
     /// Takes one of `pool`'s tokens, or says exactly how long until one is free.
-    pub fn check(&self, pool: &UserPoolId) -> Result<(), Duration> {
+    pub(crate) fn check(&self, pool: &UserPoolId) -> Result<(), Duration> {
         // The size is looked at now and then, not on every call: it takes the map's lock too.
         let checks = self.checks.fetch_add(1, Ordering::Relaxed);
         if checks.is_multiple_of(CLEANUP_EVERY) && self.limiter.len() > POOL_BUCKETS_BEFORE_CLEANUP
@@ -175,13 +175,9 @@ impl<C: Clock + Clone> PoolRateLimit<C> {
     }
 
     /// How many pools have a bucket.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.limiter.len()
-    }
-
-    /// Whether no pool has a bucket.
-    pub fn is_empty(&self) -> bool {
-        self.limiter.is_empty()
     }
 }
 

@@ -17,9 +17,9 @@ use crate::{
 };
 
 /// `ErrorInfo.domain` of errors Cognito returned.
-pub const COGNITO_DOMAIN: &str = "cognito-idp.amazonaws.com";
+pub(crate) const COGNITO_DOMAIN: &str = "cognito-idp.amazonaws.com";
 /// `ErrorInfo.domain` of errors the gateway raises itself.
-pub const GATEWAY_DOMAIN: &str = "cognito-gateway";
+pub(crate) const GATEWAY_DOMAIN: &str = "cognito-gateway";
 
 /// How long a caller should wait before retrying what a retry can fix. Cognito's quotas are per
 /// second, so a second is the shortest wait that can see a fresh budget.
@@ -29,7 +29,7 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// message is whatever the pool's Lambda said, and an unknown exception's anything at all: either
 /// may quote the request (username, metadata, even in forms scrubbing cannot recognise), so their
 /// text stays out of the logs; the caller-side rows' messages are not logged at all.
-pub fn message_is_aws_text(exception: &str) -> bool {
+pub(crate) fn message_is_aws_text(exception: &str) -> bool {
     matches!(
         exception,
         "InternalErrorException" | "OperationNotEnabledException"
@@ -130,7 +130,7 @@ impl GatewayError {
 
 /// The `cognito_gateway.rejections` metric's attributes for calls the gateway refused itself (`None`
 /// for everything else): the reason, and for rate limits which one.
-pub fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::KeyValue>> {
+pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::KeyValue>> {
     use opentelemetry::KeyValue;
     let row = gateway_row(error);
     let mut attributes = vec![KeyValue::new("reason", row.reason)];
@@ -153,7 +153,7 @@ pub fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::K
 
 /// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
 /// the span (OpenTelemetry's RPC conventions use the same list).
-pub fn is_server_side(code: Code) -> bool {
+pub(crate) fn is_server_side(code: Code) -> bool {
     matches!(
         code,
         Code::Unknown
@@ -318,7 +318,7 @@ fn says_no_verified_contact(message: &str) -> bool {
 }
 
 /// The status for `error`. `pool` is the validated pool id, where validation got that far.
-pub fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
+pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     let row = gateway_row(error);
     let cognito = match error {
         GatewayError::Backend(BackendError::Cognito(failure)) => Some(failure),
@@ -463,7 +463,7 @@ fn add_extra(details: &mut ErrorDetails, extra: Extra, pool: Option<&UserPoolId>
 }
 
 /// The canonical gRPC name, as in the error table.
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -14,23 +14,19 @@ use std::{
 };
 
 use cognito_gateway::{
-    Config,
-    api::ResetGate,
-    api::UserAdmin,
+    Config, MemoryStore, Policy, ResetGate, Times, UserAdmin,
     app::hardened_server,
-    auth::Policy,
     cognito::{Backend, BackendError, CallBounds, ResetOutcome},
     config::{
         AccessConfig, AuthMode, CallerConfig, CognitoSettings, LimitSettings, ServerSettings,
     },
     domain::ResetRequest,
-    gate::{MemoryStore, Times, random_key},
     local::DEMO_POOL_ID,
     proto::{
         ResetUserPasswordRequest, user_admin_service_client::UserAdminServiceClient,
         user_admin_service_server::UserAdminServiceServer,
     },
-    telemetry,
+    random_key, telemetry,
 };
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;

@@ -26,7 +26,7 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// Why a token was refused. For the log only: the caller is told nothing more than
 /// UNAUTHENTICATED.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JwtError {
+pub(crate) enum JwtError {
     /// Not three base64 parts with a JSON header.
     Malformed,
     /// Neither RS256 nor ES256 (`none` and the HMAC algorithms above all).
@@ -59,7 +59,7 @@ struct Keys {
 }
 
 /// Verifies tokens and keeps the keys fresh.
-pub struct JwtVerifier {
+pub(crate) struct JwtVerifier {
     config: JwtConfig,
     keys: ArcSwap<Keys>,
     /// Serialises fetches and remembers when the last one was.
@@ -82,7 +82,7 @@ type HttpsClient = hyper_util::client::legacy::Client<
 
 impl JwtError {
     /// The reason, in words, for the log line.
-    pub fn message(self) -> &'static str {
+    pub(crate) fn message(self) -> &'static str {
         match self {
             Self::Malformed => "malformed JWT",
             Self::AlgorithmNotAllowed => "JWT algorithm not allowed",
@@ -110,7 +110,7 @@ impl std::error::Error for JwtError {}
 impl JwtVerifier {
     /// Loads the keys once. A file that cannot be read is an error (the configuration is wrong); a
     /// URL that cannot be reached is not: the gateway starts, refuses JWTs, and keeps trying.
-    pub async fn new(config: JwtConfig) -> Result<Self, String> {
+    pub(crate) async fn new(config: JwtConfig) -> Result<Self, String> {
         let client = https_client(&config.jwks)?;
         let verifier = Self {
             config,
@@ -131,7 +131,7 @@ impl JwtVerifier {
     }
 
     /// The caller a bearer token names, after full verification.
-    pub async fn verify(&self, token: &str) -> Result<String, JwtError> {
+    pub(crate) async fn verify(&self, token: &str) -> Result<String, JwtError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| JwtError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(JwtError::AlgorithmNotAllowed);
@@ -225,7 +225,7 @@ impl JwtVerifier {
     }
 
     /// Refreshes the keys every `refresh` until dropped; a failed refresh keeps the old keys.
-    pub async fn refresh_periodically(self: Arc<Self>) {
+    pub(crate) async fn refresh_periodically(self: Arc<Self>) {
         let mut tick = tokio::time::interval(self.config.refresh);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;

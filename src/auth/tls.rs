@@ -24,7 +24,7 @@ use crate::config::MtlsConfig;
 const MAX_HANDSHAKES: usize = 256;
 
 /// The live TLS configuration.
-pub struct Tls {
+pub(crate) struct Tls {
     config: MtlsConfig,
     current: ArcSwap<ServerConfig>,
 }
@@ -39,7 +39,7 @@ impl std::fmt::Debug for Tls {
 
 impl Tls {
     /// Reads the certificates and key; any problem is an error naming the file.
-    pub fn load(config: MtlsConfig) -> Result<Self, String> {
+    pub(crate) fn load(config: MtlsConfig) -> Result<Self, String> {
         let server = build(&config)?;
         Ok(Self {
             config,
@@ -48,7 +48,7 @@ impl Tls {
     }
 
     /// Re-reads the files; on failure the configuration in force stays.
-    pub fn reload(&self) -> Result<(), String> {
+    pub(crate) fn reload(&self) -> Result<(), String> {
         let server = build(&self.config)?;
         self.current.store(Arc::new(server));
         tracing::info!("TLS certificates reloaded");
@@ -56,7 +56,7 @@ impl Tls {
     }
 
     /// The files to watch.
-    pub fn files(&self) -> [&Path; 3] {
+    pub(crate) fn files(&self) -> [&Path; 3] {
         [
             &self.config.cert_file,
             &self.config.key_file,
@@ -66,7 +66,7 @@ impl Tls {
 
     /// Accepts TCP connections and yields them once their TLS handshake completed (runs until the
     /// stream is dropped).
-    pub fn incoming(
+    pub(crate) fn incoming(
         self: Arc<Self>,
         listener: TcpListener,
     ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
@@ -150,7 +150,7 @@ fn build(config: &MtlsConfig) -> Result<ServerConfig, String> {
 }
 
 /// The SPIFFE ID of a verified client certificate: its `spiffe://` URI SAN.
-pub fn spiffe_id(certificate: &CertificateDer<'_>) -> Option<String> {
+pub(crate) fn spiffe_id(certificate: &CertificateDer<'_>) -> Option<String> {
     let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
     parsed
         .valid_uri_names()

@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// One admission rule.
-pub trait Rule: Clone + Send + Sync + 'static {
+pub(crate) trait Rule: Clone + Send + Sync + 'static {
     /// Held until the call's answer is ready (a concurrency permit, say).
     type Guard: Send + 'static;
 
@@ -36,13 +36,13 @@ pub trait Rule: Clone + Send + Sync + 'static {
 
 /// Runs a [`Rule`] before the inner service.
 #[derive(Debug, Clone)]
-pub struct AdmitLayer<R> {
+pub(crate) struct AdmitLayer<R> {
     rule: R,
 }
 
 impl<R> AdmitLayer<R> {
     /// A layer running `rule`.
-    pub fn new(rule: R) -> Self {
+    pub(crate) fn new(rule: R) -> Self {
         Self { rule }
     }
 }
@@ -60,7 +60,7 @@ impl<S, R: Clone> Layer<S> for AdmitLayer<R> {
 
 /// See [`AdmitLayer`].
 #[derive(Debug, Clone)]
-pub struct Admit<S, R> {
+pub(crate) struct Admit<S, R> {
     inner: S,
     rule: R,
 }
@@ -106,13 +106,13 @@ where
 /// OVERLOADED, with RetryInfo), never queued: a queue would only turn overload into timeouts.
 /// Health checks are exempt, so that an overloaded gateway is not also killed by its probes.
 #[derive(Debug, Clone)]
-pub struct LoadShed {
+pub(crate) struct LoadShed {
     permits: Arc<Semaphore>,
 }
 
 impl LoadShed {
     /// At most `max_in_flight` calls at once.
-    pub fn new(max_in_flight: usize) -> Self {
+    pub(crate) fn new(max_in_flight: usize) -> Self {
         Self {
             permits: Arc::new(Semaphore::new(max_in_flight)),
         }
@@ -136,13 +136,13 @@ impl Rule for LoadShed {
 /// Who is calling: the caller the credentials prove goes into the request's extensions as an
 /// `Arc<Caller>`; without one the call is UNAUTHENTICATED (open paths excepted).
 #[derive(Debug, Clone)]
-pub struct Authenticate {
+pub(crate) struct Authenticate {
     access: Arc<Access>,
 }
 
 impl Authenticate {
     /// Authenticates against the live policy.
-    pub fn new(access: Arc<Access>) -> Self {
+    pub(crate) fn new(access: Arc<Access>) -> Self {
         Self { access }
     }
 }
@@ -181,7 +181,7 @@ impl Rule for Authenticate {
 /// the places for calls in flight (`limits.max_in_flight_per_caller`; UNAVAILABLE OVERLOADED, like
 /// the process-wide cap).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct CallerRate;
+pub(crate) struct CallerRate;
 
 impl Rule for CallerRate {
     type Guard = Option<OwnedSemaphorePermit>;

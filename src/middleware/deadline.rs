@@ -34,16 +34,16 @@ const HANDLER_MARGIN: Duration = Duration::from_millis(20);
 
 /// When the caller stops waiting: the arrival time plus its `grpc-timeout`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CallerDeadline(Instant);
+pub(crate) struct CallerDeadline(Instant);
 
 impl CallerDeadline {
     /// A deadline `timeout` from now.
-    pub fn after(timeout: Duration) -> Self {
+    pub(crate) fn after(timeout: Duration) -> Self {
         Self(Instant::now() + timeout)
     }
 
     /// How long the handler may still wait for Cognito.
-    pub fn remaining(&self) -> Duration {
+    pub(crate) fn remaining(&self) -> Duration {
         self.0
             .saturating_duration_since(Instant::now() + HANDLER_MARGIN)
     }
@@ -53,13 +53,13 @@ impl CallerDeadline {
 /// call is never open-ended, so a client that sends headers and then nothing cannot hold a
 /// load-shedding permit forever.
 #[derive(Debug, Clone, Copy)]
-pub struct DeadlineLayer {
+pub(crate) struct DeadlineLayer {
     max: Duration,
 }
 
 impl DeadlineLayer {
     /// Deadlines of at most `max`.
-    pub fn new(max: Duration) -> Self {
+    pub(crate) fn new(max: Duration) -> Self {
         Self { max }
     }
 }
@@ -77,7 +77,7 @@ impl<S> Layer<S> for DeadlineLayer {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Deadline<S> {
+pub(crate) struct Deadline<S> {
     inner: S,
     max: Duration,
 }

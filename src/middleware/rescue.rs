@@ -32,12 +32,12 @@ use crate::{
 };
 
 /// The reply of a call that failed with `error`, for [`RescueLayer`] to turn into its status.
-pub fn fail<B: Default>(error: GatewayError) -> Response<B> {
+pub(crate) fn fail<B: Default>(error: GatewayError) -> Response<B> {
     placeholder(error).into_http()
 }
 
 /// A status that only carries `error` up to [`RescueLayer`] (the handler's `Err`).
-pub fn placeholder(error: GatewayError) -> Status {
+pub(crate) fn placeholder(error: GatewayError) -> Status {
     let mut status = Status::new(Code::Unknown, "");
     status.set_source(Arc::new(error));
     status
@@ -45,7 +45,7 @@ pub fn placeholder(error: GatewayError) -> Status {
 
 /// Adds [`Rescue`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct RescueLayer;
+pub(crate) struct RescueLayer;
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
@@ -57,7 +57,7 @@ impl<S> Layer<S> for RescueLayer {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Rescue<S> {
+pub(crate) struct Rescue<S> {
     inner: S,
 }
 

@@ -30,7 +30,7 @@ use crate::{
 
 /// Adds [`Trace`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TraceLayer;
+pub(crate) struct TraceLayer;
 
 impl<S> Layer<S> for TraceLayer {
     type Service = Trace<S>;
@@ -42,7 +42,7 @@ impl<S> Layer<S> for TraceLayer {
 
 /// See the module docs.
 #[derive(Debug, Clone)]
-pub struct Trace<S> {
+pub(crate) struct Trace<S> {
     inner: S,
 }
 

@@ -18,12 +18,11 @@ pub struct Redis {
 impl Redis {
     pub fn start() -> Self {
         let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
             .port();
         let dir = std::env::temp_dir().join(format!("cg-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::create_dir_all(&dir).expect("the temp dir is writable");
         let mut redis = Self {
             child: None,
             port,
@@ -75,9 +74,8 @@ impl Redis {
 
     fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())
-            .unwrap()
-            .get_connection()
-            .unwrap()
+            .and_then(|client| client.get_connection())
+            .expect("the test's redis-server answers")
     }
 
     /// The commands Redis has run that the gateway sends: its scripts (EVALSHA, and EVAL when a
@@ -86,7 +84,7 @@ impl Redis {
         let info: String = redis::cmd("INFO")
             .arg("commandstats")
             .query(&mut self.connection())
-            .unwrap();
+            .expect("redis answers");
         info.lines()
             .filter(|line| {
                 ["cmdstat_evalsha:", "cmdstat_eval:", "cmdstat_ping:"]
@@ -107,18 +105,27 @@ impl Redis {
     /// Every key and value, as text.
     pub fn dump(&self) -> Vec<(String, String)> {
         let mut connection = self.connection();
-        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut connection).unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("*")
+            .query(&mut connection)
+            .expect("redis answers");
         keys.into_iter()
             .filter_map(|key| {
-                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut connection).unwrap();
+                let kind: String = redis::cmd("TYPE")
+                    .arg(&key)
+                    .query(&mut connection)
+                    .expect("redis answers");
                 let value = match kind.as_str() {
                     // Expired since KEYS listed it.
                     "none" => return None,
-                    "string" => redis::cmd("GET").arg(&key).query(&mut connection).unwrap(),
+                    "string" => redis::cmd("GET")
+                        .arg(&key)
+                        .query(&mut connection)
+                        .expect("redis answers"),
                     "set" => redis::cmd("SMEMBERS")
                         .arg(&key)
                         .query::<Vec<String>>(&mut connection)
-                        .unwrap()
+                        .expect("redis answers")
                         .join(","),
                     other => panic!("unexpected {other} at {key}"),
                 };
@@ -133,9 +140,12 @@ impl Redis {
         let keys: Vec<String> = redis::cmd("KEYS")
             .arg("*:{g}:u:*")
             .query(&mut connection)
-            .unwrap();
+            .expect("redis answers");
         for key in keys {
-            let _: i64 = redis::cmd("DEL").arg(key).query(&mut connection).unwrap();
+            let _: i64 = redis::cmd("DEL")
+                .arg(key)
+                .query(&mut connection)
+                .expect("redis answers");
         }
     }
 
