@@ -32,6 +32,9 @@ pub(crate) struct Metrics {
     /// `cognito_gateway.pools_not_described`: failed `DescribeUserPool` calls, by `exception`;
     /// meanwhile the pool's usernames are compared exactly.
     pub pools_not_described: Counter<u64>,
+    /// `cognito_gateway.request_ids_evicted`: request ids forgotten before their time because too
+    /// many were kept in this process.
+    pub(crate) request_ids_evicted: Counter<u64>,
     /// `cognito_gateway.fleet.duration`: each round trip to the fleet's store, by `operation`
     /// (`claim`, `settle`) and `outcome` (`ok`, `error`).
     pub fleet_duration: Histogram<f64>,
@@ -88,6 +91,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         pools_not_described: meter
             .u64_counter("cognito_gateway.pools_not_described")
             .with_description("Failed DescribeUserPool calls; the pool's usernames are compared exactly meanwhile")
+            .build(),
+        request_ids_evicted: meter
+            .u64_counter("cognito_gateway.request_ids_evicted")
+            .with_description("Request ids forgotten before their time: too many in this process")
             .build(),
         fleet_duration: meter
             .f64_histogram("cognito_gateway.fleet.duration")

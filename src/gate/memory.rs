@@ -10,7 +10,10 @@ use std::{
 use tokio::time::Instant;
 
 use super::{Claim, GateStore, Outcome, RequestKey, StoreFuture, Ticket, Times, UserKey};
-use crate::rate::{Limit, PoolRateLimit, RateLimit};
+use crate::{
+    metrics::metrics,
+    rate::{Limit, PoolRateLimit, RateLimit},
+};
 
 /// The gate's decisions and the budgets for Cognito calls, kept in this process.
 #[derive(Debug)]
@@ -60,6 +63,10 @@ impl User {
 }
 
 const MIN_SWEEP: usize = 1024;
+
+/// Request ids kept at most in one process (about 15 MiB): past it the oldest go first, counted
+/// (`cognito_gateway.request_ids_evicted`), since retries come soon after the call they repeat.
+const MAX_REQUEST_IDS: usize = 100_000;
 
 impl MemoryStore {
     /// A store keeping `times`, with the backend guard (`backend_rps`, `backend_burst`) and, where
@@ -247,14 +254,42 @@ impl GateStore for MemoryStore {
 }
 
 impl State {
+    /// Past [`MAX_REQUEST_IDS`], drops the oldest tenth, so that this runs rarely.
+    fn evict_oldest_requests(&mut self) {
+        if self.requests.len() <= MAX_REQUEST_IDS {
+            return;
+        }
+        let keep = MAX_REQUEST_IDS * 9 / 10;
+        let mut ends: Vec<Instant> = self.requests.values().map(|r| r.until).collect();
+        let cut = ends.len() - keep;
+        let (_, oldest_kept, _) = ends.select_nth_unstable(cut);
+        let oldest_kept = *oldest_kept;
+        let before = self.requests.len();
+        self.requests
+            .retain(|_, request| request.until >= oldest_kept);
+        let evicted = before - self.requests.len();
+        metrics().request_ids_evicted.add(evicted as u64, &[]);
+        tracing::warn!(
+            evicted,
+            kept = self.requests.len(),
+            "too many request ids in memory: the oldest were forgotten before their time"
+        );
+    }
+
     fn sweep(&mut self, now: Instant) {
         // Amortised: a map is swept when it has doubled since it was last.
         if self.users.len() > self.sweep_users_above.max(MIN_SWEEP) {
             self.users.retain(|_, user| user.until() > now);
             self.sweep_users_above = self.users.len() * 2;
         }
-        if self.requests.len() > self.sweep_requests_above.max(MIN_SWEEP) {
+        if self.requests.len()
+            > self
+                .sweep_requests_above
+                .max(MIN_SWEEP)
+                .min(MAX_REQUEST_IDS)
+        {
             self.requests.retain(|_, request| request.until > now);
+            self.evict_oldest_requests();
             self.sweep_requests_above = self.requests.len() * 2;
         }
     }

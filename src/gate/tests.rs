@@ -559,3 +559,31 @@ async fn a_panicking_call_does_not_poison_the_user() {
     assert!(!flown(next).1);
     assert_eq!(sends.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn too_many_request_ids_lose_their_oldest_first() {
+    let store = store();
+    let gate = gate_on(&store);
+    let key = |i: u32| {
+        let mut key = [0u8; 16];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    };
+    let with_id = |i: u32, user: &str| Ticket {
+        request: Some(key(i)),
+        ..ticket(&gate, user)
+    };
+    let total = 110_000;
+    for i in 0..total {
+        let ticket = with_id(i, &i.to_string());
+        assert_eq!(store.claim_now(&ticket), Claim::Granted);
+        store.settle_now(&ticket, Some(&sent("r")));
+        tokio::time::advance(Duration::from_millis(1)).await;
+    }
+    assert!(store.len() <= 2 * 100_000, "{}", store.len());
+    // The newest id still belongs to its user; the oldest was forgotten, so it is free again.
+    let newest = with_id(total - 1, "someone else");
+    assert_eq!(store.claim_now(&newest), Claim::RequestReused);
+    let oldest = with_id(0, "someone else");
+    assert_eq!(store.claim_now(&oldest), Claim::Granted);
+}
