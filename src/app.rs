@@ -7,7 +7,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
-use tonic::transport::server::{Router, TcpIncoming};
+use tonic::transport::server::Router;
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
@@ -18,6 +18,7 @@ use crate::{
     config::{AuthMode, Config, ServerSettings},
     fleet::{Budgets, FleetStore},
     gate::{MemoryStore, Times, random_key},
+    listener::{self, Bounds},
     middleware::{
         admission::{AdmitLayer, Authenticate, CallerRate, LoadShed},
         deadline::DeadlineLayer,
@@ -89,6 +90,9 @@ pub struct App {
     gate: Arc<ResetGate>,
     config: Config,
 }
+
+/// Connections the health-only listener keeps open at once.
+const HEALTH_MAX_CONNECTIONS: usize = 64;
 
 /// How much longer than a Cognito call a claim on its user lasts: time to record the outcome.
 const CLAIM_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
@@ -240,10 +244,21 @@ impl App {
         } = self;
         // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
         // which is what readiness probes should see).
+        let server = &config.server;
+        let bounds = Bounds {
+            max_connections: server.max_connections,
+            handshake_timeout: server.handshake_timeout,
+            tcp_keepalive: server.tcp_keepalive,
+        };
+        // Probes open a connection or two; a cap of its own keeps the API's from being spent here.
+        let health_bounds = Bounds {
+            max_connections: HEALTH_MAX_CONNECTIONS,
+            ..bounds
+        };
         let health_only = tokio::spawn(async move {
             if let Some((listener, router)) = health_only
                 && let Err(error) = router
-                    .serve_with_incoming(TcpIncoming::from(listener))
+                    .serve_with_incoming(listener::plain(listener, health_bounds))
                     .await
             {
                 tracing::error!(%error, "health listener failed");
@@ -268,17 +283,21 @@ impl App {
                 .await;
             let _ = stopping_tx.send(());
         };
+        // Connections are accepted by `listener`, which bounds them; with mTLS it does the TLS
+        // handshakes too, so that certificates can rotate.
         let serve: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
-            // mTLS: the gateway accepts TLS itself, so that certificates can rotate.
             Some(tls) => {
-                Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener), signal))
-            }
-            None => {
-                let incoming = TcpIncoming::from(listener)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(config.server.tcp_keepalive));
+                // Both deadlines hold: the server's, and the TLS one `[auth.mtls]` may shorten.
+                let bounds = Bounds {
+                    handshake_timeout: bounds.handshake_timeout.min(tls.handshake_timeout()),
+                    ..bounds
+                };
+                let incoming = listener::tls(listener, bounds, tls);
                 Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
             }
+            None => Box::pin(
+                router.serve_with_incoming_shutdown(listener::plain(listener, bounds), signal),
+            ),
         };
         let grace = config.server.shutdown_grace;
         let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only]);

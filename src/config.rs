@@ -298,6 +298,10 @@ pub struct ServerSettings {
     /// Connections are closed (gracefully) after this long, so that callers behind a Kubernetes
     /// Service spread over replicas as they come and go; `None` keeps them open.
     pub max_connection_age: Option<Duration>,
+    /// Connections open at once on the API port; more are closed as they come.
+    pub max_connections: usize,
+    /// How long a new connection has to send the HTTP/2 preface (its TLS handshake included).
+    pub handshake_timeout: Duration,
 }
 
 /// The Cognito client's settings (`[cognito]` in the TOML file).

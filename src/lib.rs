@@ -25,6 +25,7 @@
 //! - [`config`], the validated settings, plain data read by the rest: flags and the TOML file
 //!   (`config/file.rs`), checked at start. It reads only [`domain`].
 //! - [`local`], the embedded local Cognito of `serve --local`.
+//! - `listener`, the accept loop: connections capped, a handshake deadline, TLS beside the loop.
 //! - `health`, `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
 //! - [`telemetry`], logs, OpenTelemetry traces and metrics; `metrics`, the instruments.
@@ -50,6 +51,7 @@ mod fleet;
 mod gate;
 mod health;
 mod identity;
+mod listener;
 mod metrics;
 mod middleware;
 mod rate;

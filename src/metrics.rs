@@ -35,6 +35,9 @@ pub(crate) struct Metrics {
     /// `cognito_gateway.request_ids_evicted`: request ids forgotten before their time because too
     /// many were kept in this process.
     pub(crate) request_ids_evicted: Counter<u64>,
+    /// `cognito_gateway.connections_refused`: connections closed before HTTP/2, by `reason`
+    /// (`max_connections`, `handshake_timeout`).
+    pub(crate) connections_refused: Counter<u64>,
     /// `cognito_gateway.fleet.duration`: each round trip to the fleet's store, by `operation`
     /// (`claim`, `settle`) and `outcome` (`ok`, `error`).
     pub fleet_duration: Histogram<f64>,
@@ -95,6 +98,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         request_ids_evicted: meter
             .u64_counter("cognito_gateway.request_ids_evicted")
             .with_description("Request ids forgotten before their time: too many in this process")
+            .build(),
+        connections_refused: meter
+            .u64_counter("cognito_gateway.connections_refused")
+            .with_description("Connections closed before HTTP/2: over the cap, or no handshake in time")
             .build(),
         fleet_duration: meter
             .f64_histogram("cognito_gateway.fleet.duration")

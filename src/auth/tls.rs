@@ -2,26 +2,17 @@
 //! (`spiffe://...` URI SAN) of a client certificate that chains to `client_ca_file`.
 //!
 //! tonic's own TLS configuration is fixed at start, and certificates rotate (cert-manager, SPIRE),
-//! so the gateway accepts TLS itself: each connection's handshake uses the configuration in force,
-//! which is rebuilt when the files change. Handshakes run in their own tasks, bounded in number and
-//! time, so a slow or silent client cannot stall the accept loop.
+//! so the gateway accepts TLS itself (`crate::listener`): each connection's handshake uses the
+//! configuration in force, which is rebuilt when the files change.
 
 use std::{path::Path, sync::Arc};
 
 use arc_swap::ArcSwap;
 use rustls::{RootCertStore, ServerConfig, server::WebPkiClientVerifier};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-};
-use tokio_rustls::{TlsAcceptor, server::TlsStream};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio_rustls::TlsAcceptor;
 
 use crate::config::MtlsConfig;
-
-/// Handshakes under way at once; more connections wait in the kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
 
 /// The live TLS configuration.
 pub(crate) struct Tls {
@@ -64,50 +55,14 @@ impl Tls {
         ]
     }
 
-    /// Accepts TCP connections and yields them once their TLS handshake completed (runs until the
-    /// stream is dropped).
-    pub(crate) fn incoming(
-        self: Arc<Self>,
-        listener: TcpListener,
-    ) -> ReceiverStream<std::io::Result<TlsStream<TcpStream>>> {
-        let (sender, receiver) = mpsc::channel(MAX_HANDSHAKES);
-        let handshakes = Arc::new(Semaphore::new(MAX_HANDSHAKES));
-        tokio::spawn(async move {
-            loop {
-                let Ok(permit) = Arc::clone(&handshakes).acquire_owned().await else {
-                    return;
-                };
-                let (tcp, peer) = match listener.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(error) => {
-                        // Out of file descriptors and the like: pass it on, keep accepting.
-                        if sender.send(Err(error)).await.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let acceptor = TlsAcceptor::from(self.current.load_full());
-                let timeout = self.config.handshake_timeout;
-                let ready = sender.clone();
-                tokio::spawn(async move {
-                    let _permit = permit;
-                    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = ready.send(Ok(tls)).await;
-                        }
-                        // A failed handshake concerns that client only: log it, serve the rest.
-                        Ok(Err(error)) => tracing::info!(%peer, %error, "TLS handshake refused"),
-                        Err(_) => tracing::info!(%peer, ?timeout, "TLS handshake timed out"),
-                    }
-                });
-                if sender.is_closed() {
-                    return;
-                }
-            }
-        });
-        ReceiverStream::new(receiver)
+    /// How long a handshake may take (`auth.mtls.handshake_timeout_secs`).
+    pub(crate) fn handshake_timeout(&self) -> std::time::Duration {
+        self.config.handshake_timeout
+    }
+
+    /// An acceptor with the certificates in force now.
+    pub(crate) fn acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(self.current.load_full())
     }
 }
 

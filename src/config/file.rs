@@ -44,6 +44,8 @@ pub(super) struct FileServer {
     shutdown_grace_secs: u64,
     request_timeout_secs: u64,
     max_connection_age_secs: u64,
+    max_connections: usize,
+    handshake_timeout_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +170,9 @@ impl Default for FileServer {
             request_timeout_secs: 30,
             // Off: a sidecar has one caller on loopback. The shared Deployment sets it.
             max_connection_age_secs: 0,
+            // Each costs a file descriptor and a few KiB; far more than real callers need.
+            max_connections: 1024,
+            handshake_timeout_secs: 10,
         }
     }
 }
@@ -229,6 +234,12 @@ impl FileServer {
                 "server.request_timeout_secs",
                 self.request_timeout_secs,
                 1..=3600,
+            )?,
+            max_connections: within("server.max_connections", self.max_connections, 1..=100_000)?,
+            handshake_timeout: secs(
+                "server.handshake_timeout_secs",
+                self.handshake_timeout_secs,
+                1..=60,
             )?,
             max_connection_age: match within(
                 "server.max_connection_age_secs",

@@ -282,12 +282,7 @@ impl State {
             self.users.retain(|_, user| user.until() > now);
             self.sweep_users_above = self.users.len() * 2;
         }
-        if self.requests.len()
-            > self
-                .sweep_requests_above
-                .max(MIN_SWEEP)
-                .min(MAX_REQUEST_IDS)
-        {
+        if self.requests.len() > self.sweep_requests_above.clamp(MIN_SWEEP, MAX_REQUEST_IDS) {
             self.requests.retain(|_, request| request.until > now);
             self.evict_oldest_requests();
             self.sweep_requests_above = self.requests.len() * 2;

@@ -15,6 +15,7 @@ mod kit;
 mod callers;
 mod cli;
 mod fleet;
+mod hostile;
 mod local;
 mod moto;
 mod mtls;

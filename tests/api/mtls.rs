@@ -169,3 +169,27 @@ async fn a_rotated_client_ca_is_picked_up_without_a_restart() {
         "the old CA is gone"
     );
 }
+
+#[tokio::test]
+async fn a_flood_of_silent_connections_does_not_keep_a_caller_from_its_handshake() {
+    let files = Files::new("flood");
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("clients CA");
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let app = mtls_app(&files, &server_ca, &clients.pem, &cognito).await;
+    // More silent sockets than the old handshake slots (256): each holds a place, none the loop.
+    let mut silent = Vec::new();
+    for _ in 0..300 {
+        silent.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    }
+    let started = tokio::time::Instant::now();
+    reset(client(&app, &server_ca, Some(clients.issue(&[], Some(BILLING)))).await)
+        .await
+        .expect("served beside the flood");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "not made to wait for the silent ones: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(crate::kit::fake_cognito::sends(&cognito).await, 1);
+}

@@ -1,0 +1,222 @@
+//! The accept loop: every listener's connections, bounded before tonic sees them.
+//!
+//! - **At most `server.max_connections` at once.** Past it a new connection is closed at once, and
+//!   counted; accepting never stops, so a flood cannot make the gateway deaf to everyone.
+//! - **A handshake deadline** (`server.handshake_timeout_secs`): a connection that has not sent the
+//!   HTTP/2 preface and its first SETTINGS frame header by then (after its TLS handshake, on the
+//!   mTLS port: the deadline covers both) is closed. Without it, silent sockets stay open for ever
+//!   (tonic and hyper set no such limit).
+//! - **TLS handshakes run beside the loop,** never in it: a client that stalls its handshake holds
+//!   one connection place until the deadline, not the loop, and not the other clients' handshakes.
+//!   A waiting handshake costs a task and a socket; the crypto runs only once the client speaks, so
+//!   the connection cap is the bound on both.
+
+use std::{
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore, mpsc},
+    time::{Instant, Sleep},
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::server::Connected;
+
+use crate::{auth::tls::Tls, metrics::metrics};
+
+/// What a client must have sent before the deadline: the HTTP/2 connection preface (24 bytes) and
+/// the header of the SETTINGS frame that must follow it (9 bytes).
+const PREFACE_BYTES: usize = 24 + 9;
+
+/// How a listener bounds its connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bounds {
+    /// Connections open at once.
+    pub(crate) max_connections: usize,
+    /// From accept to the HTTP/2 preface (TLS included).
+    pub(crate) handshake_timeout: Duration,
+    /// TCP keepalive on accepted sockets.
+    pub(crate) tcp_keepalive: Duration,
+}
+
+/// Accepts connections on `listener` until the returned stream is dropped, and yields them once
+/// admitted (and, with `tls`, once their TLS handshake is done).
+pub(crate) fn plain(
+    listener: TcpListener,
+    bounds: Bounds,
+) -> ReceiverStream<io::Result<Conn<TcpStream>>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let places = Arc::new(Semaphore::new(bounds.max_connections));
+        while let Some((tcp, place)) = accept(&listener, &places, bounds).await {
+            let deadline = Instant::now() + bounds.handshake_timeout;
+            if sender
+                .send(Ok(Conn::new(tcp, place, deadline)))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// Like [`plain`], each connection's TLS handshake done beside the loop.
+pub(crate) fn tls(
+    listener: TcpListener,
+    bounds: Bounds,
+    tls: Arc<Tls>,
+) -> ReceiverStream<io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>>> {
+    let (sender, receiver) = mpsc::channel(64);
+    tokio::spawn(async move {
+        let places = Arc::new(Semaphore::new(bounds.max_connections));
+        while let Some((tcp, place)) = accept(&listener, &places, bounds).await {
+            let deadline = Instant::now() + bounds.handshake_timeout;
+            let acceptor = tls.acceptor();
+            let ready = sender.clone();
+            tokio::spawn(async move {
+                let peer = tcp.peer_addr().ok();
+                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = ready.send(Ok(Conn::new(stream, place, deadline))).await;
+                    }
+                    // A failed handshake concerns that client only.
+                    Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake refused"),
+                    Err(_) => refused("handshake_timeout"),
+                }
+            });
+            if sender.is_closed() {
+                return;
+            }
+        }
+    });
+    ReceiverStream::new(receiver)
+}
+
+/// The next connection with a place; those without one are closed at once. `None` when the
+/// listener has failed for good.
+async fn accept(
+    listener: &TcpListener,
+    places: &Arc<Semaphore>,
+    bounds: Bounds,
+) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    loop {
+        let tcp = match listener.accept().await {
+            Ok((tcp, _)) => tcp,
+            Err(error) => {
+                // Out of file descriptors and the like: the condition passes, the loop must not
+                // spin on it meanwhile.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let Ok(place) = Arc::clone(places).try_acquire_owned() else {
+            refused("max_connections");
+            // Dropped: closed at once.
+            continue;
+        };
+        let _ = tcp.set_nodelay(true);
+        let keepalive = socket2::TcpKeepalive::new().with_time(bounds.tcp_keepalive);
+        let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
+        return Some((tcp, place));
+    }
+}
+
+fn refused(why: &'static str) {
+    metrics()
+        .connections_refused
+        .add(1, &[opentelemetry::KeyValue::new("reason", why)]);
+}
+
+/// An admitted connection: holds its place until closed, and fails its reads once the handshake
+/// deadline passes before the client has said enough.
+#[derive(Debug)]
+pub(crate) struct Conn<IO> {
+    io: IO,
+    _place: OwnedSemaphorePermit,
+    /// Until the preface has been read.
+    deadline: Option<Pin<Box<Sleep>>>,
+    read: usize,
+}
+
+impl<IO> Conn<IO> {
+    fn new(io: IO, place: OwnedSemaphorePermit, deadline: Instant) -> Self {
+        Self {
+            io,
+            _place: place,
+            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            read: 0,
+        }
+    }
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut this.io).poll_read(cx, buf);
+        if let Some(deadline) = &mut this.deadline {
+            this.read += buf.filled().len() - before;
+            if this.read >= PREFACE_BYTES {
+                this.deadline = None;
+            } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
+                refused("handshake_timeout");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface before the handshake deadline",
+                )));
+            }
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Conn<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+impl<IO: Connected> Connected for Conn<IO> {
+    type ConnectInfo = IO::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}

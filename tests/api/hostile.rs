@@ -1,0 +1,72 @@
+//! Hostile clients: connections that never speak, more connections than the gateway keeps, TLS
+//! handshakes that never end. Real sockets against the real server.
+
+use std::time::Duration;
+
+use tokio::{io::AsyncReadExt as _, net::TcpStream, time::Instant};
+
+use cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient;
+
+use crate::kit::{
+    app::{request, sdk_backend, spawn_app_with, test_config, test_settings},
+    fake_cognito::{cognito_ok, fake_cognito},
+};
+
+const POOL: &str = "us-east-1_Hostile1";
+
+/// Reads until the server closes the socket (EOF or a reset): how long that took, or `None` if it
+/// was still open after `limit`.
+async fn closed_within(socket: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match tokio::time::timeout_at(started + limit, socket.read(&mut buf)).await {
+            Err(_) => return None,
+            Ok(Ok(0) | Err(_)) => return Some(started.elapsed()),
+            // The server's SETTINGS: it spoke first, as HTTP/2 servers may; keep waiting.
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_at_the_deadline_and_past_the_cap_at_once() {
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let mut config = test_config();
+    config.server.max_connections = 8;
+    config.server.handshake_timeout = Duration::from_secs(2);
+    let app = spawn_app_with(config, sdk_backend(&cognito.uri(), test_settings()).await).await;
+    // The test's own client holds one place; it spoke HTTP/2, so no deadline applies to it.
+    app.reset(POOL, "alice").await.unwrap();
+
+    let opened = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..7 {
+        silent.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    // Every place is taken: the next connection is closed as it comes, long before any deadline.
+    let mut over = TcpStream::connect(app.addr).await.unwrap();
+    let refused = closed_within(&mut over, Duration::from_secs(1)).await;
+    assert!(refused.is_some(), "past the cap, closed at once");
+
+    // The silent ones go at the deadline, not before.
+    for socket in &mut silent {
+        let left = Duration::from_secs(5).saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(socket, left).await.is_some(),
+            "a silent connection was closed"
+        );
+    }
+    let waited = opened.elapsed();
+    assert!(waited >= Duration::from_millis(1900), "{waited:?}");
+
+    // The caller that spoke in time is still served, on its own connection, and new callers are
+    // admitted again.
+    app.reset(POOL, "bob").await.unwrap();
+    let fresh = crate::kit::app::connect(app.addr).await;
+    UserAdminServiceClient::new(fresh)
+        .reset_user_password(request(POOL, "carol"))
+        .await
+        .unwrap();
+    assert_eq!(crate::kit::fake_cognito::sends(&cognito).await, 3);
+}
