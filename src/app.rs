@@ -22,7 +22,7 @@ use crate::{
     middleware::{
         admission::{AdmitLayer, Authenticate, CallerRate, LoadShed},
         deadline::DeadlineLayer,
-        rescue::RescueLayer,
+        rescue::{LogQuota, RescueLayer},
         trace::TraceLayer,
     },
     proto::{FILE_DESCRIPTOR_SET, user_admin_service_server::UserAdminServiceServer},
@@ -45,7 +45,11 @@ type Layers = Stack<Stackup, Identity>;
 /// The middleware stack, outermost first, with why each layer sits where it does. The rest of the
 /// pipeline, which needs the decoded request, is in the handler ([`UserAdmin`]): authorize the pool,
 /// validate, the per-user gate, the backend guard, Cognito.
-fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stackup> {
+fn layers(
+    config: &Config,
+    access: &Arc<Access>,
+    quota: &Arc<LogQuota>,
+) -> tower::ServiceBuilder<Stackup> {
     tower::ServiceBuilder::new()
         // Outermost: the call's span and duration, so that they cover everything below and record
         // the final status.
@@ -53,7 +57,7 @@ fn layers(config: &Config, access: &Arc<Access>) -> tower::ServiceBuilder<Stacku
         // The one place a failure becomes a status, whoever failed (tonic, a layer below, the
         // handler), and where the call's log line is written: inside the span, so that the line
         // carries its trace id.
-        .layer(RescueLayer)
+        .layer(RescueLayer::new(Arc::clone(quota)))
         // The deadline next, so that every call, wherever it waits, answers DEADLINE_EXCEEDED rather
         // than tonic's CANCELLED when the caller's time runs out.
         .layer(DeadlineLayer::new(config.server.request_timeout))
@@ -88,6 +92,7 @@ pub struct App {
     health: HealthReporter,
     access: Arc<Access>,
     gate: Arc<ResetGate>,
+    log_quota: Arc<LogQuota>,
     config: Config,
 }
 
@@ -174,12 +179,14 @@ impl App {
             .max_decoding_message_size(server.max_decoding_message_size)
             .max_encoding_message_size(server.max_encoding_message_size);
 
+        // One quota for the refusal log lines of every listener.
+        let log_quota = Arc::new(LogQuota::default());
         let mut builder = hardened_server(server);
         if let Some(age) = server.max_connection_age {
             builder = builder.max_connection_age(age);
         }
         let router = builder
-            .layer(layers(&config, &access).into_inner())
+            .layer(layers(&config, &access, &log_quota).into_inner())
             .add_service(health_service.clone())
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -193,7 +200,7 @@ impl App {
                 // UNIMPLEMENTED, with its ErrorInfo like every other status.
                 let router = hardened_server(server)
                     .max_concurrent_streams(16)
-                    .layer(RescueLayer)
+                    .layer(RescueLayer::new(Arc::clone(&log_quota)))
                     .add_service(health_service);
                 Some((listener, router))
             }
@@ -206,6 +213,7 @@ impl App {
             health,
             access,
             gate,
+            log_quota,
             config,
         })
     }
@@ -240,6 +248,7 @@ impl App {
             health,
             access,
             gate,
+            log_quota,
             config,
         } = self;
         // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
@@ -300,8 +309,9 @@ impl App {
             ),
         };
         let grace = config.server.shutdown_grace;
-        let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only]);
-        tokio::select! {
+        let log_windows = tokio::spawn(Arc::clone(&log_quota).run());
+        let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only, log_windows]);
+        let result = tokio::select! {
             result = async {
                 let result = serve.await;
                 // Resets whose callers have all gone still run: they end, and are logged, rather
@@ -321,7 +331,10 @@ impl App {
                 tracing::warn!(?grace, "shutdown grace expired; dropping calls still in flight");
                 Ok(())
             }
-        }
+        };
+        // What the refusal log held back is summarized before the process goes.
+        log_quota.close_all();
+        result
     }
 }
 
@@ -370,7 +383,7 @@ fn reflection() -> tonic_reflection::server::Builder<'static> {
 }
 
 /// Ends background tasks when `run` returns, however it returns.
-struct AbortOnDrop([tokio::task::JoinHandle<()>; 4]);
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 5]);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

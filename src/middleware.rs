@@ -69,6 +69,12 @@ impl CallRecord {
         self.deduplicated.get().copied()
     }
 
+    /// Who called, or `""` before authentication: the name refusals are counted under.
+    pub(crate) fn caller_or_none(&self) -> &Arc<str> {
+        static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| "".into());
+        self.caller.get().unwrap_or(&NONE)
+    }
+
     /// Who called; `""` before authentication (or without it).
     pub(crate) fn caller_name(&self) -> &str {
         self.caller.get().map_or("", |caller| caller)

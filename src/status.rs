@@ -151,6 +151,24 @@ pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelem
     Some(attributes)
 }
 
+/// The `ErrorInfo.reason` of `error`.
+pub(crate) fn reason(error: &GatewayError) -> &'static str {
+    gateway_row(error).reason
+}
+
+/// Whether the gateway refused the call itself, before anything reached Cognito, for what the
+/// caller did: no credentials, a pool it may not use, a limit, overload, an invalid request.
+pub(crate) fn is_refusal(error: &GatewayError) -> bool {
+    matches!(
+        error,
+        GatewayError::Unauthenticated(_)
+            | GatewayError::CallerNotAllowed { .. }
+            | GatewayError::RateLimited { .. }
+            | GatewayError::Overloaded
+            | GatewayError::InvalidRequest(_)
+    )
+}
+
 /// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
 /// the span (OpenTelemetry's RPC conventions use the same list).
 pub(crate) fn is_server_side(code: Code) -> bool {

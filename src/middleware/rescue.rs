@@ -25,11 +25,15 @@ use crate::{
     domain::UserPoolId,
     metrics::metrics,
     status::{
-        GatewayError, code_name, is_server_side, message_is_aws_text, rejection_attributes,
-        to_status,
+        GatewayError, code_name, is_refusal, is_server_side, message_is_aws_text, reason,
+        rejection_attributes, to_status,
     },
     telemetry::current_ids,
 };
+
+mod quota;
+
+pub(crate) use quota::LogQuota;
 
 /// The reply of a call that failed with `error`, for [`RescueLayer`] to turn into its status.
 pub(crate) fn fail<B: Default>(error: GatewayError) -> Response<B> {
@@ -44,14 +48,26 @@ pub(crate) fn placeholder(error: GatewayError) -> Status {
 }
 
 /// Adds [`Rescue`].
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct RescueLayer;
+#[derive(Debug, Clone)]
+pub(crate) struct RescueLayer {
+    quota: Arc<LogQuota>,
+}
+
+impl RescueLayer {
+    /// Refusals are logged within `quota`.
+    pub(crate) fn new(quota: Arc<LogQuota>) -> Self {
+        Self { quota }
+    }
+}
 
 impl<S> Layer<S> for RescueLayer {
     type Service = Rescue<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Rescue { inner }
+        Rescue {
+            inner,
+            quota: Arc::clone(&self.quota),
+        }
     }
 }
 
@@ -59,6 +75,7 @@ impl<S> Layer<S> for RescueLayer {
 #[derive(Debug, Clone)]
 pub(crate) struct Rescue<S> {
     inner: S,
+    quota: Arc<LogQuota>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for Rescue<S>
@@ -88,6 +105,7 @@ where
             started: Instant::now(),
             method: method_name(request.uri().path()),
             record,
+            quota: Arc::clone(&self.quota),
             written: false,
         };
         let call = self.inner.call(request);
@@ -111,6 +129,7 @@ struct CallLine {
     started: Instant,
     method: Arc<str>,
     record: Arc<CallRecord>,
+    quota: Arc<LogQuota>,
     written: bool,
 }
 
@@ -180,9 +199,12 @@ impl CallLine {
         if let Some(attributes) = rejection_attributes(error) {
             metrics().rejections.add(1, &attributes);
         }
-        let reason = tonic_types::StatusExt::get_details_error_info(status)
-            .map(|info| info.reason)
-            .unwrap_or_default();
+        let reason = reason(error);
+        // The gateway's own refusals cost it nothing but this line: a flood of them is logged
+        // within a quota (and counted in full above). What reached Cognito is always logged.
+        if is_refusal(error) && !self.quota.admit(reason, self.record.caller_or_none()) {
+            return;
+        }
         let code = code_name(status.code());
         let caller = self.record.caller_name();
         let pool = self.pool();

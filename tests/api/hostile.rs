@@ -70,3 +70,77 @@ async fn silent_connections_are_closed_at_the_deadline_and_past_the_cap_at_once(
         .unwrap();
     assert_eq!(crate::kit::fake_cognito::sends(&cognito).await, 3);
 }
+
+#[tokio::test]
+async fn a_flood_of_refused_calls_writes_a_bounded_log_and_a_summary() {
+    use sha2::Digest as _;
+    let files = crate::kit::files::Files::new("log-flood");
+    let config = files.write(
+        "gateway.toml",
+        &format!(
+            "[auth]\nmode = \"token\"\n[[callers]]\nname = \"billing\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\nrate_per_second = 1\nburst = 1\n",
+            hex::encode(sha2::Sha256::digest(b"good-token"))
+        ),
+    );
+    let config = config.display().to_string();
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        crate::kit::binary::start_binary(&["--local", "--config", &config], &[])
+    })
+    .await
+    .unwrap();
+    let channel = crate::kit::app::connect(gateway.addr.parse().unwrap()).await;
+    const CALLS: usize = 2_000;
+    let mut refused = 0;
+    for token in ["bad-token", "good-token"] {
+        let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}").parse().unwrap();
+        let calls = (0..CALLS).map(|i| {
+            let mut client = UserAdminServiceClient::new(channel.clone());
+            let mut call = tonic::Request::new(request("local-1_DemoPool", &format!("user-{i}")));
+            call.metadata_mut().insert("authorization", header.clone());
+            tokio::spawn(async move { client.reset_user_password(call).await })
+        });
+        for call in calls.collect::<Vec<_>>() {
+            refused += u64::from(call.await.unwrap().is_err_and(|status| {
+                matches!(
+                    status.code(),
+                    tonic::Code::Unauthenticated | tonic::Code::ResourceExhausted
+                )
+            }));
+        }
+    }
+    assert_eq!(gateway.terminate(), Some(0));
+    let log = gateway.rest_of_log();
+    let lines = |code: &str| {
+        log.iter()
+            .filter(|l| l.contains(&format!("\"code\":\"{code}\"")))
+            .count()
+    };
+    // 4,000 refusals: 10 lines per reason and caller, and one summary each.
+    assert!(
+        lines("UNAUTHENTICATED") <= 10,
+        "{}",
+        lines("UNAUTHENTICATED")
+    );
+    assert!(
+        lines("RESOURCE_EXHAUSTED") <= 10,
+        "{}",
+        lines("RESOURCE_EXHAUSTED")
+    );
+    let suppressed: u64 = log
+        .iter()
+        .filter(|l| l.contains("refused calls not logged one by one"))
+        .map(|l| {
+            let line: serde_json::Value = serde_json::from_str(l).unwrap();
+            line["suppressed"].as_u64().unwrap()
+        })
+        .sum();
+    let logged = (lines("UNAUTHENTICATED") + lines("RESOURCE_EXHAUSTED")) as u64;
+    // All but the few the caller's rate let through (a second each) were refused.
+    assert!(refused >= 2 * CALLS as u64 - 20, "{refused}");
+    assert_eq!(
+        suppressed + logged,
+        refused,
+        "every refusal is accounted for"
+    );
+    assert!(log.len() < 100, "{} log lines", log.len());
+}
