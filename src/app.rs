@@ -132,6 +132,7 @@ impl App {
         let counted = Arc::clone(&access);
         crate::metrics::observe_callers(move || counted.policy().caller_names().len());
         crate::metrics::observe_limits(&config.limits);
+        crate::metrics::observe_reloaded_at(access.reloaded_at());
         let limits = &config.limits;
         // The gate's store keeps the user gate, the request ids and the budgets for Cognito
         // calls. A claim outlives the longest Cognito call, so that it lapses only when its holder
@@ -340,13 +341,7 @@ impl App {
 
 /// The caller policy, with the files it names (JWKS, certificates) read.
 async fn load_access(config: &Config) -> Result<Access, String> {
-    Access::load(
-        &config.access,
-        &config.limits,
-        config.path.clone(),
-        config.local,
-    )
-    .await
+    Access::load(config).await
 }
 
 /// Checks a configuration as [`App::build`] would use it, reading every file it names, without

@@ -7,8 +7,10 @@
 use std::{
     collections::HashSet,
     path::{Path, PathBuf},
-    sync::Arc,
-    time::Duration,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -22,10 +24,8 @@ use self::{
     tls::Tls,
 };
 use crate::{
-    config::{
-        AccessConfig, AuthMode, CallerConfig, ConfigError, JwtConfig, LimitSettings, MtlsConfig,
-        invalid,
-    },
+    config::{AccessConfig, AuthMode, CallerConfig, Config, ConfigError, LimitSettings, invalid},
+    metrics::metrics,
     rate::RateLimit,
 };
 
@@ -188,27 +188,22 @@ pub(crate) struct Access {
     jwt: Option<Arc<JwtVerifier>>,
     /// With `auth.mode = "mtls"`: the server's TLS, reloaded with the files.
     tls: Option<Arc<Tls>>,
-    /// How callers authenticate, as started: a reload may change the callers, not this.
-    authentication: (AuthMode, Option<JwtConfig>, Option<MtlsConfig>),
-    limits: LimitSettings,
+    /// The configuration as started: a reload may change the callers, nothing else.
+    running: Config,
     /// The config file and the token file, re-read on change.
     sources: Vec<PathBuf>,
     /// What the files held when the policy in force was read.
     loaded: Vec<Vec<u8>>,
-    config_path: Option<PathBuf>,
-    local: bool,
-    reload_interval: Duration,
+    /// When the policy in force was read (Unix seconds), for `cognito_gateway.config.reloaded_at`.
+    reloaded_at: Arc<AtomicU64>,
 }
 
 impl Access {
     /// The policy of a validated configuration (without JWT verification).
-    pub(crate) fn new(
-        access: &AccessConfig,
-        limits: &LimitSettings,
-        config_path: Option<PathBuf>,
-        local: bool,
-    ) -> Self {
-        let sources: Vec<PathBuf> = config_path
+    pub(crate) fn new(config: &Config) -> Self {
+        let access = &config.access;
+        let sources: Vec<PathBuf> = config
+            .path
             .iter()
             .chain(access.token_file.iter())
             .cloned()
@@ -216,26 +211,19 @@ impl Access {
         Self {
             // Taken now, not when the watcher starts: an edit in between is then still a change.
             loaded: fingerprint(&sources),
-            current: ArcSwap::from_pointee(Policy::build(access, limits, None)),
+            current: ArcSwap::from_pointee(Policy::build(access, &config.limits, None)),
             jwt: None,
             tls: None,
-            authentication: (access.mode, access.jwt.clone(), access.mtls.clone()),
-            limits: limits.clone(),
+            running: config.clone(),
             sources,
-            config_path,
-            local,
-            reload_interval: access.reload_interval,
+            reloaded_at: Arc::new(AtomicU64::new(unix_now())),
         }
     }
 
     /// The policy of a validated configuration; with `auth.mode = "jwt"`, loads the keys first.
-    pub(crate) async fn load(
-        access: &AccessConfig,
-        limits: &LimitSettings,
-        config_path: Option<PathBuf>,
-        local: bool,
-    ) -> Result<Self, String> {
-        let mut loaded = Self::new(access, limits, config_path, local);
+    pub(crate) async fn load(config: &Config) -> Result<Self, String> {
+        let mut loaded = Self::new(config);
+        let access = &config.access;
         if let Some(jwt) = &access.jwt {
             loaded.jwt = Some(Arc::new(JwtVerifier::new(jwt.clone()).await?));
         }
@@ -247,6 +235,11 @@ impl Access {
             loaded.tls = Some(Arc::new(tls));
         }
         Ok(loaded)
+    }
+
+    /// When the policy in force was read, in Unix seconds.
+    pub(crate) fn reloaded_at(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.reloaded_at)
     }
 
     /// The server's TLS, with `auth.mode = "mtls"`.
@@ -302,25 +295,32 @@ impl Access {
         {
             tracing::error!(%error, "TLS certificates NOT reloaded; the previous ones stay in use");
         }
-        let Some(path) = &self.config_path else {
+        if self.running.path.is_none() {
             return Ok(());
-        };
-        let access = AccessConfig::reload(path, self.local)?;
+        }
+        // The whole file, checked exactly as at start: a file the next start would refuse is
+        // refused now, rather than admitted until a restart crash-loops the pod.
+        let new = self.running.reread()?;
+        let restart = self.running.restart_needed(&new);
         // Switching authentication off (or to another kind) on a file change would be silent and
         // total: it takes a restart, which logs what it does.
-        if (access.mode, &access.jwt, &access.mtls)
-            != (
-                self.authentication.0,
-                &self.authentication.1,
-                &self.authentication.2,
-            )
-        {
+        if restart.contains(&"auth") {
             return Err(invalid(
                 "auth",
-                "auth.mode, [auth.jwt] and [auth.mtls] change only with a restart; the callers were not reloaded either",
+                "auth.mode, [auth.jwt], [auth.mtls] and auth.reload_interval_secs change only with a restart; the callers were not reloaded either",
             ));
         }
-        let policy = Policy::build(&access, &self.limits, Some(&self.current.load()));
+        if !restart.is_empty() {
+            tracing::warn!(
+                sections = ?restart,
+                "settings changed that take effect only after a restart; the callers were reloaded"
+            );
+        }
+        let policy = Policy::build(
+            &new.access,
+            &self.running.limits,
+            Some(&self.current.load()),
+        );
         tracing::info!(callers = ?policy.caller_names(), "caller policy reloaded");
         self.current.store(Arc::new(policy));
         Ok(())
@@ -333,7 +333,7 @@ impl Access {
             return;
         }
         let mut seen = self.loaded.clone();
-        let mut tick = tokio::time::interval(self.reload_interval);
+        let mut tick = tokio::time::interval(self.running.access.reload_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut signals_open = true;
         loop {
@@ -354,11 +354,27 @@ impl Access {
                 continue;
             }
             seen = now;
-            if let Err(error) = self.reload() {
-                tracing::error!(%error, "caller policy NOT reloaded; the previous one stays in force");
-            }
+            let outcome = match self.reload() {
+                Ok(()) => {
+                    self.reloaded_at.store(unix_now(), Ordering::Relaxed);
+                    "ok"
+                }
+                Err(error) => {
+                    tracing::error!(%error, "caller policy NOT reloaded; the previous one stays in force");
+                    "refused"
+                }
+            };
+            metrics()
+                .config_reloads
+                .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// What the files hold now (a missing file counts as empty): reloading on content, not on mtime,

@@ -6,12 +6,7 @@
 //! Everything else reads this module, and it reads only [`crate::domain`], so that configuration
 //! never sits on an import loop.
 
-use std::{
-    collections::BTreeSet,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
@@ -22,7 +17,7 @@ mod file;
 pub use file::FileConfig;
 
 /// What `serve`'s command line decides (`crate::cli::ServeArgs` converts into this).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Flags {
     /// Where to listen (`--listen`).
     pub listen: SocketAddr,
@@ -57,6 +52,8 @@ pub struct Config {
     pub fleet: Option<FleetSettings>,
     /// The file this came from, re-read for access changes (`--config`).
     pub path: Option<PathBuf>,
+    /// The command line it was read with: a reload reads the file with the same.
+    pub flags: Flags,
 }
 
 /// How callers prove who they are (`auth.mode`).
@@ -271,7 +268,7 @@ impl OnUnavailable {
 }
 
 /// HTTP/2 and shutdown settings (`[server]` in the TOML file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerSettings {
     /// Streams one connection may have open at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
     pub max_concurrent_streams: u32,
@@ -305,7 +302,7 @@ pub struct ServerSettings {
 }
 
 /// The Cognito client's settings (`[cognito]` in the TOML file).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CognitoSettings {
     /// Upper bound on one Cognito call, retries included. A caller waits at most its own deadline;
     /// the call, which other callers may share, runs on to its end.
@@ -370,8 +367,45 @@ impl Config {
     }
 
     /// Defaults, for a given address (tests, the local demo): no authentication.
+    /// The file read again, and validated exactly as at start (every key, every file it names),
+    /// with the same command line; without a file, the same configuration.
+    pub fn reread(&self) -> Result<Self, ConfigError> {
+        match &self.flags.config {
+            Some(_) => Self::load(self.flags.clone()),
+            None => Ok(self.clone()),
+        }
+    }
+
+    /// The sections whose settings differ in `new` and take effect only after a restart: only
+    /// the callers (and their tokens) change in place.
+    pub fn restart_needed(&self, new: &Self) -> Vec<&'static str> {
+        let (old_access, new_access) = (&self.access, &new.access);
+        [
+            ("server", self.server != new.server),
+            ("cognito", self.cognito != new.cognito),
+            ("limits", self.limits != new.limits),
+            ("fleet", self.fleet != new.fleet),
+            (
+                "auth",
+                (old_access.mode, &old_access.jwt, &old_access.mtls)
+                    != (new_access.mode, &new_access.jwt, &new_access.mtls)
+                    || old_access.reload_interval != new_access.reload_interval,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(section, changed)| changed.then_some(section))
+        .collect()
+    }
+
     pub fn with_listen(listen: SocketAddr) -> Self {
         Self {
+            flags: Flags {
+                listen,
+                health_listen: None,
+                local: false,
+                config: None,
+                redis_url: None,
+            },
             listen,
             health_listen: None,
             local: false,
@@ -396,11 +430,6 @@ impl AccessConfig {
             jwt: None,
             mtls: None,
         }
-    }
-
-    /// Re-reads the access part of a config file (and its token file), for reloads.
-    pub fn reload(path: &Path, local: bool) -> Result<Self, ConfigError> {
-        file::read_toml::<FileConfig>(path)?.validate_access(local)
     }
 }
 

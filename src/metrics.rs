@@ -38,6 +38,9 @@ pub(crate) struct Metrics {
     /// `cognito_gateway.connections_refused`: connections closed before HTTP/2, by `reason`
     /// (`max_connections`, `handshake_timeout`).
     pub(crate) connections_refused: Counter<u64>,
+    /// `cognito_gateway.config.reloads`: reloads of the configuration file, by `outcome` (`ok`,
+    /// `refused`: the file was invalid and the previous policy stays).
+    pub(crate) config_reloads: Counter<u64>,
     /// `cognito_gateway.fleet.duration`: each round trip to the fleet's store, by `operation`
     /// (`claim`, `settle`) and `outcome` (`ok`, `error`).
     pub fleet_duration: Histogram<f64>,
@@ -102,6 +105,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         connections_refused: meter
             .u64_counter("cognito_gateway.connections_refused")
             .with_description("Connections closed before HTTP/2: over the cap, or no handshake in time")
+            .build(),
+        config_reloads: meter
+            .u64_counter("cognito_gateway.config.reloads")
+            .with_description("Reloads of the configuration file, by outcome")
             .build(),
         fleet_duration: meter
             .f64_histogram("cognito_gateway.fleet.duration")
@@ -194,6 +201,18 @@ pub(crate) fn observe_store_up(up: std::sync::Arc<std::sync::atomic::AtomicBool>
                 u64::from(up.load(std::sync::atomic::Ordering::Relaxed)),
                 &[],
             );
+        })
+        .build();
+}
+
+/// `cognito_gateway.config.reloaded_at`: when the configuration in force was read (Unix seconds).
+pub(crate) fn observe_reloaded_at(at: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let _gauge = global::meter("cognito-gateway")
+        .u64_observable_gauge("cognito_gateway.config.reloaded_at")
+        .with_unit("s")
+        .with_description("When the configuration in force was read, in Unix seconds")
+        .with_callback(move |gauge| {
+            gauge.observe(at.load(std::sync::atomic::Ordering::Relaxed), &[]);
         })
         .build();
 }

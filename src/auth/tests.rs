@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use super::*;
 
 fn sha(token: &str) -> [u8; 32] {
@@ -20,6 +22,18 @@ fn caller_config(name: &str, token: &str, pools: Option<&[&str]>) -> CallerConfi
         rate_per_second: 5,
         burst: 10,
     }
+}
+
+/// The configuration `serve --config path` starts with.
+fn from_file(path: &std::path::Path) -> Config {
+    Config::load(crate::config::Flags {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        health_listen: None,
+        local: false,
+        config: Some(path.to_owned()),
+        redis_url: None,
+    })
+    .unwrap()
 }
 
 fn policy() -> Policy {
@@ -117,13 +131,7 @@ async fn files_are_still_watched_when_no_signal_can_come() {
         )
     };
     std::fs::write(&path, with_token("tok-old")).unwrap();
-    let config = AccessConfig::reload(&path, false).unwrap();
-    let access = Arc::new(Access::new(
-        &config,
-        &LimitSettings::default(),
-        Some(path.clone()),
-        false,
-    ));
+    let access = Arc::new(Access::new(&from_file(&path)));
     // The SIGHUP side is gone (as when the signal cannot be registered).
     let (sender, receiver) = tokio::sync::mpsc::channel(1);
     drop(sender);
@@ -158,13 +166,7 @@ fn a_bad_file_is_refused_and_the_old_policy_stays() {
         hex::encode(sha("tok-ops"))
     );
     std::fs::write(&path, &good).unwrap();
-    let config = AccessConfig::reload(&path, false).unwrap();
-    let access = Access::new(
-        &config,
-        &LimitSettings::default(),
-        Some(path.clone()),
-        false,
-    );
+    let access = Access::new(&from_file(&path));
     assert!(
         access
             .policy()
@@ -206,6 +208,44 @@ fn a_bad_file_is_refused_and_the_old_policy_stays() {
             .policy()
             .authenticate(Some(b"Bearer tok-ops"))
             .is_err()
+    );
+
+    // Startup would refuse a bad [server] (or any section): so does a reload, callers and all.
+    let with_caller = |extra: &str| {
+        format!(
+            "{}[[callers]]\nname = \"intruder\"\ntoken_sha256 = \"{}\"\nuser_pools = [\"*\"]\n{extra}",
+            good.replace(&hex::encode(sha("tok-ops")), &hex::encode(sha("tok-new"))),
+            hex::encode(sha("tok-intruder"))
+        )
+    };
+    std::fs::write(&path, with_caller("[server]\nmax_concurrent_streams = 0\n")).unwrap();
+    let error = access.reload().unwrap_err().to_string();
+    assert!(error.contains("server.max_concurrent_streams"), "{error}");
+    assert!(
+        access
+            .policy()
+            .authenticate(Some(b"Bearer tok-intruder"))
+            .is_err(),
+        "nothing of a refused file is admitted"
+    );
+    // A valid change of a setting that needs a restart: the callers reload, the rest waits.
+    std::fs::write(
+        &path,
+        with_caller("[server]\nmax_concurrent_streams = 10\n"),
+    )
+    .unwrap();
+    access.reload().unwrap();
+    assert!(
+        access
+            .policy()
+            .authenticate(Some(b"Bearer tok-intruder"))
+            .is_ok()
+    );
+    assert_eq!(
+        access
+            .running
+            .restart_needed(&access.running.reread().unwrap()),
+        ["server"]
     );
     assert!(
         access

@@ -7,8 +7,8 @@ use std::{collections::BTreeSet, path::Path, time::Duration};
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
-    AccessConfig, CognitoSettings, Config, ConfigError, Flags, FleetSettings, LimitSettings,
-    OnUnavailable, ServerSettings, UserIdentity, invalid,
+    CognitoSettings, Config, ConfigError, Flags, FleetSettings, LimitSettings, OnUnavailable,
+    ServerSettings, UserIdentity, invalid,
 };
 use crate::domain::Region;
 
@@ -121,6 +121,17 @@ impl FileConfig {
         let cognito = self.cognito.validate()?;
         let limits = self.limits.validate()?;
         let access = access(self.auth, self.callers, &limits, flags.local)?;
+        // A shutdown must not cut off a reset mid-call, leaving its outcome unknown and unlogged.
+        if server.shutdown_grace < cognito.operation_timeout {
+            return Err(invalid(
+                "server.shutdown_grace_secs",
+                format!(
+                    "{} s is shorter than cognito.operation_timeout_ms ({} ms): a shutdown could cut a reset off mid-call",
+                    server.shutdown_grace.as_secs(),
+                    cognito.operation_timeout.as_millis()
+                ),
+            ));
+        }
         let fleet = match (self.fleet, &flags.redis_url) {
             (Some(fleet), url) => Some(fleet.validate(url.clone())?),
             (None, Some(_)) => {
@@ -141,13 +152,8 @@ impl FileConfig {
             limits,
             fleet,
             path: flags.config.clone(),
+            flags: flags.clone(),
         })
-    }
-
-    /// Validates the access part (and the limits its callers' defaults come from), for reloads.
-    pub(super) fn validate_access(self, local: bool) -> Result<AccessConfig, ConfigError> {
-        let limits = self.limits.validate()?;
-        access(self.auth, self.callers, &limits, local)
     }
 }
 

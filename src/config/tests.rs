@@ -211,6 +211,10 @@ fn errors_name_the_key() {
             "max_concurent_streams",
         ),
         (
+            "[server]\nshutdown_grace_secs = 2\n",
+            "server.shutdown_grace_secs",
+        ),
+        (
             "[cognito]\noperation_timeout_ms = \"5s\"\n",
             "operation_timeout_ms",
         ),
