@@ -1,12 +1,19 @@
-//! `grpc.health.v1`, as tonic-health serves it, with one change: a `Watch` stream ends right after
-//! it reports NOT_SERVING. The gateway reports NOT_SERVING only when it shuts down, and an open
-//! `Watch` (clients with client-side health checking keep one) would otherwise hold its connection,
-//! and so the shutdown, for the whole grace period.
+//! `grpc.health.v1`, as tonic-health serves it, with two changes to `Watch`:
+//! - a stream ends right after it reports NOT_SERVING. The gateway reports NOT_SERVING only when it
+//!   shuts down, and an open `Watch` (clients with client-side health checking keep one) would
+//!   otherwise hold its connection, and so the shutdown, for the whole grace period;
+//! - streams are counted and bounded, [`MAX_WATCHES`] in all and [`MAX_WATCHES_PER_CONNECTION`] on
+//!   one connection: health needs no credentials, and each stream is a task and a channel.
 
 use std::{
+    collections::HashMap,
+    net::SocketAddr,
     pin::Pin,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
 };
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
@@ -19,16 +26,32 @@ use tonic_health::{
     server::{HealthReporter, HealthService},
 };
 
+use crate::{metrics::metrics, middleware::rescue::placeholder, status::GatewayError};
+
+/// `Watch` streams open at once, on every listener together.
+pub(crate) const MAX_WATCHES: usize = 256;
+/// `Watch` streams open at once on one connection.
+pub(crate) const MAX_WATCHES_PER_CONNECTION: usize = 4;
+
 /// The reporter to set statuses with, and the service to serve.
 pub(crate) fn health() -> (HealthReporter, HealthServer<DrainingHealth>) {
     let reporter = HealthReporter::new();
-    let service = DrainingHealth(HealthService::from_health_reporter(reporter.clone()));
+    let service = DrainingHealth {
+        inner: HealthService::from_health_reporter(reporter.clone()),
+        watches: Arc::new(Semaphore::new(MAX_WATCHES)),
+        per_connection: Arc::default(),
+    };
     (reporter, HealthServer::new(service))
 }
 
-/// tonic-health's service, with `Watch` streams that end after NOT_SERVING.
+/// tonic-health's service, with `Watch` streams that are bounded and end after NOT_SERVING.
 #[derive(Debug)]
-pub(crate) struct DrainingHealth(HealthService);
+pub(crate) struct DrainingHealth {
+    inner: HealthService,
+    watches: Arc<Semaphore>,
+    /// Streams open per connection (its peer address names it).
+    per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+}
 
 #[tonic::async_trait]
 impl Health for DrainingHealth {
@@ -36,7 +59,7 @@ impl Health for DrainingHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
-        self.0.check(request).await
+        self.inner.check(request).await
     }
 
     type WatchStream = UntilNotServing<<HealthService as Health>::WatchStream>;
@@ -45,11 +68,73 @@ impl Health for DrainingHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let stream = self.0.watch(request).await?.into_inner();
+        // Past either bound the stream is shed like any call over capacity: UNAVAILABLE
+        // OVERLOADED, with a RetryInfo.
+        let overloaded = || placeholder(GatewayError::Overloaded);
+        let place = Arc::clone(&self.watches)
+            .try_acquire_owned()
+            .map_err(|_| overloaded())?;
+        let connection = match request.remote_addr() {
+            Some(peer) => {
+                let mut open = self.lock();
+                let count = open.entry(peer).or_default();
+                if *count >= MAX_WATCHES_PER_CONNECTION {
+                    return Err(overloaded());
+                }
+                *count += 1;
+                Some(peer)
+            }
+            None => None,
+        };
+        let open = WatchPlace {
+            per_connection: Arc::clone(&self.per_connection),
+            connection,
+            _place: place,
+        };
+        let stream = self.inner.watch(request).await?.into_inner();
+        metrics().health_watches.add(1, &[]);
         Ok(Response::new(UntilNotServing {
             inner: stream,
             ended: false,
+            _open: open,
         }))
+    }
+}
+
+impl DrainingHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+        lock(&self.per_connection)
+    }
+}
+
+fn lock(
+    map: &Mutex<HashMap<SocketAddr, usize>>,
+) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, usize>> {
+    // Every critical section leaves the map consistent; a poisoned lock is still usable.
+    map.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// A `Watch` stream's place, given back when the stream ends.
+#[derive(Debug)]
+struct WatchPlace {
+    per_connection: Arc<Mutex<HashMap<SocketAddr, usize>>>,
+    connection: Option<SocketAddr>,
+    _place: OwnedSemaphorePermit,
+}
+
+impl Drop for WatchPlace {
+    fn drop(&mut self) {
+        metrics().health_watches.add(-1, &[]);
+        let Some(peer) = self.connection else {
+            return;
+        };
+        let mut open = lock(&self.per_connection);
+        if let Some(count) = open.get_mut(&peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&peer);
+            }
+        }
     }
 }
 
@@ -58,6 +143,7 @@ impl Health for DrainingHealth {
 pub(crate) struct UntilNotServing<S> {
     inner: S,
     ended: bool,
+    _open: WatchPlace,
 }
 
 impl<S> Stream for UntilNotServing<S>

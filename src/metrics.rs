@@ -38,6 +38,8 @@ pub(crate) struct Metrics {
     /// `cognito_gateway.connections_refused`: connections closed before HTTP/2, by `reason`
     /// (`max_connections`, `handshake_timeout`).
     pub(crate) connections_refused: Counter<u64>,
+    /// `cognito_gateway.health.watches`: health `Watch` streams open.
+    pub(crate) health_watches: UpDownCounter<i64>,
     /// `cognito_gateway.config.reloads`: reloads of the configuration file, by `outcome` (`ok`,
     /// `refused`: the file was invalid and the previous policy stays).
     pub(crate) config_reloads: Counter<u64>,
@@ -105,6 +107,10 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         connections_refused: meter
             .u64_counter("cognito_gateway.connections_refused")
             .with_description("Connections closed before HTTP/2: over the cap, or no handshake in time")
+            .build(),
+        health_watches: meter
+            .i64_up_down_counter("cognito_gateway.health.watches")
+            .with_description("Health Watch streams open")
             .build(),
         config_reloads: meter
             .u64_counter("cognito_gateway.config.reloads")
