@@ -238,7 +238,7 @@ impl<B: Backend> UserAdmin<B> {
             .identities
             .resolve(&request.user_pool_id, &request.username)
             .await
-            .map_err(GatewayError::Lookup)?;
+            .map_err(|error| GatewayError::Lookup(error.scrubbed(&request)))?;
         let ticket = Ticket {
             user: self.gate.user_key(&request.user_pool_id, &identity),
             request: request
@@ -251,6 +251,8 @@ impl<B: Backend> UserAdmin<B> {
                 rate: caller.rate.rate(),
                 burst: caller.rate.burst(),
             }),
+            // The gate makes this call's own.
+            claim: 0,
         };
         let start = || {
             // The CLIENT span is made here, in the caller's span, and goes with the call into its
@@ -273,9 +275,16 @@ impl<B: Backend> UserAdmin<B> {
                 GateError::Limited { limit, wait } => GatewayError::RateLimited { limit, wait },
                 GateError::RequestReused => GatewayError::RequestIdReused,
                 GateError::Store(error) => GatewayError::StoreUnavailable(error),
-                GateError::Lost => GatewayError::Backend(BackendError::Misconfigured(
-                    "the reset task ended without a result".into(),
-                )),
+                // The task making the call ended without a result, maybe after sending: the gate
+                // remembers it as unknown, and so is it told.
+                GateError::Lost => GatewayError::OutcomeUnknown {
+                    exception: "Panic".into(),
+                    request_id: None,
+                    from_cognito: false,
+                    retry_after: self.cooldown,
+                    deduplicated: false,
+                    cause: None,
+                },
             })
     }
 }

@@ -14,8 +14,9 @@
 //! Each change is logged once, and counted.
 
 use std::{
+    collections::VecDeque,
     sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -27,8 +28,8 @@ use tokio::time::Instant;
 use crate::{
     config::{FleetSettings, OnUnavailable},
     gate::{
-        Claim, GateStore, MemoryStore, Outcome, RequestKey, StoreError, StoreFuture, Ticket, Times,
-        UserKey,
+        Claim, FLIGHT_GRACE, GateStore, MemoryStore, Outcome, RequestKey, StoreError, StoreFuture,
+        Ticket, Times, UserKey,
     },
     metrics::{self, metrics},
     rate::Limit,
@@ -48,25 +49,43 @@ pub(crate) struct Budgets {
 
 /// The gate's store in Redis, with what a replica does when Redis does not answer.
 pub(crate) struct FleetStore {
-    redis: ConnectionManager,
-    keys: Keys,
-    times: Times,
+    shared: Arc<Shared>,
     budgets: Budgets,
-    timeout: Duration,
     on_unavailable: OnUnavailable,
     /// With `on_unavailable = "local"`: this replica's own decisions while the store is down.
     fallback: Option<MemoryStore>,
-    up: Arc<AtomicBool>,
     claim: Script,
-    settle: Script,
     probe: tokio::task::JoinHandle<()>,
 }
+
+/// What the calls and the probe share.
+struct Shared {
+    redis: ConnectionManager,
+    keys: Keys,
+    times: Times,
+    timeout: Duration,
+    up: Arc<AtomicBool>,
+    settle: Script,
+    /// Outcomes the store could not be told yet: the probe tells it before it is used again, so
+    /// that an outage around a call's end does not make the fleet forget that call.
+    unsettled: Mutex<VecDeque<Unsettled>>,
+}
+
+/// A settle that waits for the store.
+struct Unsettled {
+    ticket: Ticket,
+    outcome: Option<Outcome>,
+    at: Instant,
+}
+
+/// Settles kept at most while the store is down (the oldest go first, and are logged).
+const MAX_UNSETTLED: usize = 10_000;
 
 impl std::fmt::Debug for FleetStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FleetStore")
-            .field("prefix", &self.keys.prefix)
-            .field("up", &self.up.load(Ordering::Relaxed))
+            .field("prefix", &self.shared.keys.prefix)
+            .field("up", &self.is_up())
             .field("on_unavailable", &self.on_unavailable)
             .finish_non_exhaustive()
     }
@@ -141,47 +160,52 @@ impl FleetStore {
             };
             MemoryStore::new(times, share(budgets.backend), share(budgets.pool))
         });
-        let probe = tokio::spawn(probe(redis.clone(), Arc::clone(&up), settings.timeout));
         metrics::observe_store_up(Arc::clone(&up));
-        Ok(Self {
+        let shared = Arc::new(Shared {
             redis,
             keys: Keys {
                 prefix: format!("{}:{{g}}:", settings.key_prefix),
             },
             times,
-            budgets,
             timeout: settings.timeout,
+            up,
+            settle: Script::new(include_str!("fleet/settle.lua")),
+            unsettled: Mutex::default(),
+        });
+        let probe = tokio::spawn(probe(Arc::clone(&shared)));
+        Ok(Self {
+            shared,
+            budgets,
             on_unavailable: settings.on_unavailable,
             fallback,
-            up,
             claim: Script::new(include_str!("fleet/claim.lua")),
-            settle: Script::new(include_str!("fleet/settle.lua")),
             probe,
         })
     }
 
     /// Whether the store answered last time it was asked.
     pub(crate) fn is_up(&self) -> bool {
-        self.up.load(Ordering::Relaxed)
+        self.shared.up.load(Ordering::Relaxed)
     }
 
     async fn claim_in_redis(&self, ticket: &Ticket) -> Result<Claim, StoreError> {
+        let keys = &self.shared.keys;
         let (caller, rate, burst) = match &ticket.caller {
             Some(caller) => (&*caller.name, caller.rate, caller.burst),
             None => ("", 0, 0),
         };
         let mut invocation = self.claim.prepare_invoke();
         invocation
-            .key(self.keys.user(&ticket.user))
-            .key(self.keys.waiting(&ticket.user))
-            .key(self.keys.request(ticket.request.as_ref()))
-            .key(self.keys.rate(&format!("caller:{caller}")))
-            .key(self.keys.rate(&format!("pool:{}", ticket.pool.as_str())))
-            .key(self.keys.rate("backend"))
+            .key(keys.user(&ticket.user))
+            .key(keys.waiting(&ticket.user))
+            .key(keys.request(ticket.request.as_ref()))
+            .key(keys.rate(&format!("caller:{caller}")))
+            .key(keys.rate(&format!("pool:{}", ticket.pool.as_str())))
+            .key(keys.rate("backend"))
             .arg(hex::encode(ticket.user))
             .arg(ticket.request.map(hex::encode).unwrap_or_default())
-            .arg(millis(self.times.lease))
-            .arg(millis(self.times.request_ttl))
+            .arg(millis(self.shared.times.lease))
+            .arg(millis(self.shared.times.request_ttl))
             .arg(rate)
             .arg(burst)
             .arg(self.budgets.pool.0)
@@ -191,24 +215,42 @@ impl FleetStore {
                 0
             })
             .arg(self.budgets.backend.0)
-            .arg(self.budgets.backend.1);
-        let mut redis = self.redis.clone();
+            .arg(self.budgets.backend.1)
+            .arg(ticket.claim.to_string());
+        let mut redis = self.shared.redis.clone();
         let reply: Vec<redis::Value> = self
+            .shared
             .round_trip("claim", invocation.invoke_async(&mut redis))
             .await?;
         parse_claim(&reply, ticket)
     }
 
-    async fn settle_in_redis(
+    /// What a call gets while the store is down.
+    fn without_store(&self, ticket: &Ticket, error: StoreError) -> Result<Claim, StoreError> {
+        match &self.fallback {
+            Some(fallback) => {
+                metrics().fleet_fallbacks.add(1, &[]);
+                Ok(fallback.claim_now(ticket))
+            }
+            None => Err(error),
+        }
+    }
+}
+
+impl Shared {
+    /// Tells the store a call's outcome, `elapsed` after it ended (the times are shortened by it).
+    async fn settle(
         &self,
         ticket: &Ticket,
         outcome: Option<&Outcome>,
+        elapsed: Duration,
     ) -> Result<(), StoreError> {
         let outcome = match outcome {
             Some(outcome) => serde_json::to_string(outcome)
                 .map_err(|error| StoreError(format!("cannot encode an outcome: {error}")))?,
             None => String::new(),
         };
+        let left = |time: Duration| millis(time.saturating_sub(elapsed));
         let mut invocation = self.settle.prepare_invoke();
         invocation
             .key(self.keys.user(&ticket.user))
@@ -216,14 +258,60 @@ impl FleetStore {
             .arg(hex::encode(ticket.user))
             .arg(ticket.request.map(hex::encode).unwrap_or_default())
             .arg(outcome)
-            .arg(millis(self.times.cooldown))
-            .arg(millis(self.times.request_ttl))
-            .arg(self.keys.requests());
+            .arg(left(self.times.cooldown))
+            .arg(left(self.times.request_ttl))
+            .arg(self.keys.requests())
+            .arg(ticket.claim.to_string())
+            .arg(left(FLIGHT_GRACE));
         let mut redis = self.redis.clone();
         let _: i64 = self
             .round_trip("settle", invocation.invoke_async(&mut redis))
             .await?;
         Ok(())
+    }
+
+    /// Keeps a settle for when the store answers again.
+    fn keep(&self, ticket: &Ticket, outcome: Option<&Outcome>) {
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if unsettled.len() >= MAX_UNSETTLED {
+            unsettled.pop_front();
+            tracing::warn!(
+                max = MAX_UNSETTLED,
+                "too many outcomes wait for the fleet store: the oldest is dropped"
+            );
+        }
+        unsettled.push_back(Unsettled {
+            ticket: ticket.clone(),
+            outcome: outcome.cloned(),
+            at: Instant::now(),
+        });
+    }
+
+    /// Tells the store every kept settle, oldest first; stops at the first failure.
+    async fn flush(&self) -> Result<(), StoreError> {
+        loop {
+            let next = self
+                .unsettled
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .pop_front();
+            let Some(kept) = next else {
+                return Ok(());
+            };
+            if let Err(error) = self
+                .settle(&kept.ticket, kept.outcome.as_ref(), kept.at.elapsed())
+                .await
+            {
+                self.unsettled
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .push_front(kept);
+                return Err(error);
+            }
+        }
     }
 
     /// One round trip, bounded by `fleet.timeout_ms`; a failure marks the store down.
@@ -245,20 +333,9 @@ impl FleetStore {
         if let Err(error) = &result
             && self.up.swap(false, Ordering::Relaxed)
         {
-            tracing::error!(%error, on_unavailable = ?self.on_unavailable, "fleet store DOWN: calls no longer wait on it until it answers again");
+            tracing::error!(%error, "fleet store DOWN: calls no longer wait on it until it answers again");
         }
         result
-    }
-
-    /// What a call gets while the store is down.
-    fn without_store(&self, ticket: &Ticket, error: StoreError) -> Result<Claim, StoreError> {
-        match &self.fallback {
-            Some(fallback) => {
-                metrics().fleet_fallbacks.add(1, &[]);
-                Ok(fallback.claim_now(ticket))
-            }
-            None => Err(error),
-        }
     }
 }
 
@@ -282,35 +359,54 @@ impl GateStore for FleetStore {
     ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             // The claim may have been this replica's own (made while the store was down): it is
-            // settled here too, which costs nothing.
+            // settled here too, which costs nothing, and this replica remembers its own calls
+            // should the store go down later.
             if let Some(fallback) = &self.fallback {
                 fallback.settle_now(ticket, outcome);
             }
-            if !self.is_up() {
-                return Err(StoreError("marked down".into()));
+            let settled = if self.is_up() {
+                self.shared.settle(ticket, outcome, Duration::ZERO).await
+            } else {
+                Err(StoreError("marked down".into()))
+            };
+            if let Err(error) = settled {
+                // Kept for the probe to tell the store before anyone asks it again.
+                self.shared.keep(ticket, outcome);
+                return Err(error);
             }
-            self.settle_in_redis(ticket, outcome).await
+            Ok(())
         })
     }
 }
 
-/// Asks a store marked down whether it answers again, twice a second, and marks it up when it
-/// does.
-async fn probe(redis: ConnectionManager, up: Arc<AtomicBool>, timeout: Duration) {
+/// Asks a store marked down whether it answers again, twice a second; when it does, tells it the
+/// outcomes it missed, and only then marks it up.
+async fn probe(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if up.load(Ordering::Relaxed) {
+        if shared.up.load(Ordering::Relaxed) {
             continue;
         }
-        let mut redis = redis.clone();
+        let mut redis = shared.redis.clone();
         let command = redis::cmd("PING");
         let ping = command.query_async::<String>(&mut redis);
-        if let Ok(Ok(_)) = tokio::time::timeout(timeout.max(Duration::from_millis(200)), ping).await
-            && !up.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!("fleet store UP again: calls are decided by the fleet again");
+        let answered = tokio::time::timeout(shared.timeout.max(Duration::from_millis(200)), ping)
+            .await
+            .is_ok_and(|pong| pong.is_ok());
+        if !answered {
+            continue;
+        }
+        // Still marked down meanwhile: no call is decided by a store that has not learnt yet.
+        match shared.flush().await {
+            Ok(()) => {
+                shared.up.store(true, Ordering::Relaxed);
+                tracing::warn!("fleet store UP again: calls are decided by the fleet again");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "fleet store answers PING but not yet the missed outcomes");
+            }
         }
     }
 }

@@ -85,6 +85,9 @@ pub struct Ticket {
     /// The caller's own rate, where the store keeps it (a fleet); spent once per call, whatever
     /// the answer, and `None` after that.
     pub caller: Option<CallerRate>,
+    /// This call's claim: a settle changes the user's entry only while the claim in it is still
+    /// this one (a lapsed claim may have been granted to another call since). Set by the gate.
+    pub claim: u64,
 }
 
 /// A caller's rate, as a fleet's store keeps it.
@@ -211,6 +214,20 @@ type Flights<R> = HashMap<UserKey, watch::Receiver<Shared<R>>>;
 /// How often a call asks the store again while the user's call is in flight elsewhere.
 const BUSY_POLL: Duration = Duration::from_millis(20);
 
+/// How long an outcome is kept at least when callers elsewhere waited for it, whatever the
+/// cooldown (even 0): long enough for them to learn it rather than send again.
+pub(crate) const FLIGHT_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a store keeps the user's outcome: the cooldown, or, if calls waited on this one from
+/// elsewhere, at least [`FLIGHT_GRACE`].
+pub(crate) fn kept_for(cooldown: Duration, waited_on: bool) -> Duration {
+    if waited_on {
+        cooldown.max(FLIGHT_GRACE)
+    } else {
+        cooldown
+    }
+}
+
 /// At most one Cognito call per user per cooldown (see the module docs).
 pub struct UserGate<R> {
     hmac_key: [u8; 32],
@@ -301,8 +318,8 @@ impl<R: FlightResult> UserGate<R> {
     /// its budgets spent; the call it returns runs in its own task, so that a caller hanging up
     /// cannot cancel a reset others are waiting on, nor leave its outcome unknown to the gate.
     ///
-    /// A call with a request id always asks the store (which must tie the id to the user), and
-    /// so does not wait on another local caller's call; calls without one share it.
+    /// A call with a request id neither leads nor joins another local caller's call: the store
+    /// must tie the id to the user, and its answer is its own. Calls without one share.
     pub async fn reset<F, Fut>(
         self: &Arc<Self>,
         mut ticket: Ticket,
@@ -313,44 +330,48 @@ impl<R: FlightResult> UserGate<R> {
         Fut: Future<Output = R> + Send + 'static,
     {
         let key = ticket.user;
-        let (mut local, receiver) = loop {
-            let (sender, mut receiver) = {
-                let mut flights = self.lock();
-                match flights.get(&key) {
-                    Some(receiver) if ticket.request.is_none() => (None, receiver.clone()),
-                    Some(_) => break (None, None),
-                    None => {
-                        let (sender, receiver) = watch::channel(None);
-                        flights.insert(key, receiver.clone());
-                        (Some(sender), receiver)
+        ticket.claim = u64::from_le_bytes(random_key()[..8].try_into().expect("8 of 32 bytes"));
+        let mut local = None;
+        if ticket.request.is_none() {
+            loop {
+                let (sender, receiver) = {
+                    let mut flights = self.lock();
+                    match flights.get(&key) {
+                        Some(receiver) => (None, Some(receiver.clone())),
+                        None => {
+                            let (sender, receiver) = watch::channel(None);
+                            flights.insert(key, receiver);
+                            (Some(sender), None)
+                        }
                     }
-                }
-            };
-            if let Some(sender) = sender {
-                // This call leads; the local entry goes when it ends, however it ends.
-                let local = LocalFlight {
-                    gate: Arc::clone(self),
-                    ticket: ticket.clone(),
-                    sender: Some(sender),
-                    claimed: false,
                 };
-                break (Some(local), Some(receiver));
-            }
-            match receiver.wait_for(Option::is_some).await {
-                Ok(shared) => {
-                    return shared.clone().expect("waited for Some").map(Answer::shared);
+                if let Some(sender) = sender {
+                    // This call leads; the local entry goes when it ends, however it ends.
+                    local = Some(LocalFlight {
+                        gate: Arc::clone(self),
+                        key,
+                        sender: Some(sender),
+                    });
+                    break;
                 }
-                // The leader went without an answer: it hung up before its call started (or its
-                // task panicked). This call asks again, and may lead.
-                Err(_) => continue,
+                let mut receiver = receiver.expect("a joiner has the leader's receiver");
+                match receiver.wait_for(Option::is_some).await {
+                    Ok(shared) => {
+                        return shared.clone().expect("waited for Some").map(Answer::shared);
+                    }
+                    // The leader went without an answer for everyone: it hung up before its call
+                    // started, or its answer was its own (its caller's rate). This call asks
+                    // again, and may lead.
+                    Err(_) => continue,
+                }
             }
-        };
+        }
         let claim = loop {
             let claim = self.store.claim(&ticket).await;
             // The caller's rate is spent once per call, however often the store is asked.
             ticket.caller = None;
             match claim {
-                Ok(Claim::Busy) => self.wait_elsewhere(key).await,
+                Ok(Claim::Busy) => self.wait_elsewhere(key, local.is_some()).await,
                 Ok(claim) => break claim,
                 Err(error) => return answer(local, Err(GateError::Store(error))),
             }
@@ -365,26 +386,27 @@ impl<R: FlightResult> UserGate<R> {
         if let Some(outcome) = outcome {
             return answer(local, outcome);
         }
-        if let Some(local) = &mut local {
-            local.claimed = true;
-        }
+        // From here the reset may go out: its claim is settled whatever happens, even a panic.
+        let settling = Settling {
+            store: Arc::clone(&self.store),
+            ticket,
+            done: false,
+        };
         let call = start();
-        // The call runs in its own task, which settles the claim and answers everyone waiting.
-        let gate = Arc::clone(self);
-        let (sender, receiver) = match (local, receiver) {
-            (Some(local), Some(receiver)) => (Sender::Local(local), receiver),
-            // A call with a request id that found a local call in progress: its answer is its own.
-            _ => {
+        let (sender, mut receiver) = match local {
+            Some(local) => {
+                let receiver = local.subscribe();
+                (Sender::Local(local), receiver)
+            }
+            None => {
                 let (sender, receiver) = watch::channel(None);
                 (Sender::Own(sender), receiver)
             }
         };
+        // The call runs in its own task, which settles the claim and answers everyone waiting.
         self.calls.spawn(async move {
             let result = call.await;
-            let remembered = result.remembered();
-            if let Err(error) = gate.store.settle(&ticket, remembered.as_ref()).await {
-                tracing::warn!(%error, "cannot record a reset's outcome; the claim lapses with its lease");
-            }
+            settling.settle(result.remembered()).await;
             let flown = Ok(Answer::Flown {
                 result: result.clone(),
                 deduplicated: false,
@@ -393,17 +415,21 @@ impl<R: FlightResult> UserGate<R> {
                 result.unanswered();
             }
         });
-        let mut receiver = receiver;
         match receiver.wait_for(Option::is_some).await {
             Ok(shared) => shared.clone().expect("waited for Some"),
+            // The task ended without a result: it panicked, maybe after sending.
             Err(_) => Err(GateError::Lost),
         }
     }
 
     /// Waits while the user's call is in flight elsewhere: until this process's call for the user
-    /// (if it has one) ends, or a short while.
-    async fn wait_elsewhere(&self, key: UserKey) {
-        let receiver = self.lock().get(&key).cloned();
+    /// ends, if it has one that is not this call's own, or a short while.
+    async fn wait_elsewhere(&self, key: UserKey, leading: bool) {
+        let receiver = if leading {
+            None
+        } else {
+            self.lock().get(&key).cloned()
+        };
         match receiver {
             Some(mut receiver) => {
                 let _ =
@@ -411,6 +437,41 @@ impl<R: FlightResult> UserGate<R> {
             }
             None => tokio::time::sleep(BUSY_POLL).await,
         }
+    }
+}
+
+/// Settles a claim once its reset may have gone out: with the call's outcome, or, if the call's
+/// task ends without one (a panic), as an unknown outcome, since the reset may well have been sent.
+struct Settling {
+    store: Arc<dyn GateStore>,
+    ticket: Ticket,
+    done: bool,
+}
+
+impl Settling {
+    async fn settle(mut self, outcome: Option<Outcome>) {
+        self.done = true;
+        if let Err(error) = self.store.settle(&self.ticket, outcome.as_ref()).await {
+            tracing::warn!(%error, "cannot record a reset's outcome now; it is kept to be recorded when the store answers");
+        }
+    }
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let store = Arc::clone(&self.store);
+        let ticket = self.ticket.clone();
+        tokio::spawn(async move {
+            let unknown = Outcome::Unknown {
+                exception: "Panic".into(),
+                request_id: None,
+                from_cognito: false,
+            };
+            store.settle(&ticket, Some(&unknown)).await
+        });
     }
 }
 
@@ -464,13 +525,18 @@ impl<R> Answer<R> {
 /// call ends (or is dropped), so that the next call asks the store afresh.
 struct LocalFlight<R: FlightResult> {
     gate: Arc<UserGate<R>>,
-    ticket: Ticket,
+    key: UserKey,
     sender: Option<watch::Sender<Shared<R>>>,
-    /// Whether the store granted this call the user.
-    claimed: bool,
 }
 
 impl<R: FlightResult> LocalFlight<R> {
+    fn subscribe(&self) -> watch::Receiver<Shared<R>> {
+        self.sender
+            .as_ref()
+            .expect("a flight answers once")
+            .subscribe()
+    }
+
     /// Whether anyone still waits for the answer: the map holds one receiver, each caller another.
     fn has_waiters(&self) -> bool {
         self.sender
@@ -479,11 +545,20 @@ impl<R: FlightResult> LocalFlight<R> {
     }
 
     /// Removes the entry, then answers everyone waiting: a caller arriving in between asks the
-    /// store, which already knows the outcome.
+    /// store, which already knows the outcome. An answer that is the leader's own (its caller's
+    /// rate) is not shared: the others are let go, to ask for themselves.
     fn answer(mut self, answer: Result<Answer<R>, GateError>) -> Result<Answer<R>, GateError> {
-        self.claimed = false;
-        self.gate.lock().remove(&self.ticket.user);
-        if let Some(sender) = self.sender.take() {
+        self.gate.lock().remove(&self.key);
+        let own = matches!(
+            &answer,
+            Err(GateError::Limited {
+                limit: Limit::Caller(_),
+                ..
+            } | GateError::RequestReused)
+        );
+        if let Some(sender) = self.sender.take()
+            && !own
+        {
             sender.send_replace(Some(answer.clone()));
         }
         answer
@@ -492,17 +567,10 @@ impl<R: FlightResult> LocalFlight<R> {
 
 impl<R: FlightResult> Drop for LocalFlight<R> {
     fn drop(&mut self) {
-        if self.sender.is_none() {
-            return;
-        }
-        // Ended without an answer: the leader hung up while asking the store, or the call's task
-        // panicked. Waiters see the channel close and ask again; the claim, if any, is given back
-        // rather than left to lapse, so the user is not blocked for a whole lease.
-        self.gate.lock().remove(&self.ticket.user);
-        if self.claimed {
-            let store = Arc::clone(&self.gate.store);
-            let ticket = self.ticket.clone();
-            tokio::spawn(async move { store.settle(&ticket, None).await });
+        if self.sender.is_some() {
+            // Ended without an answer (the leader hung up while asking the store, or the call's
+            // task panicked): waiters see the channel close and ask again.
+            self.gate.lock().remove(&self.key);
         }
     }
 }

@@ -339,7 +339,9 @@ fn says_no_verified_contact(message: &str) -> bool {
 pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
     let row = gateway_row(error);
     let cognito = match error {
-        GatewayError::Backend(BackendError::Cognito(failure)) => Some(failure),
+        // A lookup's answer is Cognito's too (its request id, its exception).
+        GatewayError::Backend(BackendError::Cognito(failure))
+        | GatewayError::Lookup(BackendError::Cognito(failure)) => Some(failure),
         _ => None,
     };
     let request_id = error.cognito_request_id();
@@ -511,7 +513,10 @@ fn caller_message(error: &GatewayError) -> String {
             let fields: Vec<_> = violations.iter().map(|v| v.field).collect();
             format!("invalid request: {}", fields.join(", "))
         }
-        GatewayError::Backend(BackendError::Cognito(failure)) if !failure.message.is_empty() => {
+        GatewayError::Backend(BackendError::Cognito(failure))
+        | GatewayError::Lookup(BackendError::Cognito(failure))
+            if !failure.message.is_empty() =>
+        {
             failure.message.clone()
         }
         other => other.to_string(),

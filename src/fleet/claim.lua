@@ -6,7 +6,7 @@
 --       rate
 -- ARGV: 1 the user's hash, 2 the request id's hash or "", 3 lease ms, 4 request id ttl ms,
 --       5 caller rate/s, 6 caller burst (0: not kept here), 7 pool rate/s, 8 pool burst (0: none),
---       9 backend rate/s, 10 backend burst
+--       9 backend rate/s, 10 backend burst, 11 this call's claim token
 -- Returns {"granted"} | {"busy"} | {"remembered", outcome json, cooldown left ms}
 --       | {"limited", "caller"|"pool"|"backend", wait µs} | {"reused"}
 
@@ -59,12 +59,14 @@ if state and state.o then
 end
 
 if state then
-  -- In flight elsewhere: the request id learns the outcome when that call settles.
+  -- In flight elsewhere: the request id learns the outcome when that call settles, and "*" says
+  -- someone waited (the outcome is then kept a moment even without a cooldown).
+  redis.call('SADD', KEYS[2], '*')
   if request ~= '' then
     redis.call('SET', KEYS[3], cjson.encode({u = user}), 'PX', request_ttl)
     redis.call('SADD', KEYS[2], request)
-    redis.call('PEXPIRE', KEYS[2], math.max(redis.call('PTTL', KEYS[1]), 1))
   end
+  redis.call('PEXPIRE', KEYS[2], math.max(redis.call('PTTL', KEYS[1]), 1))
   return {'busy'}
 end
 
@@ -79,7 +81,7 @@ if wait > 0 then return {'limited', 'backend', wait} end
 if pool_tat then spend(KEYS[5], pool_tat) end
 spend(KEYS[6], backend_tat)
 
-redis.call('SET', KEYS[1], '{"c":1}', 'PX', lease)
+redis.call('SET', KEYS[1], cjson.encode({c = ARGV[11]}), 'PX', lease)
 redis.call('DEL', KEYS[2])
 if request ~= '' then
   redis.call('SADD', KEYS[2], request)

@@ -2,19 +2,36 @@
 --
 -- KEYS: 1 the user, 2 the request ids waiting on the user's call
 -- ARGV: 1 the user's hash, 2 the request id's hash or "", 3 the outcome (json) or "" (forget),
---       4 cooldown ms, 5 request id ttl ms, 6 the prefix of request id keys
+--       4 cooldown ms, 5 request id ttl ms, 6 the prefix of request id keys, 7 this call's claim
+--       token, 8 how long to keep the outcome if someone waited on the call (ms)
 local user, request, outcome = ARGV[1], ARGV[2], ARGV[3]
-local cooldown, request_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local cooldown, request_ttl, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
 
-local waiting = redis.call('SMEMBERS', KEYS[2])
-if request ~= '' then table.insert(waiting, request) end
-redis.call('DEL', KEYS[2])
-
-if outcome ~= '' and cooldown > 0 then
-  redis.call('SET', KEYS[1], '{"o":' .. outcome .. '}', 'PX', cooldown)
-else
-  redis.call('DEL', KEYS[1])
+-- The user's entry is this call's to change only while it holds this call's claim: a lapsed
+-- claim may have gone to another call since, whose waiting request ids are its own too.
+local state = redis.call('GET', KEYS[1])
+local ours = true
+if state then
+  local decoded = cjson.decode(state)
+  if decoded.c and decoded.c ~= ARGV[7] then ours = false end
 end
+
+local waiting = {}
+local waited_on = false
+if ours then
+  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+    if id == '*' then waited_on = true else table.insert(waiting, id) end
+  end
+  redis.call('DEL', KEYS[2])
+  local kept = cooldown
+  if waited_on and grace > kept then kept = grace end
+  if outcome ~= '' and kept > 0 then
+    redis.call('SET', KEYS[1], '{"o":' .. outcome .. '}', 'PX', kept)
+  else
+    redis.call('DEL', KEYS[1])
+  end
+end
+if request ~= '' then table.insert(waiting, request) end
 
 for _, id in ipairs(waiting) do
   local key = ARGV[6] .. id

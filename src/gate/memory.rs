@@ -9,7 +9,7 @@ use std::{
 
 use tokio::time::Instant;
 
-use super::{Claim, GateStore, Outcome, RequestKey, StoreFuture, Ticket, Times, UserKey};
+use super::{Claim, GateStore, Outcome, RequestKey, StoreFuture, Ticket, Times, UserKey, kept_for};
 use crate::{
     metrics::metrics,
     rate::{Limit, PoolRateLimit, RateLimit},
@@ -37,10 +37,13 @@ struct State {
 
 #[derive(Debug)]
 enum User {
-    /// Claimed by a call, until it settles or `until`; the request ids waiting on it.
+    /// Claimed by a call (`claim`), until it settles or `until`; the request ids waiting on it,
+    /// and whether any call waited on it from elsewhere.
     Claimed {
+        claim: u64,
         until: Instant,
         waiting: Vec<RequestKey>,
+        waited_on: bool,
     },
     /// Ended with `outcome`, which repeats are told until `until`.
     Remembered { outcome: Outcome, until: Instant },
@@ -147,8 +150,13 @@ impl MemoryStore {
                 }
                 return Claim::Remembered { outcome, left };
             }
-            Some(User::Claimed { waiting, .. }) => {
-                if let Some(key) = ticket.request {
+            Some(User::Claimed {
+                waiting, waited_on, ..
+            }) => {
+                *waited_on = true;
+                if let Some(key) = ticket.request
+                    && !waiting.contains(&key)
+                {
                     waiting.push(key);
                     requests.insert(
                         key,
@@ -180,8 +188,10 @@ impl MemoryStore {
         users.insert(
             ticket.user,
             User::Claimed {
+                claim: ticket.claim,
                 until: now + self.times.lease,
                 waiting: ticket.request.into_iter().collect(),
+                waited_on: false,
             },
         );
         if let Some(key) = ticket.request {
@@ -198,24 +208,46 @@ impl MemoryStore {
     }
 
     /// What [`GateStore::settle`] does, at once.
-    pub fn settle_now(&self, ticket: &Ticket, outcome: Option<&Outcome>) {
+    pub(crate) fn settle_now(&self, ticket: &Ticket, outcome: Option<&Outcome>) {
         let now = Instant::now();
         let mut state = self.lock();
-        let mut waiting = match state.users.remove(&ticket.user) {
-            Some(User::Claimed { waiting, .. }) => waiting,
-            _ => Vec::new(),
+        // Settled entries must not pile up when nothing claims here (a fleet's fallback, while
+        // the fleet's store answers).
+        state.sweep(now);
+        // The user's entry is this call's to change only while it holds this call's claim: a
+        // lapsed claim may have gone to another call since.
+        let ours = match state.users.get(&ticket.user) {
+            Some(User::Claimed { claim, .. }) => *claim == ticket.claim,
+            _ => true,
         };
-        waiting.extend(ticket.request);
-        if let Some(outcome) = outcome
-            && !self.times.cooldown.is_zero()
+        let mut waiting = Vec::new();
+        if ours {
+            let mut waited_on = false;
+            if let Some(User::Claimed {
+                waiting: w,
+                waited_on: watched,
+                ..
+            }) = state.users.remove(&ticket.user)
+            {
+                (waiting, waited_on) = (w, watched);
+            }
+            let kept = kept_for(self.times.cooldown, waited_on);
+            if let Some(outcome) = outcome
+                && !kept.is_zero()
+            {
+                state.users.insert(
+                    ticket.user,
+                    User::Remembered {
+                        outcome: outcome.clone(),
+                        until: now + kept,
+                    },
+                );
+            }
+        }
+        if let Some(key) = ticket.request
+            && !waiting.contains(&key)
         {
-            state.users.insert(
-                ticket.user,
-                User::Remembered {
-                    outcome: outcome.clone(),
-                    until: now + self.times.cooldown,
-                },
-            );
+            waiting.push(key);
         }
         for key in waiting {
             match outcome {

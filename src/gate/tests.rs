@@ -53,6 +53,7 @@ fn ticket(gate: &Gate, name: &str) -> Ticket {
         request: None,
         pool: pool(),
         caller: None,
+        claim: 0,
     }
 }
 
@@ -534,7 +535,7 @@ async fn memory_stays_bounded_under_many_distinct_users() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_panicking_call_does_not_poison_the_user() {
+async fn a_call_that_panics_after_it_may_have_sent_is_an_unknown_outcome() {
     let gate = gate();
     let panicked = gate
         .reset(ticket(&gate, "alice"), || async {
@@ -545,6 +546,7 @@ async fn a_panicking_call_does_not_poison_the_user() {
         .await;
     assert!(matches!(panicked, Err(GateError::Lost)));
     assert_eq!(gate.in_flight(), 0, "the entry went with the task");
+    // The reset may have gone out before the panic: repeats are told so, and nothing is sent.
     let sends = Arc::new(AtomicUsize::new(0));
     let next = tokio::time::timeout(
         Duration::from_secs(1),
@@ -554,10 +556,89 @@ async fn a_panicking_call_does_not_poison_the_user() {
         ),
     )
     .await
-    .expect("the claim was given back, not left to lapse")
+    .expect("the claim was settled, not left to lapse")
     .unwrap();
-    assert!(!flown(next).1);
-    assert_eq!(sends.load(Ordering::SeqCst), 1);
+    assert!(
+        matches!(&next, Answer::Remembered { outcome: Outcome::Unknown { exception, .. }, .. } if exception == "Panic"),
+        "{next:?}"
+    );
+    assert_eq!(sends.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_settle_leaves_another_calls_claim_alone() {
+    let store = store();
+    let gate = gate_on(&store);
+    let mut first = ticket(&gate, "alice");
+    first.claim = 1;
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    // Its lease lapses; another call is granted the user.
+    tokio::time::advance(TIMES.lease).await;
+    let mut second = ticket(&gate, "alice");
+    second.claim = 2;
+    assert_eq!(store.claim_now(&second), Claim::Granted);
+    // The first call ends at last, with nothing sent: the second still holds the user.
+    store.settle_now(&first, None);
+    assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Busy);
+    store.settle_now(&second, Some(&sent("r2")));
+    assert!(matches!(
+        store.claim_now(&ticket(&gate, "alice")),
+        Claim::Remembered { outcome, .. } if outcome == sent("r2")
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_cooldown_an_outcome_is_kept_only_for_those_who_waited() {
+    let times = Times {
+        cooldown: Duration::ZERO,
+        ..TIMES
+    };
+    let store = Arc::new(MemoryStore::new(times, (10_000_000, 10_000_000), (0, 0)));
+    let gate = gate_on(&store);
+    let mut claim = ticket(&gate, "alice");
+    claim.claim = 1;
+    // Nobody waited: nothing is remembered.
+    assert_eq!(store.claim_now(&claim), Claim::Granted);
+    store.settle_now(&claim, Some(&sent("r1")));
+    assert_eq!(store.claim_now(&claim), Claim::Granted);
+    // A call from elsewhere waited on this one: it learns the outcome rather than send again.
+    assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Busy);
+    store.settle_now(&claim, Some(&sent("r2")));
+    assert!(matches!(
+        store.claim_now(&ticket(&gate, "alice")),
+        Claim::Remembered { outcome, .. } if outcome == sent("r2")
+    ));
+    tokio::time::advance(FLIGHT_GRACE).await;
+    assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Granted);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_call_without_a_request_id_never_gets_another_calls_request_id_answer() {
+    let gate = gate();
+    let sends = Arc::new(AtomicUsize::new(0));
+    const ID: &str = "00000000-0000-4000-8000-000000000003";
+    gate.reset(
+        with_request(&gate, "bob", ID),
+        counting(&sends, Duration::ZERO, ok("r1")),
+    )
+    .await
+    .unwrap();
+    // The id, reused for alice (a caller's bug), beside a plain call for alice.
+    let (reused, plain) = tokio::join!(
+        gate.reset(
+            with_request(&gate, "alice", ID),
+            counting(&sends, Duration::from_millis(10), ok("r2"))
+        ),
+        gate.reset(
+            ticket(&gate, "alice"),
+            counting(&sends, Duration::from_millis(10), ok("r3"))
+        ),
+    );
+    assert!(
+        matches!(reused, Err(GateError::RequestReused)),
+        "{reused:?}"
+    );
+    assert!(plain.is_ok(), "{plain:?}");
 }
 
 #[tokio::test(start_paused = true)]

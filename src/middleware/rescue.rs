@@ -214,6 +214,7 @@ impl CallLine {
         if is_server_side(status.code()) {
             let detail = match error {
                 GatewayError::Backend(BackendError::Cognito(failure))
+                | GatewayError::Lookup(BackendError::Cognito(failure))
                     if !message_is_aws_text(&failure.code) =>
                 {
                     format!(
@@ -243,7 +244,7 @@ impl CallLine {
             // The gateway's own refusals say which check failed (the caller is told less); a
             // caller-side Cognito error is the reason alone, as its message may quote the request.
             let detail = match error {
-                GatewayError::Backend(_) => String::new(),
+                GatewayError::Backend(_) | GatewayError::Lookup(_) => String::new(),
                 other => other.to_string(),
             };
             tracing::info!(
