@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks everything under deploy/ without a container runtime or a cluster:
 #   1. the Dockerfile, with hadolint;
-#   2. the IAM policy: valid JSON, one action, no wildcard resource;
+#   2. the IAM policies: valid JSON, exactly the actions each needs, no wildcard resource;
 #   3. every manifest, and every variant as kustomize renders it, against the Kubernetes API
 #      schemas of the oldest version the manifests support (1.29: native sidecars) and the newest
 #      that kubernetes-validate ships, strictly (unknown fields fail); then the restricted Pod
@@ -42,17 +42,34 @@ step "Dockerfile (hadolint $(hadolint --version | grep -o '[0-9][0-9.]*' | head 
 hadolint deploy/Dockerfile
 ok "deploy/Dockerfile: no findings"
 
-step "IAM policy"
-python3 - deploy/iam-policy.json <<'EOF'
-import json, sys
-policy = json.load(open(sys.argv[1]))
-for statement in policy["Statement"]:
-    actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
-    assert statement["Effect"] == "Allow" and actions == ["cognito-idp:AdminResetUserPassword"], statement
-    resources = statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
-    assert resources and all(r.startswith("arn:aws:cognito-idp:") and "*" not in r for r in resources), resources
+step "IAM policies"
+python3 - <<'EOF'
+import json
+
+# Each file grants exactly these actions (every one of them, nothing else), each on named pools.
+# iam-policy.json: always (the reset, and DescribeUserPool: whether a pool's usernames are
+# case-insensitive). iam-policy-canonical.json: besides it, with limits.user_identity = "canonical".
+expected = {
+    "deploy/iam-policy.json": {"cognito-idp:AdminResetUserPassword", "cognito-idp:DescribeUserPool"},
+    "deploy/iam-policy-canonical.json": {"cognito-idp:AdminGetUser"},
+}
+def listed(value):
+    return value if isinstance(value, list) else [value]
+for path, actions in expected.items():
+    policy = json.load(open(path))
+    granted = set()
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow" and "NotAction" not in statement, (path, statement)
+        assert set(listed(statement["Action"])) <= actions, (path, statement["Action"])
+        granted |= set(listed(statement["Action"]))
+        resources = listed(statement["Resource"])
+        assert resources and all(
+            r.startswith("arn:aws:cognito-idp:") and ":userpool/" in r and "*" not in r for r in resources
+        ), (path, resources)
+    assert granted == actions, (path, sorted(granted))
+    print(f"{path}: {', '.join(sorted(actions))}, on named pools only")
 EOF
-ok "deploy/iam-policy.json: cognito-idp:AdminResetUserPassword on named pools only"
+ok "IAM policies: only the actions the gateway calls, on named pools only"
 
 step "Kubernetes manifests (kubernetes-validate --strict, $K8S_OLDEST and $K8S_NEWEST)"
 rendered=$(mktemp -d)

@@ -43,7 +43,9 @@ admit it and refuse an unlabelled pod). With the token its COGNITO_GATEWAY_TOKEN
 from the Secret mounted there), a pool it may not use is PERMISSION_DENIED CALLER_NOT_ALLOWED and an
 empty username in its pool INVALID_ARGUMENT: authenticated, authorized, refused at the edge, so no
 call reaches Cognito. A projected token (JWT) cannot be minted here: its audience and subject are
-checked against [auth.jwt] and [[callers]] instead. Finally SIGTERM: exit code 0 within the pod's
+checked against [auth.jwt] and [[callers]] instead. With [fleet], the gateway must say it loaded it
+and serve all of the above although its Redis cannot be reached (it never needs Redis to start or
+to refuse a call at the edge). Finally SIGTERM: exit code 0 within the pod's
 terminationGracePeriodSeconds, and with COGNITO_GATEWAY_LOG_FORMAT=json every line logged while
 serving is JSON.
 
@@ -1001,6 +1003,20 @@ def check_caller(docs: list[dict], pod: Pod, container: dict, caller: Caller | N
         )
 
 
+def check_fleet(lines: list[str], env: dict[str, str], fleet: dict) -> None:
+    """[fleet] was loaded (its files read and validated at start, or the start would have failed),
+    and the checks above passed without the fleet's Redis, which is not reachable from here."""
+    if not any("shared by the fleet" in line for line in lines):
+        raise CheckFailed("[fleet] is configured, but the gateway never logged that the fleet shares its limits")
+    url = env.get("COGNITO_GATEWAY_REDIS_URL") or fleet.get("redis_url", "")
+    scheme = url.split("://", 1)[0] if "://" in url else "?"
+    # Never the URL itself: it may hold a password.
+    say(
+        f"ok: [fleet] loaded ({scheme}://, on_unavailable {fleet.get('on_unavailable', 'local')}); "
+        "SERVING and refusing at the edge without reaching Redis"
+    )
+
+
 def check_logs(lines: list[str], before_sigterm: int) -> None:
     """With COGNITO_GATEWAY_LOG_FORMAT=json, log collectors parse every line. After SIGTERM the
     gateway reports telemetry flush failures with a plain line; those are shown, not failed on."""
@@ -1100,6 +1116,8 @@ def run(args: argparse.Namespace) -> bool:
             )
             check_network_policy(docs, pod, container, caller, probe_port)
             check_caller(docs, pod, container, caller, config)
+            if "fleet" in config:
+                check_fleet(process.lines, launch.env, config["fleet"])
         except BaseException:
             process.kill()
             raise

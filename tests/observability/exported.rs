@@ -43,10 +43,13 @@ pub(super) struct Metric {
 /// (dots to underscores, unit suffix, `_total` on monotonic counters; `service.name` becomes `job`,
 /// `service.instance.id` `instance`).
 ///
-/// The instruments are in src/metrics.rs (`Metrics`, `cognito_attributes`, `observe_callers`) and
-/// src/telemetry.rs (`register_process_metrics`); the attributes of `rpc.server.duration` in
+/// The instruments are in src/metrics.rs (`Metrics`, `cognito_attributes`, `observe_callers`,
+/// `observe_limits`, `record_round_trip`, `observe_store_up`) and src/telemetry.rs
+/// (`register_process_metrics`); the attributes of `rpc.server.duration` in
 /// src/middleware/trace.rs, those of `cognito_gateway.rejections` in src/status.rs
-/// (`rejection_attributes`). `exported_names_are_the_sources` checks each entry against them.
+/// (`rejection_attributes`), `kind` of `cognito_gateway.deduplicated` in src/api.rs and
+/// src/middleware/rescue.rs, `exception` of `cognito_gateway.pools_not_described` in
+/// src/identity.rs. `exported_names_are_the_sources` checks each entry against them.
 #[rustfmt::skip] // A table reads better one metric to a few lines.
 pub(super) const EXPORTED: &[Metric] = &[
     Metric { otel: "rpc.server.duration", unit: "ms", kind: Histogram,
@@ -59,13 +62,23 @@ pub(super) const EXPORTED: &[Metric] = &[
     Metric { otel: "cognito_gateway.rejections", unit: "", kind: Counter,
         attributes: &["reason", "limit"], prometheus: "cognito_gateway_rejections_total" },
     Metric { otel: "cognito_gateway.deduplicated", unit: "", kind: Counter,
-        attributes: &[], prometheus: "cognito_gateway_deduplicated_total" },
+        attributes: &["kind"], prometheus: "cognito_gateway_deduplicated_total" },
+    Metric { otel: "cognito_gateway.pools_not_described", unit: "", kind: Counter,
+        attributes: &["exception"], prometheus: "cognito_gateway_pools_not_described_total" },
     Metric { otel: "cognito_gateway.in_flight", unit: "", kind: UpDownCounter,
         attributes: &[], prometheus: "cognito_gateway_in_flight" },
     Metric { otel: "cognito_gateway.callers", unit: "", kind: Gauge,
         attributes: &[], prometheus: "cognito_gateway_callers" },
     Metric { otel: "cognito_gateway.limit", unit: "", kind: Gauge,
         attributes: &["setting"], prometheus: "cognito_gateway_limit" },
+    // With [fleet] only (store_up), or only once the fleet's store is used.
+    Metric { otel: "cognito_gateway.fleet.duration", unit: "ms", kind: Histogram,
+        attributes: &["operation", "outcome"],
+        prometheus: "cognito_gateway_fleet_duration_milliseconds" },
+    Metric { otel: "cognito_gateway.fleet.fallbacks", unit: "", kind: Counter,
+        attributes: &[], prometheus: "cognito_gateway_fleet_fallbacks_total" },
+    Metric { otel: "cognito_gateway.fleet.store_up", unit: "", kind: Gauge,
+        attributes: &[], prometheus: "cognito_gateway_fleet_store_up" },
     Metric { otel: "process.memory.usage", unit: "By", kind: Gauge,
         attributes: &[], prometheus: "process_memory_usage_bytes" },
     Metric { otel: "process.cpu.time", unit: "s", kind: Counter,
@@ -106,15 +119,21 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
         "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
         "_OTHER",
     ]),
-    // The API's method (proto/), health's and reflection's, and Cognito's.
+    // The API's method (proto/), health's and reflection's, and Cognito's: the reset, and the
+    // lookups of src/identity.rs (`client_span`).
     ("rpc_method", &[
         "ResetUserPassword", "Check", "Watch", "ServerReflectionInfo", "AdminResetUserPassword",
-        "_OTHER",
+        "DescribeUserPool", "AdminGetUser", "_OTHER",
     ]),
     ("rpc_grpc_status_code", &[
         "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
     ]),
     ("cpu_mode", &["user", "system"]),
+    // src/api.rs: how a deduplicated answer came.
+    ("kind", &["in_flight", "cooldown", "unknown_outcome"]),
+    // src/fleet.rs and src/metrics.rs (`record_round_trip`): the two scripts, and how they went.
+    ("operation", &["claim", "settle"]),
+    ("outcome", &["ok", "error"]),
     // src/metrics.rs, `observe_limits`.
     ("setting", &[
         "backend_rps", "backend_burst", "pool_rps", "max_in_flight", "max_in_flight_per_caller",
@@ -255,8 +274,11 @@ fn exported_names_are_the_sources() {
             }
         }
     }
+    // The closed sets whose every value is a string literal in src/ (the methods and codes are
+    // not: tonic and the proto name them).
+    let literal = ["reason", "aws_exception", "kind", "operation", "outcome"];
     for (label, values) in LABEL_VALUES {
-        if *label != "reason" && *label != "aws_exception" {
+        if !literal.contains(label) {
             continue;
         }
         for value in values.iter().filter(|v| !v.is_empty()) {
