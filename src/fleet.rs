@@ -370,9 +370,9 @@ impl GateStore for FleetStore {
                 Err(StoreError("marked down".into()))
             };
             if let Err(error) = settled {
-                // Kept for the probe to tell the store before anyone asks it again.
+                // Kept for the probe to tell the store before anyone asks it again: not lost.
+                tracing::debug!(%error, "outcome kept until the fleet store answers");
                 self.shared.keep(ticket, outcome);
-                return Err(error);
             }
             Ok(())
         })

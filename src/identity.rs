@@ -4,9 +4,9 @@
 //! - `limits.user_identity = "username"`: the username as the pool compares it. Cognito pools
 //!   created since 2020 compare usernames case-insensitively, so "Alice" and "alice" are one user
 //!   there and two elsewhere. Each pool's `UsernameConfiguration.CaseSensitive` is learned with
-//!   `DescribeUserPool` and kept for [`KNOWN_FOR`]; a pool that cannot be described is compared
-//!   exactly (never guessed), with one warning and a metric, and asked again after
-//!   [`RETRY_AFTER`].
+//!   `DescribeUserPool` once (it cannot change after the pool is created); a pool that cannot be
+//!   described is compared exactly (never guessed), with one warning and a metric, and asked
+//!   again after [`RETRY_AFTER`].
 //! - `"canonical"`: the user's `sub`, resolved with `AdminGetUser`, so that the username and every
 //!   alias (e-mail, phone) of one user are one person. One read call per reset; reads have a quota
 //!   of their own, apart from account recovery's.
@@ -21,14 +21,12 @@ use tokio::time::Instant;
 use tracing::Instrument as _;
 
 use crate::{
-    cognito::{Backend, BackendError, client_span},
+    cognito::{Backend, BackendError, client_span, is_known_exception},
     config::UserIdentity,
     domain::{UserPoolId, Username},
     metrics::metrics,
 };
 
-/// How long a pool's case sensitivity is trusted before it is asked again.
-pub(crate) const KNOWN_FOR: Duration = Duration::from_secs(3600);
 /// How long a pool that could not be described is compared exactly before it is asked again.
 pub(crate) const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// The longest a lookup may take (the caller's deadline may cut it shorter).
@@ -92,8 +90,9 @@ impl<B: Backend> Identities<B> {
         }
     }
 
-    /// Whether `pool` compares usernames case-sensitively: as last described, or described now.
-    /// Concurrent calls for one pool wait for one `DescribeUserPool`.
+    /// Whether `pool` compares usernames case-sensitively: as described once (a pool's
+    /// `UsernameConfiguration` cannot change after it is created, so the answer is kept for good),
+    /// or described now. Concurrent calls for one pool wait for one `DescribeUserPool`.
     async fn case_sensitive(&self, pool: &UserPoolId) -> bool {
         let slot = {
             let mut pools = self
@@ -101,15 +100,23 @@ impl<B: Backend> Identities<B> {
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
             if pools.len() >= MAX_POOLS && !pools.contains_key(pool) {
-                // Made-up pools must not grow this without bound; the real ones are asked again.
-                pools.clear();
+                // Pool ids come from callers: made-up ones (never described) go first, and must
+                // never push out a real one.
+                pools.retain(|_, slot| {
+                    slot.try_lock()
+                        .map_or(true, |known| known.is_some_and(|known| known.described))
+                });
             }
-            Arc::clone(pools.entry(pool.clone()).or_default())
+            if pools.len() >= MAX_POOLS && !pools.contains_key(pool) {
+                Slot::default()
+            } else {
+                Arc::clone(pools.entry(pool.clone()).or_default())
+            }
         };
         let mut known = slot.lock().await;
         let now = Instant::now();
         if let Some(known) = *known
-            && known.until > now
+            && (known.described || known.until > now)
         {
             return known.case_sensitive;
         }
@@ -118,22 +125,27 @@ impl<B: Backend> Identities<B> {
             .usernames_case_sensitive(pool, LOOKUP_TIMEOUT)
             .instrument(client_span("DescribeUserPool"))
             .await;
-        let was_described = known.is_none_or(|known| known.described);
-        *known = Some(match described {
+        let first_failure = known.is_none();
+        let answer = match described {
             Ok(case_sensitive) => Known {
                 case_sensitive,
                 described: true,
-                until: now + KNOWN_FOR,
+                until: now,
             },
             Err(error) => {
+                // A label of bounded values: what Cognito may name is not.
+                let exception = match &error {
+                    BackendError::Cognito(_) if !is_known_exception(error.exception()) => "_OTHER",
+                    _ => error.exception(),
+                };
                 metrics().pools_not_described.add(
                     1,
                     &[opentelemetry::KeyValue::new(
                         "exception",
-                        error.exception().to_owned(),
+                        exception.to_owned(),
                     )],
                 );
-                if was_described {
+                if first_failure {
                     tracing::warn!(
                         user_pool_id = pool.as_str(),
                         %error,
@@ -146,8 +158,9 @@ impl<B: Backend> Identities<B> {
                     until: now + RETRY_AFTER,
                 }
             }
-        });
-        known.is_none_or(|known| known.case_sensitive)
+        };
+        *known = Some(answer);
+        answer.case_sensitive
     }
 }
 
@@ -212,7 +225,7 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_case_insensitive_pool_folds_case_and_is_described_once_an_hour() {
+    async fn a_case_insensitive_pool_folds_case_and_is_described_once() {
         let backend = Arc::new(Pools::default());
         let ids = Identities::new(Arc::clone(&backend), UserIdentity::Username);
         let a = ids.resolve(&pool(), &name("Alice")).await.unwrap();
@@ -220,9 +233,9 @@ mod tests {
         assert_eq!(a, b);
         assert_ne!(a, ids.resolve(&pool(), &name("bob")).await.unwrap());
         assert_eq!(backend.described.load(Ordering::SeqCst), 1);
-        tokio::time::advance(KNOWN_FOR).await;
+        tokio::time::advance(Duration::from_secs(86_400)).await;
         ids.resolve(&pool(), &name("alice")).await.unwrap();
-        assert_eq!(backend.described.load(Ordering::SeqCst), 2);
+        assert_eq!(backend.described.load(Ordering::SeqCst), 1, "for good");
     }
 
     #[tokio::test(start_paused = true)]
