@@ -467,3 +467,86 @@ async fn with_canonical_identity_an_alias_is_the_same_user() {
     assert_eq!(sends(&cognito).await, 2);
     redis.assert_holds_no(&["kim", "lee", "sub-"]);
 }
+
+/// A: its call in flight at Cognito; B asks meanwhile. Returns once A's call has reached Cognito.
+async fn while_a_call_is_at_cognito(
+    a: &TestApp,
+    cognito: &wiremock::MockServer,
+    username: &str,
+) -> tokio::task::JoinHandle<Result<tonic::Response<ResetUserPasswordResponse>, Status>> {
+    let mut client = a.client.clone();
+    let request = request(POOL, username);
+    let first = tokio::spawn(async move { client.reset_user_password(request).await });
+    eventually("A's call reaches Cognito", || async {
+        sends(cognito).await == 1
+    })
+    .await;
+    first
+}
+
+#[tokio::test]
+async fn a_replica_waiting_on_another_learns_the_outcome_within_its_deadline() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid-a").set_delay(Duration::from_millis(300))).await;
+    let apps = replicas(
+        2,
+        &fleet_config(&redis, OnUnavailable::Deny),
+        &cognito.uri(),
+    )
+    .await;
+    let first = while_a_call_is_at_cognito(&apps[0], &cognito, "alice").await;
+    // A's call ends within 300 ms: B, asking with 800 ms, learns it in time.
+    let answer = apps[1]
+        .reset_request(with_deadline(
+            request(POOL, "alice"),
+            Duration::from_millis(800),
+        ))
+        .await
+        .expect("answered before its deadline");
+    assert!(answer.deduplicated);
+    assert_eq!(answer.cognito_request_id, "rid-a");
+    first.await.unwrap().unwrap();
+    assert_eq!(sends(&cognito).await, 1);
+}
+
+#[tokio::test]
+async fn without_a_cooldown_replicas_still_share_a_call_in_flight() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid-a").set_delay(Duration::from_millis(300))).await;
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    config.limits.user_cooldown = Duration::ZERO;
+    let apps = replicas(2, &config, &cognito.uri()).await;
+    let first = while_a_call_is_at_cognito(&apps[0], &cognito, "alice").await;
+    let shared = apps[1].reset(POOL, "alice").await.unwrap();
+    assert!(shared.deduplicated);
+    assert!(!first.await.unwrap().unwrap().into_inner().deduplicated);
+    assert_eq!(sends(&cognito).await, 1);
+}
+
+#[tokio::test]
+async fn an_outage_around_a_calls_end_loses_nothing_once_the_store_is_back() {
+    let redis = Redis::start();
+    let cognito = fake_cognito(cognito_ok("rid-a").set_delay(Duration::from_millis(500))).await;
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    config.fleet.as_mut().unwrap().timeout = Duration::from_millis(200);
+    let apps = replicas(2, &config, &cognito.uri()).await;
+    let first = while_a_call_is_at_cognito(&apps[0], &cognito, "alice").await;
+    // The store refuses everyone while A's call ends: A cannot record its outcome then.
+    redis.refuse_clients(true);
+    first
+        .await
+        .unwrap()
+        .expect("A's caller is answered all the same");
+    redis.refuse_clients(false);
+    // Once the store answers again, A tells it the outcome it missed, before it decides anything.
+    eventually("A's outcome reaches the store", || async {
+        redis
+            .dump()
+            .iter()
+            .any(|(key, value)| key.contains(":u:") && value.contains("rid-a"))
+    })
+    .await;
+    let repeat = apps[1].reset(POOL, "alice").await.unwrap();
+    assert!(repeat.deduplicated, "no second code");
+    assert_eq!(sends(&cognito).await, 1);
+}

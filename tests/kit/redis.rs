@@ -60,6 +60,36 @@ impl Redis {
         }
     }
 
+    /// Makes it refuse every client but this kit's (a password it does not give them, and their
+    /// connections cut), or welcome them again: an outage that keeps what the store holds.
+    pub fn refuse_clients(&self, refuse: bool) {
+        // Locked out, it takes the password it was given to let clients back in.
+        let mut connection = if refuse {
+            self.connection()
+        } else {
+            redis::Client::open(format!("redis://:locked-out@127.0.0.1:{}/0", self.port))
+                .and_then(|client| client.get_connection())
+                .expect("the test's redis-server answers with its password")
+        };
+        let password = if refuse { "locked-out" } else { "" };
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("requirepass")
+            .arg(password)
+            .query(&mut connection)
+            .expect("redis answers");
+        if refuse {
+            let _: i64 = redis::cmd("CLIENT")
+                .arg("KILL")
+                .arg("TYPE")
+                .arg("normal")
+                .arg("SKIPME")
+                .arg("yes")
+                .query(&mut connection)
+                .expect("redis answers");
+        }
+    }
+
     /// Kills it at once (SIGKILL): what it held is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
