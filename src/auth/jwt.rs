@@ -7,8 +7,8 @@
 //! with a `kid` is checked against that key; one without, against every key of its algorithm (an
 //! issuer that names no keys still rotates them). `iss`, `aud`, `exp` and `nbf` are checked with a
 //! small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names an
-//! unknown `kid` (a key rotation), at most once per `jwks_refetch_min_secs`. A JWKS with no
-//! usable key never replaces the keys in use.
+//! unknown `kid` or, naming none, no key verifies it (a key rotation), at most once per
+//! `jwks_refetch_min_secs`. A JWKS with no usable key never replaces the keys in use.
 
 use std::{fmt, path::Path, sync::Arc, time::Duration};
 
@@ -158,8 +158,14 @@ impl JwtVerifier {
         validation.required_spec_claims = ["exp", "iss", "aud"].map(String::from).into();
 
         let mut decoded = self.decode(token, kid, header.alg, &validation);
-        // Perhaps the issuer rotated its keys: look again, at most so often.
-        if matches!(decoded, Err(JwtError::UnknownKey)) && self.refetch_for_unknown_key().await {
+        // Perhaps the issuer rotated its keys: look again, at most so often. A token that names
+        // no key can show a new one only as a signature that no key in hand verifies.
+        let maybe_rotated = match decoded {
+            Err(JwtError::UnknownKey) => true,
+            Err(JwtError::BadSignature) => kid.is_none(),
+            _ => false,
+        };
+        if maybe_rotated && self.refetch_for_unknown_key().await {
             decoded = self.decode(token, kid, header.alg, &validation);
         }
         match decoded?.get(&self.config.caller_claim) {

@@ -308,6 +308,42 @@ async fn a_rotated_key_is_fetched_when_a_token_names_it() {
 }
 
 #[tokio::test]
+async fn a_rotated_key_is_fetched_when_no_key_in_hand_verifies_a_token_without_kid() {
+    let old = published_as(rsa_signer("old"), &[("kid", Value::Null)]);
+    let new = published_as(rsa_signer("new"), &[("kid", Value::Null)]);
+    let keys = jwks_server(jwks(&[&old])).await;
+    let url = format!("{}/keys", keys.uri());
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let backend = sdk_backend(&server.uri(), test_settings()).await;
+    let app = spawn_app_with(
+        jwt_config(JwksSource::Url { url, ca_file: None }, Duration::ZERO),
+        backend,
+    )
+    .await;
+    call(&app, &sign_without_kid(&old, &claims()))
+        .await
+        .unwrap();
+    assert_eq!(fetches(&keys).await, 1, "loaded once at start");
+
+    // The issuer rotates; its tokens name no key, so only the failed signature tells.
+    keys.reset().await;
+    Mock::given(method("GET"))
+        .respond_with(
+            ResponseTemplate::new(200).set_body_raw(jwks(&[&old, &new]), "application/json"),
+        )
+        .mount(&keys)
+        .await;
+    call(&app, &sign_without_kid(&new, &claims()))
+        .await
+        .expect("the new key is fetched on demand");
+    assert_eq!(fetches(&keys).await, 1, "one refetch");
+    call(&app, &sign_without_kid(&new, &claims()))
+        .await
+        .unwrap();
+    assert_eq!(fetches(&keys).await, 1, "and then cached");
+}
+
+#[tokio::test]
 async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks_endpoint() {
     let known = ec_signer("known");
     let keys = jwks_server(jwks(&[&known])).await;
@@ -324,8 +360,14 @@ async fn unknown_kids_cannot_make_the_gateway_hammer_the_jwks_endpoint() {
     .await;
     for i in 0..20 {
         let stranger = ec_signer(&format!("random-{i}"));
-        let status = call(&app, &sign(&stranger, &claims())).await.unwrap_err();
-        assert_eq!(status.code(), Code::Unauthenticated);
+        // Naming an unknown key, or none that verifies it: both would ask for a refetch.
+        for token in [
+            sign(&stranger, &claims()),
+            sign_without_kid(&stranger, &claims()),
+        ] {
+            let status = call(&app, &token).await.unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated);
+        }
     }
     assert_eq!(
         fetches(&keys).await,
