@@ -262,7 +262,7 @@ impl Access {
         if self.tls.is_some() {
             // The handshake verified the chain; the identity is the certificate's SPIFFE ID.
             let certificate = peer_certificate.ok_or("no client certificate")?;
-            let name = tls::spiffe_id(certificate).ok_or("client certificate has no SPIFFE ID")?;
+            let name = tls::spiffe_id(certificate)?;
             return self
                 .policy()
                 .named(&name)

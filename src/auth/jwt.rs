@@ -2,17 +2,22 @@
 //!
 //! Signatures are RS256 or ES256 only, verified against a JWKS read from a file or fetched over
 //! HTTPS. `alg: none` does not parse, and an HMAC algorithm is refused before any key is looked at,
-//! so a public key can never be used as an HMAC secret. `iss`, `aud`, `exp` and `nbf` are checked
-//! with a small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names
-//! an unknown `kid` (a key rotation), at most once per `jwks_refetch_min_secs`.
+//! so a public key can never be used as an HMAC secret. A key verifies only what its publisher
+//! meant it for: `use` absent or `sig`, `alg` absent or the one algorithm of its type. A token
+//! with a `kid` is checked against that key; one without, against every key of its algorithm (an
+//! issuer that names no keys still rotates them). `iss`, `aud`, `exp` and `nbf` are checked with a
+//! small leeway. The JWKS is cached, refreshed periodically, and refetched when a token names an
+//! unknown `kid` or, naming none, no key verifies it (a key rotation), at most once per
+//! `jwks_refetch_min_secs`. A JWKS with no usable key never replaces the keys in use.
 
-use std::{collections::HashMap, fmt, path::Path, sync::Arc, time::Duration};
+use std::{fmt, path::Path, sync::Arc, time::Duration};
 
 use arc_swap::ArcSwap;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
-    jwk::{AlgorithmParameters, EllipticCurve, JwkSet},
+    errors::ErrorKind,
+    jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse},
 };
 use tokio::time::Instant;
 
@@ -41,7 +46,7 @@ pub(crate) enum JwtError {
     WrongAudience,
     /// `iss` is not the configured issuer.
     UntrustedIssuer,
-    /// The signature does not verify.
+    /// No key that may have signed it verifies the signature.
     BadSignature,
     /// `exp`, `iss` or `aud` is missing.
     MissingClaim,
@@ -51,12 +56,19 @@ pub(crate) enum JwtError {
     NoCallerClaim,
 }
 
-#[derive(Default)]
-struct Keys {
-    by_kid: HashMap<String, (DecodingKey, Algorithm)>,
-    /// Keys without a `kid`, tried in turn when a token names none.
-    unnamed: Vec<(DecodingKey, Algorithm)>,
+/// A key of the JWKS that may verify signatures, and the one algorithm it serves.
+struct Key {
+    kid: Option<String>,
+    alg: Algorithm,
+    key: DecodingKey,
 }
+
+/// The usable keys of the last JWKS that had any.
+#[derive(Default)]
+struct Keys(Vec<Key>);
+
+/// What a token says, unchecked beyond being JSON.
+type Claims = serde_json::Map<String, serde_json::Value>;
 
 /// Verifies tokens and keeps the keys fresh.
 pub(crate) struct JwtVerifier {
@@ -108,8 +120,9 @@ impl fmt::Display for JwtError {
 impl std::error::Error for JwtError {}
 
 impl JwtVerifier {
-    /// Loads the keys once. A file that cannot be read is an error (the configuration is wrong); a
-    /// URL that cannot be reached is not: the gateway starts, refuses JWTs, and keeps trying.
+    /// Loads the keys once. A file that cannot be read, or holds no usable key, is an error (the
+    /// configuration is wrong); a URL that cannot be reached, or answers no usable key, is not:
+    /// the gateway starts, refuses JWTs, and keeps trying.
     pub(crate) async fn new(config: JwtConfig) -> Result<Self, String> {
         let client = https_client(&config.jwks)?;
         let verifier = Self {
@@ -136,67 +149,75 @@ impl JwtVerifier {
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256) {
             return Err(JwtError::AlgorithmNotAllowed);
         }
-        let key = match self.key_for(header.kid.as_deref(), header.alg) {
-            Some(key) => key,
-            None => {
-                // Perhaps the issuer rotated its keys: look again, at most so often.
-                self.refetch_for_unknown_kid().await;
-                self.key_for(header.kid.as_deref(), header.alg)
-                    .ok_or(JwtError::UnknownKey)?
-            }
-        };
+        let kid = header.kid.as_deref();
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.config.issuer]);
         validation.set_audience(&[&self.config.audience]);
         validation.leeway = self.config.leeway.as_secs();
         validation.validate_nbf = true;
         validation.required_spec_claims = ["exp", "iss", "aud"].map(String::from).into();
-        let claims = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            &key,
-            &validation,
-        )
-        .map_err(|error| match error.kind() {
-            jsonwebtoken::errors::ErrorKind::ExpiredSignature => JwtError::Expired,
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature => JwtError::NotYetValid,
-            jsonwebtoken::errors::ErrorKind::InvalidAudience => JwtError::WrongAudience,
-            jsonwebtoken::errors::ErrorKind::InvalidIssuer => JwtError::UntrustedIssuer,
-            jsonwebtoken::errors::ErrorKind::InvalidSignature => JwtError::BadSignature,
-            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim(_) => JwtError::MissingClaim,
-            _ => JwtError::Invalid,
-        })?
-        .claims;
-        match claims.get(&self.config.caller_claim) {
+
+        let mut decoded = self.decode(token, kid, header.alg, &validation);
+        // Perhaps the issuer rotated its keys: look again, at most so often. A token that names
+        // no key can show a new one only as a signature that no key in hand verifies.
+        let maybe_rotated = match decoded {
+            Err(JwtError::UnknownKey) => true,
+            Err(JwtError::BadSignature) => kid.is_none(),
+            _ => false,
+        };
+        if maybe_rotated && self.refetch_for_unknown_key().await {
+            decoded = self.decode(token, kid, header.alg, &validation);
+        }
+        match decoded?.get(&self.config.caller_claim) {
             Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name.clone()),
             _ => Err(JwtError::NoCallerClaim),
         }
     }
 
-    fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Option<DecodingKey> {
+    /// Checks the token against each key that may have signed it: with a `kid`, the keys of that
+    /// id; without, every key. Either way only keys of the token's algorithm, so an RSA key never
+    /// checks an ES256 token. The first key whose signature holds decides.
+    fn decode(
+        &self,
+        token: &str,
+        kid: Option<&str>,
+        alg: Algorithm,
+        validation: &Validation,
+    ) -> Result<Claims, JwtError> {
         let keys = self.keys.load();
-        let candidates: Vec<&(DecodingKey, Algorithm)> = match kid {
-            Some(kid) => keys.by_kid.get(kid).into_iter().collect(),
-            None => keys.unnamed.iter().collect(),
-        };
-        // A key serves only its own algorithm: an RSA key never checks an ES256 token, and so on.
-        candidates
-            .into_iter()
-            .find(|(_, key_alg)| *key_alg == alg)
-            .map(|(key, _)| key.clone())
+        let candidates = keys
+            .0
+            .iter()
+            .filter(|key| key.alg == alg && kid.is_none_or(|kid| key.kid.as_deref() == Some(kid)));
+        let mut outcome = Err(JwtError::UnknownKey);
+        for key in candidates {
+            match jsonwebtoken::decode::<Claims>(token, &key.key, validation) {
+                Err(error) if *error.kind() == ErrorKind::InvalidSignature => {
+                    outcome = Err(JwtError::BadSignature);
+                }
+                decided => return decided.map(|data| data.claims).map_err(refusal),
+            }
+        }
+        outcome
     }
 
-    async fn refetch_for_unknown_kid(&self) {
-        // One fetch at a time, and a token never waits for another's: while a fetch runs (or
-        // within `min_refetch` of the last), an unknown kid is simply unknown.
+    /// Re-reads the keys for a token no key in hand verifies; whether a new set was loaded. One
+    /// fetch at a time, and a token never waits for another's: while a fetch runs (or within
+    /// `min_refetch` of the last), an unknown key is simply unknown.
+    async fn refetch_for_unknown_key(&self) -> bool {
         let Ok(mut last) = self.last_fetch.try_lock() else {
-            return;
+            return false;
         };
         if last.is_some_and(|at| at.elapsed() < self.config.min_refetch) {
-            return;
+            return false;
         }
         *last = Some(Instant::now());
-        if let Err(error) = self.load().await {
-            tracing::warn!(%error, "JWKS refetch (unknown kid) failed");
+        match self.load().await {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(%error, "JWKS refetch (unknown key) failed; the previous keys stay in use");
+                false
+            }
         }
     }
 
@@ -219,7 +240,19 @@ impl JwtVerifier {
         let set: JwkSet =
             serde_json::from_slice(&document).map_err(|e| format!("not a JWKS: {e}"))?;
         let keys = keys_of(&set);
-        tracing::info!(keys = keys.by_kid.len() + keys.unnamed.len(), "JWKS loaded");
+        if keys.0.is_empty() {
+            // An issuer that publishes nothing usable, for a while or by mistake, would otherwise
+            // have every token refused until the next good answer.
+            return Err(format!(
+                "no key to verify RS256 or ES256 signatures with among its {} keys",
+                set.keys.len()
+            ));
+        }
+        tracing::info!(
+            keys = keys.0.len(),
+            ignored = set.keys.len() - keys.0.len(),
+            "JWKS loaded"
+        );
         self.keys.store(Arc::new(keys));
         Ok(())
     }
@@ -238,29 +271,50 @@ impl JwtVerifier {
     }
 }
 
-/// The usable keys of a set: RSA for RS256, P-256 EC for ES256. Others (HMAC `oct` keys above
-/// all) are ignored.
+/// The usable keys of a set: RSA for RS256, P-256 EC for ES256, each only if published for
+/// signatures (`use` absent or `sig`) and, if it names an algorithm (`alg`), for that one. The
+/// others (HMAC `oct` keys above all, encryption keys, keys for another algorithm) are ignored: a
+/// key never verifies what its publisher did not mean it for.
 fn keys_of(set: &JwkSet) -> Keys {
-    let mut keys = Keys::default();
-    for jwk in &set.keys {
-        let alg = match &jwk.algorithm {
-            AlgorithmParameters::RSA(_) => Algorithm::RS256,
+    let usable = set.keys.iter().filter_map(|jwk| {
+        let (alg, named) = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => (Algorithm::RS256, KeyAlgorithm::RS256),
             AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
-                Algorithm::ES256
+                (Algorithm::ES256, KeyAlgorithm::ES256)
             }
-            _ => continue,
+            _ => return None,
         };
-        let Ok(key) = DecodingKey::from_jwk(jwk) else {
-            continue;
-        };
-        match &jwk.common.key_id {
-            Some(kid) => {
-                keys.by_kid.insert(kid.clone(), (key, alg));
-            }
-            None => keys.unnamed.push((key, alg)),
+        let for_signatures = matches!(
+            jwk.common.public_key_use,
+            None | Some(PublicKeyUse::Signature)
+        );
+        let for_this_algorithm = jwk
+            .common
+            .key_algorithm
+            .is_none_or(|named_by| named_by == named);
+        if !(for_signatures && for_this_algorithm) {
+            return None;
         }
+        Some(Key {
+            kid: jwk.common.key_id.clone(),
+            alg,
+            key: DecodingKey::from_jwk(jwk).ok()?,
+        })
+    });
+    Keys(usable.collect())
+}
+
+/// Why `jsonwebtoken` refused a token, in our terms.
+fn refusal(error: jsonwebtoken::errors::Error) -> JwtError {
+    match error.kind() {
+        ErrorKind::ExpiredSignature => JwtError::Expired,
+        ErrorKind::ImmatureSignature => JwtError::NotYetValid,
+        ErrorKind::InvalidAudience => JwtError::WrongAudience,
+        ErrorKind::InvalidIssuer => JwtError::UntrustedIssuer,
+        ErrorKind::InvalidSignature => JwtError::BadSignature,
+        ErrorKind::MissingRequiredClaim(_) => JwtError::MissingClaim,
+        _ => JwtError::Invalid,
     }
-    keys
 }
 
 fn https_client(source: &JwksSource) -> Result<HttpsClient, String> {

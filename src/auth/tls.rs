@@ -1,5 +1,6 @@
 //! Server TLS with client certificates, for `auth.mode = "mtls"`. The caller is the SPIFFE ID
-//! (`spiffe://...` URI SAN) of a client certificate that chains to `client_ca_file`.
+//! (`spiffe://...` URI SAN) of a client certificate that chains to `client_ca_file`; a
+//! certificate with no SPIFFE ID, or more than one, names no caller.
 //!
 //! tonic's own TLS configuration is fixed at start, and certificates rotate (cert-manager, SPIRE),
 //! so the gateway accepts TLS itself (`crate::listener`): each connection's handshake uses the
@@ -13,6 +14,9 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::MtlsConfig;
+
+/// How a SPIFFE ID starts.
+const SPIFFE_SCHEME: &str = "spiffe://";
 
 /// The live TLS configuration.
 pub(crate) struct Tls {
@@ -104,11 +108,20 @@ fn build(config: &MtlsConfig) -> Result<ServerConfig, String> {
     Ok(server)
 }
 
-/// The SPIFFE ID of a verified client certificate: its `spiffe://` URI SAN.
-pub(crate) fn spiffe_id(certificate: &CertificateDer<'_>) -> Option<String> {
-    let parsed = webpki::EndEntityCert::try_from(certificate).ok()?;
-    parsed
-        .valid_uri_names()
-        .find(|uri| uri.starts_with("spiffe://"))
-        .map(str::to_owned)
+/// The SPIFFE ID of a verified client certificate: its one `spiffe://` URI SAN, or why there is
+/// none. An X.509-SVID holds exactly one SPIFFE ID; a certificate with two would authenticate as
+/// whichever came first, so it names no one. The scheme is compared in any case, so that a second
+/// ID spelt `SPIFFE://` cannot hide behind the first.
+pub(crate) fn spiffe_id(certificate: &CertificateDer<'_>) -> Result<String, &'static str> {
+    let parsed = webpki::EndEntityCert::try_from(certificate)
+        .map_err(|_| "client certificate does not parse")?;
+    let mut ids = parsed.valid_uri_names().filter(|uri| {
+        uri.get(..SPIFFE_SCHEME.len())
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case(SPIFFE_SCHEME))
+    });
+    match (ids.next(), ids.next()) {
+        (Some(id), None) => Ok(id.to_owned()),
+        (None, _) => Err("client certificate has no SPIFFE ID"),
+        (Some(_), Some(_)) => Err("client certificate has more than one SPIFFE ID"),
+    }
 }

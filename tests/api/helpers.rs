@@ -144,14 +144,19 @@ impl Ca {
 
     /// A leaf (certificate PEM, key PEM) for DNS names or a SPIFFE ID.
     pub fn issue(&self, dns: &[&str], spiffe: Option<&str>) -> (String, String) {
+        self.issue_with_uris(dns, spiffe.as_slice())
+    }
+
+    /// A leaf (certificate PEM, key PEM) for DNS names and any number of URI SANs, in order.
+    pub fn issue_with_uris(&self, dns: &[&str], uris: &[&str]) -> (String, String) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(dns.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
                 .unwrap();
-        if let Some(id) = spiffe {
+        for uri in uris {
             params
                 .subject_alt_names
-                .push(SanType::URI(id.try_into().unwrap()));
+                .push(SanType::URI((*uri).try_into().unwrap()));
         }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         (cert.pem(), key.serialize_pem())

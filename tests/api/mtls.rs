@@ -132,6 +132,35 @@ async fn a_client_certificate_names_the_caller_and_others_are_refused() {
 }
 
 #[tokio::test]
+async fn a_certificate_must_name_exactly_one_spiffe_id() {
+    let files = Files::new("one-id");
+    let server_ca = Ca::new("server CA");
+    let clients = Ca::new("clients CA");
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let app = mtls_app(&files, &server_ca, &clients.pem, &cognito).await;
+    reset(client(&app, &server_ca, Some(clients.issue(&[], Some(BILLING)))).await)
+        .await
+        .expect("one SPIFFE ID");
+
+    // An X.509-SVID holds exactly one SPIFFE ID: a certificate with two names no one, whichever
+    // comes first (and a scheme in capitals is still a SPIFFE ID for the count).
+    const OTHER: &str = "spiffe://cluster.local/ns/other/sa/x";
+    for uris in [
+        [BILLING, OTHER],
+        [OTHER, BILLING],
+        [BILLING, "SPIFFE://cluster.local/ns/other/sa/x"],
+    ] {
+        let status =
+            reset(client(&app, &server_ca, Some(clients.issue_with_uris(&[], &uris))).await)
+                .await
+                .expect_err(&format!("{uris:?}"));
+        assert_eq!(status.code(), Code::Unauthenticated, "{uris:?}: {status:?}");
+        assert_eq!(error_info(&status).reason, "UNAUTHENTICATED");
+    }
+    assert_eq!(crate::kit::fake_cognito::sends(&cognito).await, 1);
+}
+
+#[tokio::test]
 async fn a_rotated_client_ca_is_picked_up_without_a_restart() {
     let files = Files::new("rotate");
     let server_ca = Ca::new("server CA");
