@@ -144,3 +144,36 @@ async fn a_flood_of_refused_calls_writes_a_bounded_log_and_a_summary() {
     );
     assert!(log.len() < 100, "{} log lines", log.len());
 }
+
+#[tokio::test]
+async fn health_watch_streams_are_bounded_per_connection() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let app = spawn_app_with(
+        test_config(),
+        sdk_backend(&cognito.uri(), test_settings()).await,
+    )
+    .await;
+    // One connection: every stream below shares it.
+    let mut health = HealthClient::new(app.channel.clone());
+    let watch = || HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut open = Vec::new();
+    for _ in 0..4 {
+        open.push(health.watch(watch()).await.unwrap().into_inner());
+    }
+    let refused = health.watch(watch()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert_eq!(crate::helpers::error_info(&refused).reason, "OVERLOADED");
+    // Another connection has places of its own.
+    let other = crate::kit::app::connect(app.addr).await;
+    HealthClient::new(other).watch(watch()).await.unwrap();
+    // A stream that ends gives its place back.
+    drop(open.pop());
+    crate::helpers::eventually("the place to be given back", || {
+        let mut health = health.clone();
+        async move { health.watch(watch()).await.is_ok() }
+    })
+    .await;
+}
