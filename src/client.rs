@@ -17,7 +17,12 @@ use crate::{
 
 /// Calls the gateway and prints the outcome: stdout on success, stderr on failure.
 pub async fn run(args: ResetArgs) -> ExitCode {
-    let request_id = args.request_id.clone().unwrap_or_else(new_request_id);
+    // A fresh one by default: the gateway remembers it, so that a retry of this very call can
+    // never send the user a second code.
+    let request_id = args
+        .request_id
+        .clone()
+        .unwrap_or_else(crate::domain::random_uuid);
     match call(&args, &request_id).await {
         Ok(response) if response.deduplicated => {
             println!(
@@ -117,22 +122,4 @@ pub fn describe(status: &Status) -> String {
 
 fn or_none(id: &str) -> &str {
     if id.is_empty() { "none" } else { id }
-}
-
-/// A fresh random (version 4) UUID for the request: the gateway remembers it, so that a retry of
-/// this very call could never send the user a second code.
-pub fn new_request_id() -> String {
-    let mut bytes = [0u8; 16];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex = hex::encode(bytes);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }

@@ -267,6 +267,24 @@ impl RequestId {
     }
 }
 
+/// A fresh random (version 4) UUID: a request id for the `reset` client, `service.instance.id`.
+pub fn random_uuid() -> String {
+    let mut bytes = [0u8; 16];
+    // Without the OS's randomness the id is all zeros: still valid, merely not unique.
+    let _ = getrandom::fill(&mut bytes);
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex = hex::encode(bytes);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// A request that passed validation: the only kind the backend accepts.
 #[derive(Debug, Clone)]
 pub struct ResetRequest {
@@ -549,6 +567,13 @@ mod tests {
             fields,
             ["user_pool_id", "username", "client_metadata", "request_id"]
         );
+    }
+
+    #[test]
+    fn random_uuids_are_request_ids() {
+        let (a, b) = (random_uuid(), random_uuid());
+        assert_ne!(a, b);
+        assert!(RequestId::parse(a).unwrap().is_some());
     }
 
     #[test]

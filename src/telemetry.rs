@@ -164,7 +164,7 @@ fn resource() -> Resource {
         .with_attributes([
             KeyValue::new("service.name", "cognito-gateway"),
             KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-            KeyValue::new("service.instance.id", random_uuid()),
+            KeyValue::new("service.instance.id", crate::domain::random_uuid()),
         ])
         .with_detectors(&[
             Box::new(TelemetryResourceDetector),
@@ -176,24 +176,6 @@ fn resource() -> Resource {
         builder = builder.with_service_name(name);
     }
     builder.build()
-}
-
-/// A version 4 UUID, as the semantic conventions suggest for `service.instance.id`.
-fn random_uuid() -> String {
-    let mut bytes = [0u8; 16];
-    // Without the OS's randomness the id is all zeros: still valid, merely not unique.
-    let _ = getrandom::fill(&mut bytes);
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
 }
 
 /// Installs the global subscriber, propagator and, where an endpoint is configured, the OTLP

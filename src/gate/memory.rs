@@ -57,6 +57,17 @@ struct Request {
     until: Instant,
 }
 
+impl Request {
+    /// The id of a call for `user` with `outcome` (`None` while in flight), kept until `until`.
+    fn new(user: UserKey, outcome: Option<Outcome>, until: Instant) -> Self {
+        Self {
+            user,
+            outcome,
+            until,
+        }
+    }
+}
+
 impl User {
     fn until(&self) -> Instant {
         match self {
@@ -141,11 +152,7 @@ impl MemoryStore {
                 if let Some(key) = ticket.request {
                     requests.insert(
                         key,
-                        Request {
-                            user: ticket.user,
-                            outcome: Some(outcome.clone()),
-                            until: request_until,
-                        },
+                        Request::new(ticket.user, Some(outcome.clone()), request_until),
                     );
                 }
                 return Claim::Remembered { outcome, left };
@@ -158,14 +165,7 @@ impl MemoryStore {
                     && !waiting.contains(&key)
                 {
                     waiting.push(key);
-                    requests.insert(
-                        key,
-                        Request {
-                            user: ticket.user,
-                            outcome: None,
-                            until: request_until,
-                        },
-                    );
+                    requests.insert(key, Request::new(ticket.user, None, request_until));
                 }
                 return Claim::Busy;
             }
@@ -195,14 +195,7 @@ impl MemoryStore {
             },
         );
         if let Some(key) = ticket.request {
-            requests.insert(
-                key,
-                Request {
-                    user: ticket.user,
-                    outcome: None,
-                    until: request_until,
-                },
-            );
+            requests.insert(key, Request::new(ticket.user, None, request_until));
         }
         Claim::Granted
     }
@@ -254,11 +247,11 @@ impl MemoryStore {
                 Some(outcome) => {
                     state.requests.insert(
                         key,
-                        Request {
-                            user: ticket.user,
-                            outcome: Some(outcome.clone()),
-                            until: now + self.times.request_ttl,
-                        },
+                        Request::new(
+                            ticket.user,
+                            Some(outcome.clone()),
+                            now + self.times.request_ttl,
+                        ),
                     );
                 }
                 // Nothing happened: a retry of the id is processed anew.

@@ -211,55 +211,50 @@ impl CallLine {
         let request_id = error.cognito_request_id().unwrap_or_default();
         let duration_ms = self.duration_ms();
         let (trace_id, span_id) = current_ids().unwrap_or_default();
-        if is_server_side(status.code()) {
-            let detail = match error {
-                GatewayError::Backend(BackendError::Cognito(failure))
-                | GatewayError::Lookup(BackendError::Cognito(failure))
-                    if !message_is_aws_text(&failure.code) =>
-                {
-                    format!(
-                        "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
-                        failure.code,
-                        failure.http_status,
-                        failure.message.chars().count()
-                    )
-                }
-                // Backend errors were scrubbed of the request where the call ran.
-                other => other.to_string(),
+        let server_side = is_server_side(status.code());
+        let detail = match error {
+            // Server-side failures are logged in full, their status being opaque; but never the
+            // text a Lambda (or an unknown exception) wrote, which may quote the request.
+            GatewayError::Backend(BackendError::Cognito(failure))
+            | GatewayError::Lookup(BackendError::Cognito(failure))
+                if server_side && !message_is_aws_text(&failure.code) =>
+            {
+                format!(
+                    "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
+                    failure.code,
+                    failure.http_status,
+                    failure.message.chars().count()
+                )
+            }
+            // A caller-side Cognito error is the reason alone, as its message may quote the
+            // request.
+            GatewayError::Backend(_) | GatewayError::Lookup(_) if !server_side => String::new(),
+            // The rest: backend errors were scrubbed of the request where the call ran, and the
+            // gateway's own refusals say which check failed (the caller is told less).
+            other => other.to_string(),
+        };
+        // One shape of line, at the level the failure deserves.
+        macro_rules! line {
+            ($level:ident) => {
+                tracing::$level!(
+                    code,
+                    trace_id,
+                    span_id,
+                    reason,
+                    caller,
+                    user_pool_id = pool,
+                    cognito_request_id = request_id,
+                    duration_ms,
+                    error = detail,
+                    "{}",
+                    self.method,
+                )
             };
-            tracing::error!(
-                code,
-                trace_id,
-                span_id,
-                reason,
-                caller,
-                user_pool_id = pool,
-                cognito_request_id = request_id,
-                duration_ms,
-                error = detail,
-                "{}",
-                self.method,
-            );
+        }
+        if server_side {
+            line!(error);
         } else {
-            // The gateway's own refusals say which check failed (the caller is told less); a
-            // caller-side Cognito error is the reason alone, as its message may quote the request.
-            let detail = match error {
-                GatewayError::Backend(_) | GatewayError::Lookup(_) => String::new(),
-                other => other.to_string(),
-            };
-            tracing::info!(
-                code,
-                trace_id,
-                span_id,
-                reason,
-                caller,
-                user_pool_id = pool,
-                cognito_request_id = request_id,
-                duration_ms,
-                error = detail,
-                "{}",
-                self.method,
-            );
+            line!(info);
         }
     }
 }
