@@ -40,6 +40,26 @@ pub struct UserAdmin<B> {
     /// Whether the gate's store keeps each caller's rate (a fleet's does; in one process the
     /// admission layer is the whole of it).
     store_keeps_caller_rates: bool,
+    draining: Arc<Draining>,
+}
+
+/// When a shutdown must be over, once one has begun: a reset that could not end before then is
+/// not started (a reset cut off mid-call leaves its outcome unknown and unrecorded).
+#[derive(Debug, Default)]
+pub(crate) struct Draining(std::sync::OnceLock<Instant>);
+
+impl Draining {
+    /// The shutdown has begun, and must be over by `until`.
+    pub(crate) fn begin(&self, until: Instant) {
+        let _ = self.0.set(until);
+    }
+
+    /// Whether a call that may take `longest` can still end in time.
+    fn admits(&self, longest: Duration) -> bool {
+        self.0
+            .get()
+            .is_none_or(|until| Instant::now() + longest <= *until)
+    }
 }
 
 impl<B: Backend> UserAdmin<B> {
@@ -60,7 +80,15 @@ impl<B: Backend> UserAdmin<B> {
             operation_timeout,
             cooldown,
             store_keeps_caller_rates: false,
+            draining: Arc::default(),
         }
+    }
+
+    /// Starts no reset that could not end before a shutdown must be over.
+    #[must_use]
+    pub(crate) fn with_draining(mut self, draining: Arc<Draining>) -> Self {
+        self.draining = draining;
+        self
     }
 
     /// Hands each caller's rate to the gate's store as well (a fleet shares it).
@@ -151,7 +179,7 @@ impl<B: Backend> UserAdmin<B> {
             return Err(GatewayError::DeadlineExceededUnsent);
         }
         let retry_until = remaining.map(|remaining| Instant::now() + remaining);
-        let gated = self.reset_once(&caller, Arc::new(request), retry_until);
+        let gated = self.reset_once(&caller, record, Arc::new(request), retry_until);
         let answer = match remaining {
             Some(remaining) => tokio::time::timeout(remaining, gated)
                 .await
@@ -227,6 +255,7 @@ impl<B: Backend> UserAdmin<B> {
     async fn reset_once(
         &self,
         caller: &Caller,
+        record: &CallRecord,
         request: Arc<ResetRequest>,
         retry_until: Option<Instant>,
     ) -> Result<Answer<ResetResult>, GatewayError> {
@@ -236,9 +265,14 @@ impl<B: Backend> UserAdmin<B> {
         };
         let identity = self
             .identities
-            .resolve(&request.user_pool_id, &request.username)
+            .resolve(&request.user_pool_id, &request.username, &|| {
+                record.set_reached_cognito();
+            })
             .await
             .map_err(|error| GatewayError::Lookup(error.scrubbed(&request)))?;
+        if !self.draining.admits(self.operation_timeout) {
+            return Err(GatewayError::Draining);
+        }
         let ticket = Ticket {
             user: self.gate.user_key(&request.user_pool_id, &identity),
             request: request
@@ -255,6 +289,7 @@ impl<B: Backend> UserAdmin<B> {
             claim: 0,
         };
         let start = || {
+            record.set_reached_cognito();
             // The CLIENT span is made here, in the caller's span, and goes with the call into its
             // own task.
             let span = client_span("AdminResetUserPassword");
@@ -319,6 +354,27 @@ impl FlightResult for ResetResult {
             outcome,
             cognito_request_id = request_id.unwrap_or_default(),
             "a reset ended after all its callers had gone"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_admits_only_resets_that_can_end_before_it_must_be_over() {
+        let draining = Draining::default();
+        assert!(
+            draining.admits(Duration::from_secs(3600)),
+            "no shutdown yet"
+        );
+        draining.begin(Instant::now() + Duration::from_secs(10));
+        assert!(draining.admits(Duration::from_secs(5)));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(
+            !draining.admits(Duration::from_secs(5)),
+            "it could be cut off"
         );
     }
 }

@@ -12,7 +12,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::layer::util::{Identity, Stack};
 
 use crate::{
-    api::{ResetGate, UserAdmin},
+    api::{Draining, ResetGate, UserAdmin},
     auth::Access,
     cognito::Backend,
     config::{AuthMode, Config, ServerSettings},
@@ -41,6 +41,9 @@ type Stackup = Stack<
     >,
 >;
 type Layers = Stack<Stackup, Identity>;
+
+/// The health-only listener's layers: the rescue point, and deadlines answered as everywhere.
+type HealthLayers = Stack<DeadlineLayer, Stack<RescueLayer, Identity>>;
 
 /// The middleware stack, outermost first, with why each layer sits where it does. The rest of the
 /// pipeline, which needs the decoded request, is in the handler ([`UserAdmin`]): authorize the pool,
@@ -88,11 +91,12 @@ pub struct App {
     listener: TcpListener,
     router: Router<Layers>,
     /// The health-only listener and its server, with `--health-listen`.
-    health_only: Option<(TcpListener, Router<Stack<RescueLayer, Identity>>)>,
+    health_only: Option<(TcpListener, Router<HealthLayers>)>,
     health: HealthReporter,
     access: Arc<Access>,
     gate: Arc<ResetGate>,
     log_quota: Arc<LogQuota>,
+    draining: Arc<Draining>,
     config: Config,
 }
 
@@ -176,6 +180,8 @@ impl App {
         if handler_shares_rates {
             handler = handler.with_shared_caller_rates();
         }
+        let draining = Arc::new(Draining::default());
+        let handler = handler.with_draining(Arc::clone(&draining));
         let api = UserAdminServiceServer::new(handler)
             .max_decoding_message_size(server.max_decoding_message_size)
             .max_encoding_message_size(server.max_encoding_message_size);
@@ -202,6 +208,7 @@ impl App {
                 let router = hardened_server(server)
                     .max_concurrent_streams(16)
                     .layer(RescueLayer::new(Arc::clone(&log_quota)))
+                    .layer(DeadlineLayer::new(server.request_timeout))
                     .add_service(health_service);
                 Some((listener, router))
             }
@@ -215,6 +222,7 @@ impl App {
             access,
             gate,
             log_quota,
+            draining,
             config,
         })
     }
@@ -250,6 +258,7 @@ impl App {
             access,
             gate,
             log_quota,
+            draining,
             config,
         } = self;
         // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
@@ -282,8 +291,10 @@ impl App {
         let hangups = tokio::spawn(forward_sighup(reload_tx));
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let grace = config.server.shutdown_grace;
         let signal = async move {
             shutdown.await;
+            draining.begin(tokio::time::Instant::now() + grace);
             tracing::info!("shutting down: health NOT_SERVING, finishing in-flight calls");
             health
                 .set_service_status("", ServingStatus::NotServing)
@@ -309,7 +320,6 @@ impl App {
                 router.serve_with_incoming_shutdown(listener::plain(listener, bounds), signal),
             ),
         };
-        let grace = config.server.shutdown_grace;
         let log_windows = tokio::spawn(Arc::clone(&log_quota).run());
         let _stop_watching = AbortOnDrop([keys, watcher, hangups, health_only, log_windows]);
         let result = tokio::select! {

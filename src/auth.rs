@@ -301,13 +301,18 @@ impl Access {
         // The whole file, checked exactly as at start: a file the next start would refuse is
         // refused now, rather than admitted until a restart crash-loops the pod.
         let new = self.running.reread()?;
+        // What startup checks beyond the file's own keys, without connecting to anything.
+        if let Some(fleet) = &new.fleet {
+            crate::fleet::check(fleet)
+                .map_err(|error| invalid("fleet.redis_url", error.to_string()))?;
+        }
         let restart = self.running.restart_needed(&new);
         // Switching authentication off (or to another kind) on a file change would be silent and
         // total: it takes a restart, which logs what it does.
         if restart.contains(&"auth") {
             return Err(invalid(
                 "auth",
-                "auth.mode, [auth.jwt], [auth.mtls] and auth.reload_interval_secs change only with a restart; the callers were not reloaded either",
+                "auth.mode, [auth.jwt], [auth.mtls], auth.token_file and auth.reload_interval_secs change only with a restart; the callers were not reloaded either",
             ));
         }
         if !restart.is_empty() {

@@ -387,9 +387,18 @@ impl Config {
             ("fleet", self.fleet != new.fleet),
             (
                 "auth",
-                (old_access.mode, &old_access.jwt, &old_access.mtls)
-                    != (new_access.mode, &new_access.jwt, &new_access.mtls)
-                    || old_access.reload_interval != new_access.reload_interval,
+                // The token file moving elsewhere too: the files watched are the ones started with.
+                (
+                    old_access.mode,
+                    &old_access.jwt,
+                    &old_access.mtls,
+                    &old_access.token_file,
+                ) != (
+                    new_access.mode,
+                    &new_access.jwt,
+                    &new_access.mtls,
+                    &new_access.token_file,
+                ) || old_access.reload_interval != new_access.reload_interval,
             ),
         ]
         .into_iter()

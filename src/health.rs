@@ -86,13 +86,14 @@ impl Health for DrainingHealth {
             }
             None => None,
         };
+        // Counted from here: the place is given back (and uncounted) however the call ends.
+        metrics().health_watches.add(1, &[]);
         let open = WatchPlace {
             per_connection: Arc::clone(&self.per_connection),
             connection,
             _place: place,
         };
         let stream = self.inner.watch(request).await?.into_inner();
-        metrics().health_watches.add(1, &[]);
         Ok(Response::new(UntilNotServing {
             inner: stream,
             ended: false,

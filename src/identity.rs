@@ -65,13 +65,16 @@ impl<B: Backend> Identities<B> {
 
     /// The identity of `username` in `pool`: a text the gate hashes, never logged. A lookup that
     /// fails fails the call (nothing was sent).
+    /// `asking` is called before anything is asked of Cognito.
     pub(crate) async fn resolve(
         &self,
         pool: &UserPoolId,
         username: &Username,
+        asking: &(dyn Fn() + Sync),
     ) -> Result<String, BackendError> {
         match self.mode {
             UserIdentity::Canonical => {
+                asking();
                 let sub = self
                     .backend
                     .user_sub(pool, username, LOOKUP_TIMEOUT)
@@ -81,7 +84,7 @@ impl<B: Backend> Identities<B> {
             }
             UserIdentity::Username => {
                 let name = username.expose();
-                Ok(if self.case_sensitive(pool).await {
+                Ok(if self.case_sensitive(pool, asking).await {
                     format!("name:{name}")
                 } else {
                     format!("name:{}", name.to_lowercase())
@@ -93,7 +96,7 @@ impl<B: Backend> Identities<B> {
     /// Whether `pool` compares usernames case-sensitively: as described once (a pool's
     /// `UsernameConfiguration` cannot change after it is created, so the answer is kept for good),
     /// or described now. Concurrent calls for one pool wait for one `DescribeUserPool`.
-    async fn case_sensitive(&self, pool: &UserPoolId) -> bool {
+    async fn case_sensitive(&self, pool: &UserPoolId, asking: &(dyn Fn() + Sync)) -> bool {
         let slot = {
             let mut pools = self
                 .pools
@@ -120,6 +123,7 @@ impl<B: Backend> Identities<B> {
         {
             return known.case_sensitive;
         }
+        asking();
         let described = self
             .backend
             .usernames_case_sensitive(pool, LOOKUP_TIMEOUT)
@@ -220,6 +224,16 @@ mod tests {
         UserPoolId::parse("us-east-1_Ids".into()).unwrap()
     }
 
+    impl<B: Backend> Identities<B> {
+        async fn resolve_for_test(
+            &self,
+            pool: &UserPoolId,
+            username: &Username,
+        ) -> Result<String, BackendError> {
+            self.resolve(pool, username, &|| {}).await
+        }
+    }
+
     fn name(name: &str) -> Username {
         Username::parse(name.into()).unwrap()
     }
@@ -228,13 +242,16 @@ mod tests {
     async fn a_case_insensitive_pool_folds_case_and_is_described_once() {
         let backend = Arc::new(Pools::default());
         let ids = Identities::new(Arc::clone(&backend), UserIdentity::Username);
-        let a = ids.resolve(&pool(), &name("Alice")).await.unwrap();
-        let b = ids.resolve(&pool(), &name("aLICE")).await.unwrap();
+        let a = ids.resolve_for_test(&pool(), &name("Alice")).await.unwrap();
+        let b = ids.resolve_for_test(&pool(), &name("aLICE")).await.unwrap();
         assert_eq!(a, b);
-        assert_ne!(a, ids.resolve(&pool(), &name("bob")).await.unwrap());
+        assert_ne!(
+            a,
+            ids.resolve_for_test(&pool(), &name("bob")).await.unwrap()
+        );
         assert_eq!(backend.described.load(Ordering::SeqCst), 1);
         tokio::time::advance(Duration::from_secs(86_400)).await;
-        ids.resolve(&pool(), &name("alice")).await.unwrap();
+        ids.resolve_for_test(&pool(), &name("alice")).await.unwrap();
         assert_eq!(backend.described.load(Ordering::SeqCst), 1, "for good");
     }
 
@@ -245,28 +262,31 @@ mod tests {
             ..Pools::default()
         });
         let ids = Identities::new(Arc::clone(&backend), UserIdentity::Username);
-        let a = ids.resolve(&pool(), &name("Alice")).await.unwrap();
-        let b = ids.resolve(&pool(), &name("alice")).await.unwrap();
+        let a = ids.resolve_for_test(&pool(), &name("Alice")).await.unwrap();
+        let b = ids.resolve_for_test(&pool(), &name("alice")).await.unwrap();
         assert_ne!(a, b, "never guessed");
         assert_eq!(backend.described.load(Ordering::SeqCst), 1);
         tokio::time::advance(RETRY_AFTER).await;
-        ids.resolve(&pool(), &name("alice")).await.unwrap();
+        ids.resolve_for_test(&pool(), &name("alice")).await.unwrap();
         assert_eq!(backend.described.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
     async fn canonical_identity_is_the_sub_whatever_the_spelling() {
         let ids = Identities::new(Arc::new(Pools::default()), UserIdentity::Canonical);
-        let by_name = ids.resolve(&pool(), &name("alice")).await.unwrap();
+        let by_name = ids.resolve_for_test(&pool(), &name("alice")).await.unwrap();
         let by_alias = ids
-            .resolve(&pool(), &name("Alice@Example.com"))
+            .resolve_for_test(&pool(), &name("Alice@Example.com"))
             .await
             .unwrap();
         assert_eq!(by_name, by_alias);
-        assert_ne!(by_name, ids.resolve(&pool(), &name("bob")).await.unwrap());
+        assert_ne!(
+            by_name,
+            ids.resolve_for_test(&pool(), &name("bob")).await.unwrap()
+        );
         // A sub and a username that happen to read alike are still two identities.
         let as_username = Identities::new(Arc::new(Pools::default()), UserIdentity::Username)
-            .resolve(&pool(), &name("sub-1"))
+            .resolve_for_test(&pool(), &name("sub-1"))
             .await
             .unwrap();
         assert_ne!(as_username, by_name);

@@ -54,7 +54,7 @@ pub(crate) fn plain(
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let places = Arc::new(Semaphore::new(bounds.max_connections));
-        while let Some((tcp, place)) = accept(&listener, &places, bounds).await {
+        while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             if sender
                 .send(Ok(Conn::new(tcp, place, deadline)))
@@ -77,7 +77,7 @@ pub(crate) fn tls(
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let places = Arc::new(Semaphore::new(bounds.max_connections));
-        while let Some((tcp, place)) = accept(&listener, &places, bounds).await {
+        while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             let acceptor = tls.acceptor();
             let ready = sender.clone();
@@ -100,20 +100,26 @@ pub(crate) fn tls(
     ReceiverStream::new(receiver)
 }
 
-/// The next connection with a place; those without one are closed at once. `None` when the
-/// listener has failed for good.
-async fn accept(
+/// The next connection with a place; those without one are closed at once. `None` once the
+/// server stopped taking connections (the listening socket is then closed at once).
+async fn accept<T>(
     listener: &TcpListener,
     places: &Arc<Semaphore>,
     bounds: Bounds,
+    server: &mpsc::Sender<T>,
 ) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+    let mut failures = AcceptFailures::default();
     loop {
-        let tcp = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = server.closed() => return None,
+        };
+        let tcp = match accepted {
             Ok((tcp, _)) => tcp,
             Err(error) => {
                 // Out of file descriptors and the like: the condition passes, the loop must not
-                // spin on it meanwhile.
-                tracing::warn!(%error, "accept failed");
+                // spin on it (nor flood the log) meanwhile.
+                failures.note(&error);
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 continue;
             }
@@ -127,6 +133,28 @@ async fn accept(
         let keepalive = socket2::TcpKeepalive::new().with_time(bounds.tcp_keepalive);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         return Some((tcp, place));
+    }
+}
+
+/// Failed accepts, logged at most once a second with how many there were.
+#[derive(Default)]
+struct AcceptFailures {
+    since_logged: u64,
+    logged_at: Option<Instant>,
+}
+
+impl AcceptFailures {
+    fn note(&mut self, error: &io::Error) {
+        self.since_logged += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        tracing::warn!(%error, failures = self.since_logged, "accept failed (out of file descriptors? raise the open-files limit above server.max_connections)");
+        self.since_logged = 0;
+        self.logged_at = Some(Instant::now());
     }
 }
 

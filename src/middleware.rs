@@ -30,6 +30,7 @@ pub(crate) struct CallRecord {
     pool: OnceLock<UserPoolId>,
     reset: OnceLock<ResetRecord>,
     deduplicated: OnceLock<&'static str>,
+    reached_cognito: OnceLock<()>,
 }
 
 /// What a successful reset adds to its call's record.
@@ -67,6 +68,17 @@ impl CallRecord {
     /// How the call was deduplicated, if it was.
     pub(crate) fn deduplicated(&self) -> Option<&'static str> {
         self.deduplicated.get().copied()
+    }
+
+    /// Records that the call is about to ask Cognito something (a lookup or the reset): from here
+    /// its line is an audit trail, never held back, and its outcome may be unknown.
+    pub(crate) fn set_reached_cognito(&self) {
+        let _ = self.reached_cognito.set(());
+    }
+
+    /// Whether the call asked Cognito anything.
+    pub(crate) fn reached_cognito(&self) -> bool {
+        self.reached_cognito.get().is_some()
     }
 
     /// Who called, or `""` before authentication: the name refusals are counted under.

@@ -66,6 +66,10 @@ pub enum GatewayError {
     /// Too many calls in flight: shed, not queued.
     #[error("overloaded: too many calls in flight")]
     Overloaded,
+    /// The gateway is shutting down, and a reset started now might not end before it stops:
+    /// nothing was sent, and another replica (or this one, restarted) will take the retry.
+    #[error("shutting down: no reset is started that could be cut off")]
+    Draining,
     /// The request broke Cognito's own limits (contract §2); nothing was sent.
     #[error("invalid request ({} field(s))", .0.len())]
     InvalidRequest(Vec<FieldViolation>),
@@ -154,19 +158,6 @@ pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelem
 /// The `ErrorInfo.reason` of `error`.
 pub(crate) fn reason(error: &GatewayError) -> &'static str {
     gateway_row(error).reason
-}
-
-/// Whether the gateway refused the call itself, before anything reached Cognito, for what the
-/// caller did: no credentials, a pool it may not use, a limit, overload, an invalid request.
-pub(crate) fn is_refusal(error: &GatewayError) -> bool {
-    matches!(
-        error,
-        GatewayError::Unauthenticated(_)
-            | GatewayError::CallerNotAllowed { .. }
-            | GatewayError::RateLimited { .. }
-            | GatewayError::Overloaded
-            | GatewayError::InvalidRequest(_)
-    )
 }
 
 /// Whether a status is a server-class failure: opaque to the caller, logged in full, and an error on
@@ -278,7 +269,9 @@ fn gateway_row(error: &GatewayError) -> Row {
             row(PermissionDenied, "CALLER_NOT_ALLOWED", Extra::None)
         }
         GatewayError::RateLimited { .. } => row(ResourceExhausted, "RATE_LIMITED", Extra::None),
-        GatewayError::Overloaded => row(Unavailable, "OVERLOADED", Extra::None),
+        GatewayError::Overloaded | GatewayError::Draining => {
+            row(Unavailable, "OVERLOADED", Extra::None)
+        }
         GatewayError::InvalidRequest(_) => row(InvalidArgument, "INVALID_PARAMETER", Extra::None),
         GatewayError::DeadlineExceeded | GatewayError::DeadlineExceededUnsent => {
             row(DeadlineExceeded, "DEADLINE_EXCEEDED", Extra::None)
@@ -321,7 +314,8 @@ fn protocol_row(code: Code, message: &str) -> Row {
         _ if message.contains("too large") => {
             row(ResourceExhausted, "MESSAGE_TOO_LARGE", Extra::None)
         }
-        Internal if message.contains("decode") => {
+        // An undecodable message, or none at all: the caller's bug.
+        Internal if message.contains("decode") || message.contains("Missing request message") => {
             row(InvalidArgument, "MALFORMED_REQUEST", Extra::None)
         }
         _ => row(code, "PROTOCOL_ERROR", Extra::None),
@@ -404,7 +398,7 @@ pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Stat
             details.set_retry_info(Some(*wait));
             details.add_quota_failure_violation(limit.to_string(), limit.description());
         }
-        GatewayError::Overloaded => {
+        GatewayError::Overloaded | GatewayError::Draining => {
             details.set_retry_info(Some(OVERLOAD_RETRY_DELAY));
         }
         // No new reset can go out before the cooldown ends: retrying sooner only repeats this.
@@ -416,7 +410,9 @@ pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Stat
     let cognito_message = cognito.map(|f| f.message.as_str()).unwrap_or_default();
     add_extra(&mut details, row.extra, pool, cognito_message);
 
-    let message = if let GatewayError::Protocol { message, .. } = error {
+    let message = if let GatewayError::Draining = error {
+        "the gateway is shutting down; nothing was sent: retry shortly".to_owned()
+    } else if let GatewayError::Protocol { message, .. } = error {
         // tonic's messages describe the call's framing, never its contents: safe to pass on.
         message.clone()
     } else if let GatewayError::DeadlineExceededUnsent = error {

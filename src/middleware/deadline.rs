@@ -119,7 +119,10 @@ where
 fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
-    if digits.is_empty() || digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    // Exactly as tonic reads it (at most 8 characters, then `u64::from_str`, which takes a leading
+    // `+`): a value tonic enforces but this layer ignored would let tonic's timer answer first,
+    // with a bare CANCELLED.
+    if digits.len() > 8 {
         return None;
     }
     let amount: u64 = digits.parse().ok()?;
@@ -152,6 +155,8 @@ mod tests {
         assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
         assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
         assert_eq!(parse("99999999n"), Some(Duration::from_nanos(99_999_999)));
+        // As tonic reads it too, so that this layer answers before tonic's own timer.
+        assert_eq!(parse("+50m"), Some(Duration::from_millis(50)));
     }
 
     #[test]
@@ -163,6 +168,7 @@ mod tests {
             "5s",
             "123456789m",
             "-5m",
+            "+-5m",
             "5 m",
             "1.5S",
             "😀m",

@@ -25,8 +25,8 @@ use crate::{
     domain::UserPoolId,
     metrics::metrics,
     status::{
-        GatewayError, code_name, is_refusal, is_server_side, message_is_aws_text, reason,
-        rejection_attributes, to_status,
+        GatewayError, code_name, is_server_side, message_is_aws_text, reason, rejection_attributes,
+        to_status,
     },
     telemetry::current_ids,
 };
@@ -156,6 +156,14 @@ impl CallLine {
         }
         match error {
             Some(error) => {
+                // A deadline that ran out before the call asked Cognito anything: nothing happened,
+                // and the caller is told so.
+                let error = match error {
+                    GatewayError::DeadlineExceeded if !self.record.reached_cognito() => {
+                        GatewayError::DeadlineExceededUnsent
+                    }
+                    other => other,
+                };
                 let status = to_status(&error, self.record.pool());
                 self.failed(&error, &status);
                 status.into_http()
@@ -200,9 +208,12 @@ impl CallLine {
             metrics().rejections.add(1, &attributes);
         }
         let reason = reason(error);
-        // The gateway's own refusals cost it nothing but this line: a flood of them is logged
-        // within a quota (and counted in full above). What reached Cognito is always logged.
-        if is_refusal(error) && !self.quota.admit(reason, self.record.caller_or_none()) {
+        // A call that never asked Cognito anything cost the gateway nothing but this line, and
+        // anyone can send a flood of them (open paths need no credentials): they are logged within
+        // a quota, and counted in full above. What reached Cognito is always logged: the audit
+        // trail.
+        let reached = self.record.reached_cognito();
+        if !reached && !self.quota.admit(reason, self.record.caller_or_none()) {
             return;
         }
         let code = code_name(status.code());
@@ -211,7 +222,16 @@ impl CallLine {
         let request_id = error.cognito_request_id().unwrap_or_default();
         let duration_ms = self.duration_ms();
         let (trace_id, span_id) = current_ids().unwrap_or_default();
-        let server_side = is_server_side(status.code());
+        // A failure the caller caused before anything reached Cognito (an unknown method, a
+        // malformed message, its own deadline) is no server error, whatever its code.
+        let server_side = is_server_side(status.code())
+            && (reached
+                || !matches!(
+                    error,
+                    GatewayError::Protocol { .. }
+                        | GatewayError::DeadlineExceeded
+                        | GatewayError::DeadlineExceededUnsent
+                ));
         let detail = match error {
             // Server-side failures are logged in full, their status being opaque; but never the
             // text a Lambda (or an unknown exception) wrote, which may quote the request.
@@ -265,7 +285,13 @@ impl Drop for CallLine {
             return;
         }
         // The caller hung up, or the connection closed, before the answer. A reset it started
-        // goes on; its outcome is logged when it ends, if nobody is left to be told.
+        // goes on; its outcome is logged when it ends, if nobody is left to be told. Hanging up
+        // early costs a caller nothing: those lines are held to the quota too.
+        if !self.record.reached_cognito()
+            && !self.quota.admit("CANCELLED", self.record.caller_or_none())
+        {
+            return;
+        }
         let (trace_id, span_id) = current_ids().unwrap_or_default();
         tracing::info!(
             code = "CANCELLED",

@@ -39,7 +39,8 @@ impl LogQuota {
         // The common case, a known key, costs no allocation: `Arc` clones only on first sight.
         if let Some(window) = windows.get_mut(&(reason, Arc::clone(caller))) {
             if now.duration_since(window.started) >= WINDOW {
-                summarize(reason, caller, window);
+                // Rare (once a window per key), and one line: written under the lock.
+                summarize(reason, caller, window.logged, window.suppressed);
                 *window = Window {
                     started: now,
                     logged: 0,
@@ -68,19 +69,25 @@ impl LogQuota {
     /// are forgotten. Run every [`WINDOW`], so that a flood that stopped is still summarized.
     pub(crate) fn close_windows(&self) {
         let now = Instant::now();
-        self.lock().retain(|(reason, caller), window| {
+        let mut over = Vec::new();
+        self.lock().retain(|key, window| {
             if now.duration_since(window.started) < WINDOW {
                 return true;
             }
-            summarize(reason, caller, window);
+            over.push((key.clone(), window.logged, window.suppressed));
             false
         });
+        // Written with the lock released: a slow log must not hold up the calls.
+        for ((reason, caller), logged, suppressed) in over {
+            summarize(reason, &caller, logged, suppressed);
+        }
     }
 
     /// Ends every window now (at shutdown): nothing suppressed goes unsummarized.
     pub(crate) fn close_all(&self) {
-        for ((reason, caller), window) in self.lock().drain() {
-            summarize(reason, &caller, &window);
+        let all: Vec<_> = self.lock().drain().collect();
+        for ((reason, caller), window) in all {
+            summarize(reason, &caller, window.logged, window.suppressed);
         }
     }
 
@@ -102,13 +109,13 @@ impl LogQuota {
     }
 }
 
-fn summarize(reason: &str, caller: &str, window: &Window) {
-    if window.suppressed > 0 {
+fn summarize(reason: &str, caller: &str, logged: u32, suppressed: u64) {
+    if suppressed > 0 {
         tracing::info!(
             reason,
             caller,
-            suppressed = window.suppressed,
-            logged = window.logged,
+            suppressed,
+            logged,
             window_secs = WINDOW.as_secs(),
             "refused calls not logged one by one"
         );
