@@ -255,6 +255,13 @@ pub fn random_key() -> [u8; 32] {
     key
 }
 
+/// A claim token: random, so that no two calls (on any replica) share one.
+fn random_claim() -> u64 {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).expect("the OS random source is available");
+    u64::from_le_bytes(bytes)
+}
+
 impl<R: FlightResult> UserGate<R> {
     /// A gate on `store`, hashing users and request ids with `hmac_key` (the same on every
     /// replica sharing the store).
@@ -330,7 +337,7 @@ impl<R: FlightResult> UserGate<R> {
         Fut: Future<Output = R> + Send + 'static,
     {
         let key = ticket.user;
-        ticket.claim = u64::from_le_bytes(random_key()[..8].try_into().expect("8 of 32 bytes"));
+        ticket.claim = random_claim();
         let mut local = None;
         if ticket.request.is_none() {
             loop {
