@@ -255,11 +255,16 @@ pub fn random_key() -> [u8; 32] {
     key
 }
 
-/// A claim token: random, so that no two calls (on any replica) share one.
+/// A claim token, unique to one call: a counter from a random start, so that no two calls (on any
+/// replica) share one, without asking the OS for randomness on every call.
 fn random_claim() -> u64 {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).expect("the OS random source is available");
-    u64::from_le_bytes(bytes)
+    static NEXT: std::sync::LazyLock<std::sync::atomic::AtomicU64> =
+        std::sync::LazyLock::new(|| {
+            let mut bytes = [0u8; 8];
+            getrandom::fill(&mut bytes).expect("the OS random source is available");
+            std::sync::atomic::AtomicU64::new(u64::from_le_bytes(bytes))
+        });
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl<R: FlightResult> UserGate<R> {

@@ -35,13 +35,20 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_POOLS: usize = 10_000;
 
 /// One pool's case sensitivity, as last learned: `None` until asked.
-type Slot = Arc<tokio::sync::Mutex<Option<Known>>>;
+type Slot = Arc<PoolSlot>;
 
+/// One pool's case sensitivity: once described, read without waiting (the path of every call);
+/// until then, one caller at a time asks Cognito.
+#[derive(Debug, Default)]
+struct PoolSlot {
+    described: std::sync::OnceLock<bool>,
+    asking: tokio::sync::Mutex<Option<Known>>,
+}
+
+/// What a pool that could not be described is taken for, and until when.
 #[derive(Debug, Clone, Copy)]
 struct Known {
     case_sensitive: bool,
-    /// Whether `DescribeUserPool` answered (else `case_sensitive` is the exact-compare fallback).
-    described: bool,
     until: Instant,
 }
 
@@ -102,13 +109,15 @@ impl<B: Backend> Identities<B> {
                 .pools
                 .lock()
                 .unwrap_or_else(|poison| poison.into_inner());
+            if let Some(slot) = pools.get(pool)
+                && let Some(case_sensitive) = slot.described.get()
+            {
+                return *case_sensitive;
+            }
             if pools.len() >= MAX_POOLS && !pools.contains_key(pool) {
                 // Pool ids come from callers: made-up ones (never described) go first, and must
                 // never push out a real one.
-                pools.retain(|_, slot| {
-                    slot.try_lock()
-                        .map_or(true, |known| known.is_some_and(|known| known.described))
-                });
+                pools.retain(|_, slot| slot.described.get().is_some());
             }
             if pools.len() >= MAX_POOLS && !pools.contains_key(pool) {
                 Slot::default()
@@ -116,10 +125,13 @@ impl<B: Backend> Identities<B> {
                 Arc::clone(pools.entry(pool.clone()).or_default())
             }
         };
-        let mut known = slot.lock().await;
+        let mut known = slot.asking.lock().await;
+        if let Some(case_sensitive) = slot.described.get() {
+            return *case_sensitive;
+        }
         let now = Instant::now();
         if let Some(known) = *known
-            && (known.described || known.until > now)
+            && known.until > now
         {
             return known.case_sensitive;
         }
@@ -131,11 +143,10 @@ impl<B: Backend> Identities<B> {
             .await;
         let first_failure = known.is_none();
         let answer = match described {
-            Ok(case_sensitive) => Known {
-                case_sensitive,
-                described: true,
-                until: now,
-            },
+            Ok(case_sensitive) => {
+                let _ = slot.described.set(case_sensitive);
+                return case_sensitive;
+            }
             Err(error) => {
                 // A label of bounded values: what Cognito may name is not.
                 let exception = match &error {
@@ -158,7 +169,6 @@ impl<B: Backend> Identities<B> {
                 }
                 Known {
                     case_sensitive: true,
-                    described: false,
                     until: now + RETRY_AFTER,
                 }
             }

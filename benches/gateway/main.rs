@@ -44,7 +44,8 @@
 //!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
 //! `--bench`; `main` then returns at once so the test suite stays fast. With
-//! `COGNITO_GATEWAY_BENCH=fleet` (say) only that section runs, and its table goes to stdout only.
+//! `COGNITO_GATEWAY_BENCH=fleet` or `in_process` only that section runs, and its table goes to
+//! stdout only.
 
 // A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
 // wrong thing; every `expect` in these files says what it relies on.
@@ -85,12 +86,22 @@ fn main() {
         .build()
         .expect("a tokio runtime builds");
 
-    if only.as_deref() == Some("fleet") {
-        let figures = runtime.block_on(fleet::bench());
-        let mut report = String::new();
-        fleet::write(&mut report, &figures);
-        println!("{report}");
-        return;
+    match only.as_deref() {
+        Some("fleet") => {
+            let figures = runtime.block_on(fleet::bench());
+            let mut report = String::new();
+            fleet::write(&mut report, &figures);
+            println!("{report}");
+            return;
+        }
+        Some("in_process") => {
+            let figures = runtime.block_on(in_process::bench());
+            let mut report = String::new();
+            in_process::write(&mut report, &figures, report::Machine::probe().cpus);
+            println!("{report}");
+            return;
+        }
+        _ => {}
     }
     let machine = report::Machine::probe();
     eprintln!(
