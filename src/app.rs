@@ -113,6 +113,7 @@ impl App {
     /// Binds `config.listen` (port 0 picks a free port) and assembles the server around `backend`.
     pub async fn build<B: Backend>(config: Config, backend: B) -> std::io::Result<Self> {
         let listener = TcpListener::bind(config.listen).await?;
+        listener::check_open_files(config.server.max_connections);
         let server = &config.server;
 
         let (health, health_service) = crate::health::health();

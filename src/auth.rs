@@ -290,13 +290,17 @@ impl Access {
 
     /// Re-reads the files; on success swaps the policy, on failure keeps the old one and says why.
     pub(crate) fn reload(&self) -> Result<(), ConfigError> {
-        if let Some(tls) = &self.tls
-            && let Err(error) = tls.reload()
-        {
-            tracing::error!(%error, "TLS certificates NOT reloaded; the previous ones stay in use");
-        }
+        // Certificates first: a failure leaves the old ones in use, and the reload is reported
+        // refused (the callers below still reload), since the next start would refuse them.
+        let tls = match &self.tls {
+            Some(tls) => tls.reload().map_err(|error| {
+                tracing::error!(%error, "TLS certificates NOT reloaded; the previous ones stay in use");
+                invalid("auth.mtls", format!("certificates not reloaded: {error}"))
+            }),
+            None => Ok(()),
+        };
         if self.running.path.is_none() {
-            return Ok(());
+            return tls;
         }
         // The whole file, checked exactly as at start: a file the next start would refuse is
         // refused now, rather than admitted until a restart crash-loops the pod.
@@ -328,7 +332,7 @@ impl Access {
         );
         tracing::info!(callers = ?policy.caller_names(), "caller policy reloaded");
         self.current.store(Arc::new(policy));
-        Ok(())
+        tls
     }
 
     /// Watches the files: re-reads them when their contents change (checked every
@@ -365,7 +369,7 @@ impl Access {
                     "ok"
                 }
                 Err(error) => {
-                    tracing::error!(%error, "caller policy NOT reloaded; the previous one stays in force");
+                    tracing::error!(%error, "reload refused: what it concerns stays as it was");
                     "refused"
                 }
             };

@@ -136,6 +136,34 @@ async fn accept<T>(
     }
 }
 
+/// Warns at start when the process may open fewer files than `max_connections` needs: the cap
+/// protects file descriptors only if the open-files limit is above it (with room for the health
+/// listener, Cognito's and the fleet store's connections, and the files read on reload).
+pub(crate) fn check_open_files(max_connections: usize) {
+    const ROOM: usize = 256;
+    let Ok(limits) = std::fs::read_to_string("/proc/self/limits") else {
+        return;
+    };
+    if let Some(soft) = soft_open_files(&limits)
+        && soft < max_connections + ROOM
+    {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "the open-files limit is below server.max_connections plus room for the gateway's own files: raise it (ulimit -n, the container runtime's nofile) or lower server.max_connections"
+        );
+    }
+}
+
+/// The soft open-files limit in `/proc/self/limits`' words; `None` where unlimited or unknown.
+fn soft_open_files(limits: &str) -> Option<usize> {
+    limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|soft| soft.parse().ok())
+}
+
 /// Failed accepts, logged at most once a second with how many there were.
 #[derive(Default)]
 struct AcceptFailures {
@@ -246,5 +274,25 @@ impl<IO: Connected> Connected for Conn<IO> {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.io.connect_info()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_open_files_limit_is_read_from_proc() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(soft_open_files(limits), Some(1024));
+        assert_eq!(
+            soft_open_files(
+                "Max open files            unlimited            unlimited            files\n"
+            ),
+            None
+        );
+        assert_eq!(soft_open_files(""), None);
     }
 }
