@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tonic::{Code, Status};
 use tower::{Layer, Service};
 
-use super::CallRecord;
+use super::{CallRecord, trace::known_method};
 use crate::{
     cognito::BackendError,
     domain::UserPoolId,
@@ -103,7 +103,7 @@ where
         };
         let mut line = CallLine {
             started: Instant::now(),
-            method: method_name(request.uri().path()),
+            method: known_method(request.uri().path().trim_start_matches('/')).1,
             record,
             quota: Arc::clone(&self.quota),
             written: false,
@@ -116,18 +116,13 @@ where
     }
 }
 
-/// The method a path names, for the log line: `ResetUserPassword` for the API, else the path.
-fn method_name(path: &str) -> Arc<str> {
-    path.rsplit_once('/')
-        .map_or(path, |(_, method)| method)
-        .into()
-}
-
 /// A call's log line, written once: when its answer is ready, or, if it never is, when the call
 /// is dropped.
 struct CallLine {
     started: Instant,
-    method: Arc<str>,
+    /// The method, as the trace layer names it: one the server has, or `_OTHER` (a path is the
+    /// caller's text, and no log line repeats it).
+    method: &'static str,
     record: Arc<CallRecord>,
     quota: Arc<LogQuota>,
     written: bool,

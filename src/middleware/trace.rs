@@ -155,7 +155,7 @@ const KNOWN_METHODS: &[(&str, &str)] = &[
 const OTHER: &str = "_OTHER";
 
 /// The (service, method) of a path `service/method`, if this server has it; else `_OTHER` twice.
-fn known_method(name: &str) -> (&'static str, &'static str) {
+pub(crate) fn known_method(name: &str) -> (&'static str, &'static str) {
     let (service, method) = name.split_once('/').unwrap_or((name, ""));
     KNOWN_METHODS
         .iter()
