@@ -1,5 +1,6 @@
-//! An OTLP/gRPC collector server in this process, for whatever collector service the caller
-//! implements: the API tests keep every span they receive, the bench only counts them.
+//! OTLP collector servers in this process: over gRPC for whatever collector service the caller
+//! implements (the API tests keep every span they receive, the bench only counts them), and over
+//! HTTP, keeping every request.
 
 use std::{future::Future, net::SocketAddr};
 
@@ -37,4 +38,41 @@ where
         .add_service(MetricsServiceServer::new(collector))
         .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown);
     (addr, tokio::spawn(server))
+}
+
+/// What an OTLP/HTTP receiver got: each request's path, `content-type` and body.
+pub type HttpExports = std::sync::Arc<std::sync::Mutex<Vec<(String, String, bytes::Bytes)>>>;
+
+/// An OTLP/HTTP receiver on 127.0.0.1:0 (`POST /v1/traces`, `POST /v1/metrics`), answering each
+/// export with an empty protobuf success, for as long as the test runs; returns its address and
+/// what it receives.
+pub async fn serve_otlp_http() -> (SocketAddr, HttpExports) {
+    use axum::{body::Bytes, http::HeaderMap, routing::post};
+    let exports = HttpExports::default();
+    let receive = |path: &'static str, exports: HttpExports| {
+        post(move |headers: HeaderMap, body: Bytes| async move {
+            let content_type = headers
+                .get("content-type")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            exports
+                .lock()
+                .expect("no test thread panicked holding it")
+                .push((path.to_owned(), content_type, body));
+            // An empty Export*ServiceResponse encodes to no bytes.
+            ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+        })
+    };
+    let app = axum::Router::new()
+        .route("/v1/traces", receive("/v1/traces", exports.clone()))
+        .route("/v1/metrics", receive("/v1/metrics", exports.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("port 0 binds");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, exports)
 }
