@@ -215,9 +215,7 @@ fn span_exporter() -> Result<SpanExporter, String> {
 
 fn metric_exporter() -> Result<MetricExporter, String> {
     let built = match protocol("METRICS")? {
-        Protocol::Grpc => {
-            tonic_builder("METRICS", MetricExporter::builder().with_tonic())?.build()
-        }
+        Protocol::Grpc => tonic_builder("METRICS", MetricExporter::builder().with_tonic())?.build(),
         Protocol::HttpProtobuf => MetricExporter::builder()
             .with_http()
             .with_http_client(otlp_http::client("METRICS", collector_tls("METRICS")?)?)

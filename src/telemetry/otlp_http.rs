@@ -55,9 +55,7 @@ fn rustls_config(tls: CollectorTls) -> Result<rustls::ClientConfig, String> {
         Some(pem) => {
             for cert in CertificateDer::pem_slice_iter(pem) {
                 let cert = cert.map_err(|e| format!("CERTIFICATE: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("CERTIFICATE: {e}"))?;
+                roots.add(cert).map_err(|e| format!("CERTIFICATE: {e}"))?;
             }
         }
         None => {

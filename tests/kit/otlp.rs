@@ -61,7 +61,10 @@ pub async fn serve_otlp_http() -> (SocketAddr, HttpExports) {
                 .expect("no test thread panicked holding it")
                 .push((path.to_owned(), content_type, body));
             // An empty Export*ServiceResponse encodes to no bytes.
-            ([("content-type", "application/x-protobuf")], Vec::<u8>::new())
+            (
+                [("content-type", "application/x-protobuf")],
+                Vec::<u8>::new(),
+            )
         })
     };
     let app = axum::Router::new()

@@ -301,7 +301,14 @@ fn exported_names_are_the_sources() {
     }
     // The closed sets whose every value is a string literal in src/ (the methods and codes are
     // not: tonic and the proto name them).
-    let literal = ["reason", "error_type", "kind", "operation", "outcome", "rpc_method"];
+    let literal = [
+        "reason",
+        "error_type",
+        "kind",
+        "operation",
+        "outcome",
+        "rpc_method",
+    ];
     for (label, values) in LABEL_VALUES {
         if !literal.contains(label) {
             continue;

@@ -32,7 +32,8 @@ fn monitoring_manifests_are_rendered_from_the_sources() {
     if str_at(&rule, &["kind"]) != "PrometheusRule"
         || str_at(&rule, &["apiVersion"]) != "monitoring.coreos.com/v1"
     {
-        problems.push("prometheusrule.yaml is not a monitoring.coreos.com/v1 PrometheusRule".into());
+        problems
+            .push("prometheusrule.yaml is not a monitoring.coreos.com/v1 PrometheusRule".into());
     }
     if at(&rule, &["spec", "groups"]) != alerts.get("groups") {
         problems.push(format!(
@@ -103,7 +104,9 @@ fn the_service_monitor_reaches_the_metrics_port() {
         .unwrap_or_default();
     for endpoint in &endpoints {
         if str_at(endpoint, &["port"]) != str_at(&service_port, &["name"]) {
-            problems.push(format!("endpoint {endpoint:?} names no port of the Service"));
+            problems.push(format!(
+                "endpoint {endpoint:?} names no port of the Service"
+            ));
         }
         if str_at(endpoint, &["path"]) != "/metrics" {
             problems.push(format!("endpoint {endpoint:?}: path is not /metrics"));

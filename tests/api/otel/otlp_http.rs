@@ -40,7 +40,11 @@ async fn otlp_over_http_reaches_an_http_receiver() {
     let spans: Vec<String> = exports
         .iter()
         .filter(|(path, _, _)| path == "/v1/traces")
-        .flat_map(|(_, _, body)| ExportTraceServiceRequest::decode(body.clone()).unwrap().resource_spans)
+        .flat_map(|(_, _, body)| {
+            ExportTraceServiceRequest::decode(body.clone())
+                .unwrap()
+                .resource_spans
+        })
         .flat_map(|r| r.scope_spans)
         .flat_map(|s| s.spans)
         .map(|span| span.name)

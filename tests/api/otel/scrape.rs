@@ -88,7 +88,10 @@ fn samples(exposition: &str, name: &str) -> Vec<Sample> {
 fn value(exposition: &str, name: &str, with: &[(&str, &str)]) -> f64 {
     let found: Vec<Sample> = samples(exposition, name)
         .into_iter()
-        .filter(|s| with.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            with.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .collect();
     match found.as_slice() {
         [one] => one.value,
@@ -167,12 +170,19 @@ async fn metrics_endpoint_shows_the_calls_made() {
         value(
             &exposition,
             client,
-            &[("rpc_method", COGNITO_RESET), ("error_type", "NotAuthorizedException")]
+            &[
+                ("rpc_method", COGNITO_RESET),
+                ("error_type", "NotAuthorizedException")
+            ]
         ),
         1.0
     );
-    assert!(resets.iter().all(|s| s.labels["rpc_system_name"] == "aws-api"
-        && s.labels["cloud_region"] == "local-1"));
+    assert!(
+        resets
+            .iter()
+            .all(|s| s.labels["rpc_system_name"] == "aws-api"
+                && s.labels["cloud_region"] == "local-1")
+    );
     assert_eq!(resets.iter().map(|s| s.value).sum::<f64>(), 2.0);
     assert_eq!(
         value(
@@ -194,7 +204,12 @@ async fn metrics_endpoint_shows_the_calls_made() {
     assert!(value(&exposition, "process_memory_usage_bytes", &[]) > 0.0);
 
     // Nothing a caller sent: labels are callers, pools, codes.
-    for secret in ["alice", "bob-disabled", "not valid", "secret-metadata-value"] {
+    for secret in [
+        "alice",
+        "bob-disabled",
+        "not valid",
+        "secret-metadata-value",
+    ] {
         assert!(!exposition.contains(secret), "{secret} is in /metrics");
     }
     let (code, _) = stop(gateway).await;
@@ -233,7 +248,10 @@ async fn metrics_endpoint_cannot_be_held() {
     .await
     .unwrap();
     let (refused, body, served, metrics) = outcome;
-    assert_eq!(refused, "", "over the cap: closed without an answer ({body})");
+    assert_eq!(
+        refused, "",
+        "over the cap: closed without an answer ({body})"
+    );
     assert_eq!(served, "HTTP/1.1 200 OK");
     assert!(metrics.contains("cognito_gateway_callers"), "{metrics}");
     let (code, _) = stop(gateway).await;
@@ -294,7 +312,11 @@ async fn reloads_of_keys_and_configuration_are_measured() {
     // A file the next start would refuse: re-read within a second, and refused. (A change of the
     // file rather than SIGHUP: the signal's handler is installed only once the server runs, a
     // moment after SERVING.)
-    std::fs::write(&config, format!("{config_text}[limits]\nbackend_rps = -1\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("{config_text}[limits]\nbackend_rps = -1\n"),
+    )
+    .unwrap();
     let lines = std::mem::replace(&mut gateway.lines, std::sync::mpsc::channel().1);
     // Waits for the log line (at most 30 s, should it never come).
     let (refused, seen) = tokio::task::spawn_blocking(move || {
