@@ -7,11 +7,14 @@ use opentelemetry_proto::tonic::collector::{
 use prost::Message as _;
 
 use super::{reset, stop};
-use crate::kit::{binary::start_binary, otlp::serve_otlp_http};
+use crate::{
+    helpers::Ca,
+    kit::{binary::start_binary, files::Files, otlp::serve_otlp_http},
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otlp_over_http_reaches_an_http_receiver() {
-    let (receiver, exports) = serve_otlp_http().await;
+    let (receiver, exports) = serve_otlp_http(None).await;
     let endpoint = format!("http://{receiver}");
     let gateway = start_binary(
         &["--local"],
@@ -69,6 +72,38 @@ async fn otlp_over_http_reaches_an_http_receiver() {
         .collect();
     for name in ["rpc.server.call.duration", "rpc.client.call.duration"] {
         assert!(metrics.iter().any(|m| m == name), "{name}: {metrics:?}");
+    }
+}
+
+/// `https://` over HTTP: the receiver's certificate is checked against
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` alone, as for gRPC.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otlp_over_https_trusts_the_configured_ca() {
+    let files = Files::new("otlp-https");
+    let ca = Ca::new("receiver CA");
+    let (receiver, exports) = serve_otlp_http(Some(ca.issue(&["localhost"], None))).await;
+    let ca_file = files.write("receiver-ca.pem", &ca.pem);
+    let endpoint = format!("https://localhost:{}", receiver.port());
+    let gateway = start_binary(
+        &["--local"],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", ca_file.to_str().unwrap()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+        ],
+    );
+    reset(&gateway, "alice", None).await.unwrap();
+    let (code, _) = stop(gateway).await;
+    assert_eq!(code, Some(0));
+    let paths: Vec<String> = exports
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(path, _, _)| path.clone())
+        .collect();
+    for path in ["/v1/traces", "/v1/metrics"] {
+        assert!(paths.iter().any(|p| p == path), "{path}: {paths:?}");
     }
 }
 
