@@ -100,6 +100,27 @@ fn value(exposition: &str, name: &str, with: &[(&str, &str)]) -> f64 {
 }
 
 const RESET: &str = "cognitogateway.v1.UserAdminService/ResetUserPassword";
+
+/// A unary call to `/no.such.Service/Method`, which the server does not have.
+async fn call_unknown_method(addr: &str) -> tonic::Status {
+    use cognito_gateway::proto::{ResetUserPasswordRequest, ResetUserPasswordResponse};
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec =
+        tonic_prost::ProstCodec::<ResetUserPasswordRequest, ResetUserPasswordResponse>::default();
+    grpc.unary(
+        tonic::Request::new(ResetUserPasswordRequest::default()),
+        http::uri::PathAndQuery::from_static("/no.such.Service/Method"),
+        codec,
+    )
+    .await
+    .unwrap_err()
+}
 const COGNITO_RESET: &str = "CognitoIdentityProvider/AdminResetUserPassword";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,6 +135,9 @@ async fn metrics_endpoint_shows_the_calls_made() {
     assert_eq!(disabled.code(), tonic::Code::FailedPrecondition);
     let invalid = reset(&gateway, "not valid", None).await.unwrap_err();
     assert_eq!(invalid.code(), tonic::Code::InvalidArgument);
+    // A path the server does not have: UNIMPLEMENTED, a server-class code, under `_OTHER`.
+    let unknown = call_unknown_method(&gateway.addr).await;
+    assert_eq!(unknown.code(), tonic::Code::Unimplemented);
 
     let exposition = tokio::task::spawn_blocking(move || {
         let (status, body) = http_get(&addr, "/metrics");
@@ -142,13 +166,28 @@ async fn metrics_endpoint_shows_the_calls_made() {
     assert_eq!(call("OK"), 2.0);
     assert_eq!(call("FAILED_PRECONDITION"), 1.0);
     assert_eq!(call("INVALID_ARGUMENT"), 1.0);
-    // Caller-side codes carry no error.type.
+    // Caller-side codes carry no error.type; server-class ones carry their name. A made-up path
+    // is `_OTHER`: callers cannot make series.
     assert!(
         samples(&exposition, server)
             .iter()
+            .filter(|s| s.labels["rpc_method"] == RESET)
             .all(|s| !s.labels.contains_key("error_type")),
         "{exposition}"
     );
+    assert_eq!(
+        value(
+            &exposition,
+            server,
+            &[
+                ("rpc_method", "_OTHER"),
+                ("rpc_response_status_code", "UNIMPLEMENTED"),
+                ("error_type", "UNIMPLEMENTED"),
+            ]
+        ),
+        1.0
+    );
+    assert!(!exposition.contains("no.such"), "{exposition}");
     // The histogram's buckets are in seconds.
     let buckets = samples(&exposition, "rpc_server_call_duration_seconds_bucket");
     assert!(
