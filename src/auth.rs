@@ -363,19 +363,18 @@ impl Access {
                 continue;
             }
             seen = now;
-            let outcome = match self.reload() {
-                Ok(()) => {
-                    self.reloaded_at.store(unix_now(), Ordering::Relaxed);
-                    "ok"
-                }
-                Err(error) => {
-                    tracing::error!(%error, "reload refused: what it concerns stays as it was");
-                    "refused"
-                }
-            };
+            let reloaded = self.reload();
+            if reloaded.is_ok() {
+                self.reloaded_at.store(unix_now(), Ordering::Relaxed);
+            }
+            // Counted before it is logged: whoever reads the line finds the count.
+            let outcome = if reloaded.is_ok() { "ok" } else { "refused" };
             metrics()
                 .config_reloads
                 .add(1, &[opentelemetry::KeyValue::new("outcome", outcome)]);
+            if let Err(error) = reloaded {
+                tracing::error!(%error, "reload refused: what it concerns stays as it was");
+            }
         }
     }
 }

@@ -45,6 +45,10 @@ pub struct ServeArgs {
     /// which connect to the pod IP, when the API listens on loopback only.
     #[arg(long, env = "COGNITO_GATEWAY_HEALTH_LISTEN")]
     pub health_listen: Option<SocketAddr>,
+    /// Serve Prometheus metrics (`GET /metrics`) on a listener of its own, never the gRPC port:
+    /// the same metrics OTLP exports, for a scraper that needs no collector.
+    #[arg(long, env = "COGNITO_GATEWAY_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Serve from the embedded, in-memory local Cognito instead of AWS. Nothing is sent to AWS.
     #[arg(long)]
     pub local: bool,
@@ -124,6 +128,11 @@ mod tests {
         let flags = Flags::from(&serve(&[]));
         assert_eq!(flags.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(flags.health_listen, None);
+        assert_eq!(serve(&[]).metrics_listen, None);
+        assert_eq!(
+            serve(&["--metrics-listen", "0.0.0.0:9464"]).metrics_listen,
+            Some("0.0.0.0:9464".parse().unwrap())
+        );
         assert!(!flags.local);
         assert_eq!(flags.config, None);
     }

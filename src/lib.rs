@@ -28,7 +28,8 @@
 //! - `listener`, the accept loop: connections capped, a handshake deadline, TLS beside the loop.
 //! - `health`, `grpc.health.v1`, whose `Watch` streams end at shutdown.
 //! - [`client`], the `reset` subcommand.
-//! - [`telemetry`], logs, OpenTelemetry traces and metrics; `metrics`, the instruments.
+//! - [`telemetry`], logs, OpenTelemetry traces and metrics (OTLP over gRPC or HTTP, and the
+//!   `/metrics` endpoint of `--metrics-listen`); `metrics`, the instruments.
 //!
 
 #![forbid(unsafe_code)]

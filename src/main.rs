@@ -44,7 +44,7 @@ async fn check_config(args: &ServeArgs) -> ExitCode {
 }
 
 async fn serve(args: ServeArgs) -> ExitCode {
-    let telemetry = telemetry::init(args.log_format);
+    let telemetry = telemetry::init(args.log_format, args.metrics_listen.is_some());
     let code = serve_with_telemetry(args).await;
     // Flushing blocks (bounded); off the runtime's workers, which the exporter itself needs.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
@@ -85,6 +85,21 @@ async fn serve_with_telemetry(args: ServeArgs) -> ExitCode {
         }
     };
     let addr = app.local_addr();
+    // Bound before SERVING, so that a port in use stops the start; served until the process ends,
+    // through the shutdown grace period.
+    let _metrics = match args.metrics_listen {
+        None => None,
+        Some(listen) => match telemetry::bind_metrics(listen).await {
+            Ok(endpoint) => {
+                tracing::info!(metrics_addr = %endpoint.local_addr(), "serving /metrics");
+                Some(AbortOnDrop(tokio::spawn(endpoint.run())))
+            }
+            Err(error) => {
+                eprintln!("cognito-gateway: cannot serve metrics on {listen}: {error}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     if let Some(local) = &_local {
         tracing::warn!(
             endpoint = %local.endpoint_url(),
@@ -111,6 +126,15 @@ async fn serve_with_telemetry(args: ServeArgs) -> ExitCode {
             tracing::error!(%error, "server failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Ends a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,12 +1,15 @@
 //! Logs, traces and metrics.
 //!
 //! - **Logs:** `tracing` to stderr, human-readable or JSON, filtered by `RUST_LOG` (default `info`).
-//! - **Traces and metrics:** OpenTelemetry over OTLP/gRPC, configured by the standard `OTEL_*`
-//!   variables (`OTEL_EXPORTER_OTLP_ENDPOINT` and its `_TRACES_`/`_METRICS_` variants,
-//!   `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG` with parent-based
-//!   sampling by default, `OTEL_METRIC_EXPORT_INTERVAL`). With no endpoint set nothing is exported
-//!   and no exporter runs. Exports run on their own threads with bounded queues: a slow or absent
-//!   collector drops telemetry, never delays a call.
+//! - **Traces and metrics:** OpenTelemetry over OTLP, gRPC or HTTP (`OTEL_EXPORTER_OTLP_PROTOCOL`
+//!   `grpc`, the default, or `http/protobuf`), configured by the standard `OTEL_*` variables
+//!   (`OTEL_EXPORTER_OTLP_ENDPOINT` and its `_TRACES_`/`_METRICS_` variants, `OTEL_SERVICE_NAME`,
+//!   `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`/`_ARG` with parent-based sampling by default,
+//!   `OTEL_METRIC_EXPORT_INTERVAL`). With no endpoint set nothing is exported and no exporter runs.
+//!   Exports run on their own threads with bounded queues: a slow or absent collector drops
+//!   telemetry, never delays a call.
+//! - **Prometheus:** with `--metrics-listen`, the same MeterProvider also serves `GET /metrics`
+//!   ([`scrape`]), with or without OTLP.
 //! - **Propagation:** W3C `traceparent`/`tracestate`, set explicitly (OpenTelemetry's default
 //!   propagator does nothing).
 //!
@@ -15,14 +18,14 @@
 //! and none of their spans reach OpenTelemetry: no setting can make the gateway record what callers
 //! sent.
 
-use std::time::Duration;
+use std::{net::SocketAddr, sync::OnceLock, time::Duration};
 
 use opentelemetry::{
     KeyValue, global,
     trace::{TraceId, TracerProvider as _},
 };
 use opentelemetry_otlp::{
-    MetricExporter, SpanExporter, WithTonicConfig,
+    MetricExporter, SpanExporter, WithHttpConfig as _, WithTonicConfig,
     tonic_types::transport::{Certificate, ClientTlsConfig, Identity},
 };
 use opentelemetry_sdk::{
@@ -40,6 +43,11 @@ use tracing_subscriber::{
     layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
 };
+
+mod otlp_http;
+pub mod scrape;
+
+pub use scrape::MetricsEndpoint;
 
 /// Target prefixes whose `debug`/`trace` output can carry request contents.
 const CAPPED_TARGETS: &[&str] = &[
@@ -118,12 +126,39 @@ fn configured(signal: &str) -> bool {
     otlp_setting(signal, "ENDPOINT").is_some()
 }
 
+/// How a signal reaches its collector (`OTEL_EXPORTER_OTLP_[<SIGNAL>_]PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// `grpc`, the default: what the gateway has always spoken, to a collector's port 4317.
+    Grpc,
+    /// `http/protobuf`: to port 4318, or to a backend that takes OTLP over HTTP only (Prometheus's
+    /// own OTLP receiver, most vendors).
+    HttpProtobuf,
+}
+
+fn protocol(signal: &str) -> Result<Protocol, String> {
+    match otlp_setting(signal, "PROTOCOL").as_deref() {
+        None | Some("grpc") => Ok(Protocol::Grpc),
+        Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
+        Some(other) => Err(format!(
+            "OTEL_EXPORTER_OTLP_PROTOCOL {other:?} is not supported: grpc or http/protobuf"
+        )),
+    }
+}
+
+/// The PEM files that secure the connection to a collector, read.
+#[derive(Default)]
+struct CollectorTls {
+    /// `..._CERTIFICATE`: the CAs the collector's certificate must chain to, alone; else the
+    /// system's roots.
+    ca: Option<Vec<u8>>,
+    /// `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY`, for collectors that ask for one.
+    identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
 /// TLS to the collector, unless the endpoint says `http://` (a schemeless endpoint is secure under
 /// the OTLP spec unless `OTEL_EXPORTER_OTLP_INSECURE`, and tonic uses TLS only for `https` anyway).
-/// The server is checked against the CA in `..._CERTIFICATE` alone when set, else the system's
-/// roots; `..._CLIENT_CERTIFICATE` and `..._CLIENT_KEY` give a client certificate to collectors that
-/// ask for one.
-fn collector_tls(signal: &str) -> Result<Option<ClientTlsConfig>, String> {
+fn collector_tls(signal: &str) -> Result<Option<CollectorTls>, String> {
     let plaintext = otlp_setting(signal, "ENDPOINT")
         .is_some_and(|endpoint| endpoint.to_ascii_lowercase().starts_with("http://"));
     if plaintext {
@@ -134,25 +169,59 @@ fn collector_tls(signal: &str) -> Result<Option<ClientTlsConfig>, String> {
             .map(|path| std::fs::read(&path).map_err(|e| format!("{path}: {e}")))
             .transpose()
     };
-    let mut tls = match read("CERTIFICATE")? {
-        Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
-        None => ClientTlsConfig::new().with_native_roots(),
-    };
-    match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
-        (Some(cert), Some(key)) => tls = tls.identity(Identity::from_pem(cert, key)),
-        (None, None) => {}
+    let identity = match (read("CLIENT_CERTIFICATE")?, read("CLIENT_KEY")?) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
         _ => {
             return Err("a client certificate needs both CLIENT_CERTIFICATE and CLIENT_KEY".into());
         }
-    }
-    Ok(Some(tls))
+    };
+    Ok(Some(CollectorTls {
+        ca: read("CERTIFICATE")?,
+        identity,
+    }))
 }
 
-fn exporter_builder<B: WithTonicConfig>(signal: &str, builder: B) -> Result<B, String> {
+impl CollectorTls {
+    fn tonic(self) -> ClientTlsConfig {
+        let mut tls = match self.ca {
+            Some(ca) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some((cert, key)) = self.identity {
+            tls = tls.identity(Identity::from_pem(cert, key));
+        }
+        tls
+    }
+}
+
+fn tonic_builder<B: WithTonicConfig>(signal: &str, builder: B) -> Result<B, String> {
     Ok(match collector_tls(signal)? {
-        Some(tls) => builder.with_tls_config(tls),
+        Some(tls) => builder.with_tls_config(tls.tonic()),
         None => builder,
     })
+}
+
+fn span_exporter() -> Result<SpanExporter, String> {
+    let built = match protocol("TRACES")? {
+        Protocol::Grpc => tonic_builder("TRACES", SpanExporter::builder().with_tonic())?.build(),
+        Protocol::HttpProtobuf => SpanExporter::builder()
+            .with_http()
+            .with_http_client(otlp_http::client("TRACES", collector_tls("TRACES")?)?)
+            .build(),
+    };
+    built.map_err(|e| e.to_string())
+}
+
+fn metric_exporter() -> Result<MetricExporter, String> {
+    let built = match protocol("METRICS")? {
+        Protocol::Grpc => tonic_builder("METRICS", MetricExporter::builder().with_tonic())?.build(),
+        Protocol::HttpProtobuf => MetricExporter::builder()
+            .with_http()
+            .with_http_client(otlp_http::client("METRICS", collector_tls("METRICS")?)?)
+            .build(),
+    };
+    built.map_err(|e| e.to_string())
 }
 
 /// The resource, weakest first: the gateway's defaults, then the SDK's own attributes and
@@ -178,18 +247,30 @@ fn resource() -> Resource {
     builder.build()
 }
 
+/// The registry `/metrics` gathers from, once [`init`] has made one.
+static SCRAPED: OnceLock<prometheus::Registry> = OnceLock::new();
+
+/// Binds the `/metrics` endpoint (`--metrics-listen`) on the metrics of [`init`]`(.., true)`; run
+/// it with [`MetricsEndpoint::run`].
+pub async fn bind_metrics(addr: SocketAddr) -> std::io::Result<MetricsEndpoint> {
+    let registry = SCRAPED.get().cloned().ok_or_else(|| {
+        std::io::Error::other("no Prometheus registry: telemetry::init was not asked for one")
+    })?;
+    MetricsEndpoint::bind(addr, registry).await
+}
+
 /// Installs the global subscriber, propagator and, where an endpoint is configured, the OTLP
-/// exporters. Call once, inside the Tokio runtime (the exporters use it), before anything logs.
-pub fn init(format: LogFormat) -> Telemetry {
+/// exporters; with `scrape`, a Prometheus reader on the same meter provider for
+/// [`bind_metrics`]. Call once, inside the Tokio runtime (the exporters use it), before anything
+/// logs.
+pub fn init(format: LogFormat, scrape: bool) -> Telemetry {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let mut telemetry = Telemetry::default();
     // One resource for both signals: one instance id.
     let resource = resource();
 
     let otel_layer = if configured("TRACES") {
-        let exporter = exporter_builder("TRACES", SpanExporter::builder().with_tonic())
-            .and_then(|builder| builder.build().map_err(|e| e.to_string()));
-        match exporter {
+        match span_exporter() {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
                     .with_resource(resource.clone())
@@ -214,21 +295,37 @@ pub fn init(format: LogFormat) -> Telemetry {
         None
     };
 
+    // One meter provider, whoever reads it: OTLP pushes what `/metrics` serves.
+    let mut meter = SdkMeterProvider::builder().with_resource(resource.clone());
+    let mut readers = 0;
     if configured("METRICS") {
-        let exporter = exporter_builder("METRICS", MetricExporter::builder().with_tonic())
-            .and_then(|builder| builder.build().map_err(|e| e.to_string()));
-        match exporter {
+        match metric_exporter() {
             Ok(exporter) => {
-                let provider = SdkMeterProvider::builder()
-                    .with_resource(resource.clone())
-                    .with_periodic_exporter(exporter)
-                    .build();
-                global::set_meter_provider(provider.clone());
-                register_process_metrics();
-                telemetry.meter = Some(provider);
+                meter = meter.with_periodic_exporter(exporter);
+                readers += 1;
             }
             Err(error) => eprintln!("cognito-gateway: OTLP metric exporter not started: {error}"),
         }
+    }
+    if scrape {
+        let registry = prometheus::Registry::new();
+        match opentelemetry_prometheus::exporter()
+            .with_registry(registry.clone())
+            .build()
+        {
+            Ok(reader) => {
+                meter = meter.with_reader(reader);
+                let _ = SCRAPED.set(registry);
+                readers += 1;
+            }
+            Err(error) => eprintln!("cognito-gateway: Prometheus exporter not started: {error}"),
+        }
+    }
+    if readers > 0 {
+        let provider = meter.build();
+        global::set_meter_provider(provider.clone());
+        register_process_metrics();
+        telemetry.meter = Some(provider);
     }
 
     let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {

@@ -212,7 +212,9 @@ impl JwtVerifier {
             return false;
         }
         *last = Some(Instant::now());
-        match self.load().await {
+        let loaded = self.load().await;
+        crate::metrics::record_jwks_refresh(loaded.is_ok());
+        match loaded {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, "JWKS refetch (unknown key) failed; the previous keys stay in use");
@@ -225,7 +227,9 @@ impl JwtVerifier {
     async fn fetch(&self) -> Result<(), String> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
-        self.load().await
+        let loaded = self.load().await;
+        crate::metrics::record_jwks_refresh(loaded.is_ok());
+        loaded
     }
 
     async fn load(&self) -> Result<(), String> {
@@ -253,6 +257,7 @@ impl JwtVerifier {
             ignored = set.keys.len() - keys.0.len(),
             "JWKS loaded"
         );
+        crate::metrics::record_jwks_loaded(keys.0.len());
         self.keys.store(Arc::new(keys));
         Ok(())
     }

@@ -44,7 +44,9 @@ impl Tls {
 
     /// Re-reads the files; on failure the configuration in force stays.
     pub(crate) fn reload(&self) -> Result<(), String> {
-        let server = build(&self.config)?;
+        let built = build(&self.config);
+        crate::metrics::record_tls_reload(built.is_ok());
+        let server = built?;
         self.current.store(Arc::new(server));
         tracing::info!("TLS certificates reloaded");
         Ok(())

@@ -27,7 +27,7 @@ use tokio::time::Instant;
 use crate::{
     config::CognitoSettings,
     domain::{self, ResetRequest, UserPoolId, Username},
-    metrics::{cognito_attributes, metrics},
+    metrics::record_client_call,
     rate::RateLimit,
 };
 
@@ -367,9 +367,9 @@ impl Backend for SdkBackend {
     }
 }
 
-/// Finishes the CLIENT span (the current one, made by the caller) and the `rpc.client.duration`
-/// metric, whose labels take a bounded set of values: `region_label`, and an exception the error
-/// table knows or `_OTHER`.
+/// Finishes the CLIENT span (the current one, made by the caller) and the
+/// `rpc.client.call.duration` metric, whose labels take a bounded set of values: `region_label`,
+/// and an exception the error table knows or `_OTHER`.
 fn record_cognito_call<T>(
     method: &'static str,
     result: &Result<T, BackendError>,
@@ -396,10 +396,7 @@ fn record_cognito_call<T>(
         Err(BackendError::Cognito(_)) if !is_known_exception(exception) => "_OTHER",
         _ => exception,
     };
-    metrics().rpc_client_duration.record(
-        started.elapsed().as_secs_f64() * 1000.0,
-        &cognito_attributes(method, exception_label, region_label),
-    );
+    record_client_call(method, exception_label, region_label, started.elapsed());
 }
 
 /// Sorts the SDK's failure into a [`BackendError`].

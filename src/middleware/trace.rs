@@ -1,7 +1,7 @@
 //! One SERVER span per call, under OpenTelemetry's RPC conventions (v1.37: `rpc.system`,
 //! `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), continuing the caller's W3C trace, and the
-//! `rpc.server.duration` and in-flight metrics. Outermost, so that it sees every call and the final
-//! status, whoever answered it.
+//! `rpc.server.call.duration` (v1.42, see `crate::metrics`) and in-flight metrics. Outermost, so
+//! that it sees every call and the final status, whoever answered it.
 //!
 //! Layers and the handler add to the span as they learn: the caller (`cognito_gateway.caller`), the
 //! pool (`cognito.user_pool_id`), `cognito_gateway.deduplicated`; refusals are events on it.
@@ -14,7 +14,7 @@ use std::{
 };
 
 use http::{HeaderMap, Request, Response};
-use opentelemetry::{KeyValue, global, propagation::Extractor};
+use opentelemetry::{global, propagation::Extractor};
 use tokio::time::Instant;
 use tonic::Code;
 use tower::{Layer, Service};
@@ -23,7 +23,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use super::CallRecord;
 use crate::{
-    metrics::metrics,
+    metrics::{metrics, record_server_call},
     status::is_server_side,
     telemetry::{in_incoming_trace, with_incoming_trace},
 };
@@ -78,7 +78,7 @@ where
         request.extensions_mut().insert(Arc::clone(&record));
         let path = request.uri().path();
         let name = path.trim_start_matches('/');
-        let (service, method) = known_method(name);
+        let (service, method, full_method) = known_method(name);
         let span = tracing::info_span!(
             "rpc",
             otel.name = if service == OTHER { OTHER } else { name },
@@ -103,7 +103,7 @@ where
             remote.is_valid().then(|| remote.trace_id())
         };
         let _ = span.set_parent(parent);
-        let in_flight = InFlight::enter(service, method, record);
+        let in_flight = InFlight::enter(full_method, record);
         let call = {
             let _entered = span.enter();
             in_incoming_trace(incoming, || self.inner.call(request))
@@ -135,53 +135,49 @@ where
     }
 }
 
-/// The methods this server has. Any other path is measured as `_OTHER` (as OpenTelemetry's
-/// conventions say), so that made-up paths, which anyone can send, cannot create metric series.
-const KNOWN_METHODS: &[(&str, &str)] = &[
-    ("cognitogateway.v1.UserAdminService", "ResetUserPassword"),
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
-    (
-        "grpc.reflection.v1.ServerReflection",
-        "ServerReflectionInfo",
-    ),
-    (
-        "grpc.reflection.v1alpha.ServerReflection",
-        "ServerReflectionInfo",
-    ),
+/// The methods this server has, fully qualified. Any other path is measured as `_OTHER` (as
+/// OpenTelemetry's conventions say), so that made-up paths, which anyone can send, cannot create
+/// metric series.
+const KNOWN_METHODS: &[&str] = &[
+    "cognitogateway.v1.UserAdminService/ResetUserPassword",
+    "grpc.health.v1.Health/Check",
+    "grpc.health.v1.Health/Watch",
+    "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
 ];
 
 /// What spans and metrics call a method that is not one of [`KNOWN_METHODS`].
 const OTHER: &str = "_OTHER";
 
-/// The (service, method) of a path `service/method`, if this server has it; else `_OTHER` twice.
-pub(crate) fn known_method(name: &str) -> (&'static str, &'static str) {
-    let (service, method) = name.split_once('/').unwrap_or((name, ""));
+/// The (service, method, fully qualified method) of a path `service/method`, if this server has
+/// it; else `_OTHER` three times.
+pub(crate) fn known_method(name: &str) -> (&'static str, &'static str, &'static str) {
     KNOWN_METHODS
         .iter()
-        .find(|known| **known == (service, method))
-        .copied()
-        .unwrap_or((OTHER, OTHER))
+        .find(|known| **known == name)
+        .and_then(|known| {
+            let (service, method) = known.split_once('/')?;
+            Some((service, method, *known))
+        })
+        .unwrap_or((OTHER, OTHER, OTHER))
 }
 
 /// A call in flight: counted in `cognito_gateway.in_flight` until dropped, and measured in
-/// `rpc.server.duration` when it ends, also when it ends without an answer (a client hanging up,
-/// tonic's own deadline): then as CANCELLED.
+/// `rpc.server.call.duration` when it ends, also when it ends without an answer (a client hanging
+/// up, tonic's own deadline): then as CANCELLED.
 struct InFlight {
     started: Instant,
-    service: &'static str,
-    method: &'static str,
+    full_method: &'static str,
     record: Arc<CallRecord>,
     code: Option<Code>,
 }
 
 impl InFlight {
-    fn enter(service: &'static str, method: &'static str, record: Arc<CallRecord>) -> Self {
+    fn enter(full_method: &'static str, record: Arc<CallRecord>) -> Self {
         metrics().in_flight.add(1, &[]);
         Self {
             started: Instant::now(),
-            service,
-            method,
+            full_method,
             record,
             code: None,
         }
@@ -195,20 +191,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics().in_flight.add(-1, &[]);
-        let code = self.code.unwrap_or(Code::Cancelled);
-        metrics().rpc_server_duration.record(
-            self.started.elapsed().as_secs_f64() * 1000.0,
-            &[
-                KeyValue::new("rpc.system", "grpc"),
-                KeyValue::new("rpc.service", self.service),
-                KeyValue::new("rpc.method", self.method),
-                KeyValue::new("rpc.grpc.status_code", code as i64),
-                // Configured names only (or "" before authentication): bounded.
-                KeyValue::new(
-                    "cognito_gateway.caller",
-                    self.record.caller_name().to_owned(),
-                ),
-            ],
+        record_server_call(
+            self.full_method,
+            self.code.unwrap_or(Code::Cancelled),
+            self.record.caller_name(),
+            self.started.elapsed(),
         );
     }
 }

@@ -33,6 +33,9 @@ use crate::{
     },
 };
 
+mod otlp_http;
+mod scrape;
+
 /// A metric's name and the attributes of all its data points.
 type MetricSeen = (String, Vec<KeyValue>);
 
@@ -336,8 +339,8 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     let metrics = collector.metric_names.lock().unwrap().clone();
     let has = |name: &str| metrics.iter().any(|(n, _)| n == name);
     for name in [
-        "rpc.server.duration",
-        "rpc.client.duration",
+        "rpc.server.call.duration",
+        "rpc.client.call.duration",
         "cognito_gateway.deduplicated",
         "cognito_gateway.in_flight",
         "cognito_gateway.limit",
@@ -351,16 +354,15 @@ async fn traces_and_metrics_reach_an_otlp_collector_without_usernames() {
     }
     let server_duration = metrics
         .iter()
-        .filter(|(n, _)| n == "rpc.server.duration")
+        .filter(|(n, _)| n == "rpc.server.call.duration")
         .flat_map(|(_, a)| a)
         .collect::<Vec<_>>();
-    assert!(
-        server_duration
-            .iter()
-            .any(|kv| kv.key == "rpc.grpc.status_code")
-    );
-    assert!(server_duration.iter().any(|kv| kv.key == "rpc.method"));
-    assert!(server_duration.iter().any(|kv| kv.key == "rpc.service"));
+    // Semantic conventions v1.42: the code's name, a fully qualified method, no rpc.service.
+    assert!(server_duration.iter().any(|kv| kv.key == "rpc.response.status_code"
+        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(c)) if c == "FAILED_PRECONDITION")));
+    assert!(server_duration.iter().any(|kv| kv.key == "rpc.method"
+        && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(m)) if m == "cognitogateway.v1.UserAdminService/ResetUserPassword")));
+    assert!(!server_duration.iter().any(|kv| kv.key == "rpc.service"));
     assert!(server_duration.iter().any(|kv| kv.key == "cognito_gateway.caller"
         && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()), Some(Value::StringValue(c)) if c == "anonymous")));
 

@@ -38,27 +38,29 @@ pub(super) struct Metric {
     pub(super) prometheus: &'static str,
 }
 
-/// THE list of what the gateway exports, and under which names Prometheus sees it after the
-/// OpenTelemetry Collector's `prometheus` or `prometheusremotewrite` exporter with default settings
-/// (dots to underscores, unit suffix, `_total` on monotonic counters; `service.name` becomes `job`,
-/// `service.instance.id` `instance`).
+/// THE list of what the gateway exports, and under which names Prometheus sees it: on the
+/// gateway's own `/metrics` (`--metrics-listen`), and after the OpenTelemetry Collector's
+/// `prometheus` or `prometheusremotewrite` exporter with default settings, which name them alike
+/// (dots to underscores, unit suffix, `_total` on monotonic counters). `job` and `instance` come
+/// from the scrape, or from `service.name` and `service.instance.id` through the collector.
 ///
-/// The instruments are in src/metrics.rs (`Metrics`, `cognito_attributes`, `observe_callers`,
-/// `observe_limits`, `record_round_trip`, `observe_store_up`) and src/telemetry.rs
-/// (`register_process_metrics`); the attributes of `rpc.server.duration` in
+/// The instruments are in src/metrics.rs (`Metrics`, `record_server_call`, `record_client_call`,
+/// `observe_callers`, `observe_limits`, `record_round_trip`, `observe_store_up`,
+/// `observe_reloaded_at`, `record_jwks_loaded`) and src/telemetry.rs
+/// (`register_process_metrics`); the methods of `rpc.server.call.duration` in
 /// src/middleware/trace.rs, those of `cognito_gateway.rejections` in src/status.rs
 /// (`rejection_attributes`), `kind` of `cognito_gateway.deduplicated` in src/api.rs and
 /// src/middleware/rescue.rs, `exception` of `cognito_gateway.pools_not_described` in
 /// src/identity.rs. `exported_names_are_the_sources` checks each entry against them.
 #[rustfmt::skip] // A table reads better one metric to a few lines.
 pub(super) const EXPORTED: &[Metric] = &[
-    Metric { otel: "rpc.server.duration", unit: "ms", kind: Histogram,
-        attributes: &["rpc.system", "rpc.service", "rpc.method", "rpc.grpc.status_code",
+    Metric { otel: "rpc.server.call.duration", unit: "s", kind: Histogram,
+        attributes: &["rpc.system.name", "rpc.method", "rpc.response.status_code", "error.type",
             "cognito_gateway.caller"],
-        prometheus: "rpc_server_duration_milliseconds" },
-    Metric { otel: "rpc.client.duration", unit: "ms", kind: Histogram,
-        attributes: &["rpc.system", "rpc.service", "rpc.method", "aws.exception", "cloud.region"],
-        prometheus: "rpc_client_duration_milliseconds" },
+        prometheus: "rpc_server_call_duration_seconds" },
+    Metric { otel: "rpc.client.call.duration", unit: "s", kind: Histogram,
+        attributes: &["rpc.system.name", "rpc.method", "error.type", "cloud.region"],
+        prometheus: "rpc_client_call_duration_seconds" },
     Metric { otel: "cognito_gateway.rejections", unit: "", kind: Counter,
         attributes: &["reason", "limit"], prometheus: "cognito_gateway_rejections_total" },
     Metric { otel: "cognito_gateway.deduplicated", unit: "", kind: Counter,
@@ -71,10 +73,30 @@ pub(super) const EXPORTED: &[Metric] = &[
         attributes: &[], prometheus: "cognito_gateway_callers" },
     Metric { otel: "cognito_gateway.limit", unit: "", kind: Gauge,
         attributes: &["setting"], prometheus: "cognito_gateway_limit" },
+    Metric { otel: "cognito_gateway.request_ids_evicted", unit: "", kind: Counter,
+        attributes: &[], prometheus: "cognito_gateway_request_ids_evicted_total" },
+    Metric { otel: "cognito_gateway.connections_refused", unit: "", kind: Counter,
+        attributes: &["reason"], prometheus: "cognito_gateway_connections_refused_total" },
+    Metric { otel: "cognito_gateway.health.watches", unit: "", kind: UpDownCounter,
+        attributes: &[], prometheus: "cognito_gateway_health_watches" },
+    // Reloads: the configuration file always; the JWKS with auth.mode = "jwt" (the gauges from
+    // its first load on); the certificates with auth.mode = "mtls".
+    Metric { otel: "cognito_gateway.config.reloads", unit: "", kind: Counter,
+        attributes: &["outcome"], prometheus: "cognito_gateway_config_reloads_total" },
+    Metric { otel: "cognito_gateway.config.reloaded_at", unit: "s", kind: Gauge,
+        attributes: &[], prometheus: "cognito_gateway_config_reloaded_at_seconds" },
+    Metric { otel: "cognito_gateway.jwks.refreshes", unit: "", kind: Counter,
+        attributes: &["outcome"], prometheus: "cognito_gateway_jwks_refreshes_total" },
+    Metric { otel: "cognito_gateway.jwks.loaded_at", unit: "s", kind: Gauge,
+        attributes: &[], prometheus: "cognito_gateway_jwks_loaded_at_seconds" },
+    Metric { otel: "cognito_gateway.jwks.keys", unit: "", kind: Gauge,
+        attributes: &[], prometheus: "cognito_gateway_jwks_keys" },
+    Metric { otel: "cognito_gateway.tls.reloads", unit: "", kind: Counter,
+        attributes: &["outcome"], prometheus: "cognito_gateway_tls_reloads_total" },
     // With [fleet] only (store_up), or only once the fleet's store is used.
-    Metric { otel: "cognito_gateway.fleet.duration", unit: "ms", kind: Histogram,
+    Metric { otel: "cognito_gateway.fleet.duration", unit: "s", kind: Histogram,
         attributes: &["operation", "outcome"],
-        prometheus: "cognito_gateway_fleet_duration_milliseconds" },
+        prometheus: "cognito_gateway_fleet_duration_seconds" },
     Metric { otel: "cognito_gateway.fleet.fallbacks", unit: "", kind: Counter,
         attributes: &[], prometheus: "cognito_gateway_fleet_fallbacks_total" },
     Metric { otel: "cognito_gateway.fleet.store_up", unit: "", kind: Gauge,
@@ -94,11 +116,13 @@ pub(super) const TARGET_LABELS: &[&str] = &["job", "instance"];
 const LABEL_VALUES: &[(&str, &[&str])] = &[
     // src/status.rs, `rejection_attributes` (the rows' reasons).
     ("reason", &["UNAUTHENTICATED", "CALLER_NOT_ALLOWED", "RATE_LIMITED", "OVERLOADED"]),
-    // `""` on success; else the Cognito exception name (src/status.rs, `cognito_row` and
-    // `CREDENTIAL_CODES`) or the gateway's name for a failure on the way (src/cognito.rs,
-    // `record_cognito_call`).
-    ("aws_exception", &[
-        "", "InvalidParameterException", "ResourceNotFoundException", "UserNotFoundException",
+    // Absent on success. On the server metric, a server-class gRPC code's name
+    // (src/metrics.rs, `record_server_call`); on the client metric, the Cognito exception name
+    // (src/status.rs, `cognito_row` and `CREDENTIAL_CODES`) or the gateway's name for a failure
+    // on the way (src/cognito.rs, `record_cognito_call`).
+    ("error_type", &[
+        "", "UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+        "InvalidParameterException", "ResourceNotFoundException", "UserNotFoundException",
         "NotAuthorizedException", "TooManyRequestsException", "LimitExceededException",
         "UserLambdaValidationException", "UnexpectedLambdaException",
         "InvalidLambdaResponseException", "InvalidSmsRoleAccessPolicyException",
@@ -111,29 +135,30 @@ const LABEL_VALUES: &[(&str, &[&str])] = &[
         "Timeout", "Unreachable", "ConnectionLost", "RegionNotAllowed", "Misconfigured",
         "BadResponse", "_OTHER",
     ]),
-    ("rpc_system", &["grpc", "aws-api"]),
-    // Cognito's, and this server's (src/middleware/trace.rs, `KNOWN_METHODS`; `_OTHER` for any
-    // other path).
-    ("rpc_service", &[
-        "CognitoIdentityProvider", "cognitogateway.v1.UserAdminService", "grpc.health.v1.Health",
-        "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection",
-        "_OTHER",
-    ]),
-    // The API's method (proto/), health's and reflection's, and Cognito's: the reset, and the
-    // lookups of src/identity.rs (`client_span`).
+    ("rpc_system_name", &["grpc", "aws-api"]),
+    // Fully qualified: this server's methods (src/middleware/trace.rs, `KNOWN_METHODS`; `_OTHER`
+    // for any other path), and Cognito's: the reset, and the lookups of src/identity.rs
+    // (src/metrics.rs, `cognito_method`).
     ("rpc_method", &[
-        "ResetUserPassword", "Check", "Watch", "ServerReflectionInfo", "AdminResetUserPassword",
-        "DescribeUserPool", "AdminGetUser", "_OTHER",
+        "cognitogateway.v1.UserAdminService/ResetUserPassword", "grpc.health.v1.Health/Check",
+        "grpc.health.v1.Health/Watch", "grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        "CognitoIdentityProvider/AdminResetUserPassword", "CognitoIdentityProvider/DescribeUserPool",
+        "CognitoIdentityProvider/AdminGetUser", "_OTHER",
     ]),
-    ("rpc_grpc_status_code", &[
-        "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    ("rpc_response_status_code", &[
+        "OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE_EXCEEDED", "NOT_FOUND",
+        "ALREADY_EXISTS", "PERMISSION_DENIED", "RESOURCE_EXHAUSTED", "FAILED_PRECONDITION", "ABORTED",
+        "OUT_OF_RANGE", "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS", "UNAUTHENTICATED",
     ]),
     ("cpu_mode", &["user", "system"]),
     // src/api.rs: how a deduplicated answer came.
     ("kind", &["in_flight", "cooldown", "unknown_outcome"]),
     // src/fleet.rs and src/metrics.rs (`record_round_trip`): the two scripts, and how they went.
     ("operation", &["claim", "settle"]),
-    ("outcome", &["ok", "error"]),
+    // The fleet's round trips: ok, error; the configuration's reloads: ok, refused; the JWKS's
+    // and the certificates': ok, failed.
+    ("outcome", &["ok", "error", "refused", "failed"]),
     // src/metrics.rs, `observe_limits`.
     ("setting", &[
         "backend_rps", "backend_burst", "pool_rps", "max_in_flight", "max_in_flight_per_caller",
@@ -276,7 +301,14 @@ fn exported_names_are_the_sources() {
     }
     // The closed sets whose every value is a string literal in src/ (the methods and codes are
     // not: tonic and the proto name them).
-    let literal = ["reason", "aws_exception", "kind", "operation", "outcome"];
+    let literal = [
+        "reason",
+        "error_type",
+        "kind",
+        "operation",
+        "outcome",
+        "rpc_method",
+    ];
     for (label, values) in LABEL_VALUES {
         if !literal.contains(label) {
             continue;

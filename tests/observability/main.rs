@@ -33,9 +33,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 mod exported;
+mod monitoring;
 
-/// Where the runbook for every alert lives.
-const RUNBOOK: &str = "docs/operations.md#troubleshooting";
+/// A runbook URL: an absolute base, then a page of docs/ and an anchor in it.
+static RUNBOOK: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(r"^(https?://[^\s#]+)/([\w.-]+\.md)#([\w-]+)$").expect("a valid regex")
+});
 
 // ------------------------------------------------------------------------------------------------
 // Files
@@ -166,7 +169,7 @@ static VARIABLE: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"\$(?:(\w+)|\{(\w+)(?::\w+)?\})").expect("a valid regex"));
 /// A regex that is only an alternation of literals (`a|b|c`).
 static ALTERNATION: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"^[\w\-:]*(\|[\w\-:]*)*$").expect("a valid regex"));
+    LazyLock::new(|| Regex::new(r"^[\w\-:./]*(\|[\w\-:./]*)*$").expect("a valid regex"));
 /// `{{label}}` in a legend, `{{ $labels.label }}` in an annotation.
 static LABEL_REFERENCE: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\{\{\s*(?:\$labels\.)?([A-Za-z_]\w*)\s*\}\}").expect("a valid regex")
@@ -545,6 +548,7 @@ fn alert_rules_are_complete() {
     let alert_name = Regex::new(r"^CognitoGateway[A-Z][A-Za-z]+$").expect("a valid regex");
     let mut problems = Vec::new();
     let mut names = BTreeSet::new();
+    let mut bases = BTreeSet::new();
     for group in &alerts.groups {
         if group.rules.is_empty() {
             problems.push(format!("group {}: no rules", group.name));
@@ -572,18 +576,49 @@ fn alert_rules_are_complete() {
                 problems.push(format!("{context}: no annotations.{key}"));
             }
         }
-        if rule
-            .annotations
-            .get("runbook_url")
-            .is_some_and(|r| r != RUNBOOK)
-        {
-            problems.push(format!("{context}: runbook_url is not {RUNBOOK}"));
+        if let Some(url) = rule.annotations.get("runbook_url") {
+            match RUNBOOK.captures(url) {
+                Some(parts) => {
+                    bases.insert(parts[1].to_owned());
+                    if !anchors(&parts[2]).contains(&parts[3]) {
+                        problems.push(format!(
+                            "{context}: runbook_url {url}: docs/{} has no heading #{}",
+                            &parts[2], &parts[3]
+                        ));
+                    }
+                }
+                None => problems.push(format!(
+                    "{context}: runbook_url {url} is not an absolute <base>/<page>.md#<anchor>"
+                )),
+            }
         }
+    }
+    // One base for all, which render.py --runbook-base-url changes.
+    if bases.len() > 1 {
+        problems.push(format!("runbook_url bases differ: {bases:?}"));
     }
     if names.len() < 6 {
         problems.push(format!("only {} alerts", names.len()));
     }
     assert_none(&problems);
+}
+
+/// The anchors of a page of docs/: its headings as GitHub and GitLab slug them.
+fn anchors(page: &str) -> BTreeSet<String> {
+    read(&format!("docs/{page}"))
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
 }
 
 /// Every alert expression, and every label its annotations name, is the gateway's.
@@ -646,8 +681,10 @@ fn alert_unit_tests_cover_every_alert() {
             // A series carries all its labels (bar `instance`, which needs service.instance.id),
             // each once, with a known value.
             let given: BTreeSet<&str> = matchers.iter().map(|m| m.name.as_str()).collect();
+            // `error_type` only on failures, `limit` only on RATE_LIMITED.
             let optional = |label: &str| {
                 label == "instance"
+                    || label == "error_type"
                     || (name.as_deref() == Some("cognito_gateway_rejections_total")
                         && label == "limit")
             };
@@ -797,7 +834,7 @@ fn docs_describe_every_metric_and_alert() {
 /// accepted.
 #[test]
 fn promql_checks_catch_typos() {
-    let good = r#"sum by (job, rpc_method) (rate(rpc_server_duration_milliseconds_count{job=~"$job", rpc_grpc_status_code=~"2|4|13"}[$__rate_interval])) / ignoring (instance) vector($backend_rps) and on (job) cognito_gateway_callers offset 1h > 0"#;
+    let good = r#"sum by (job, rpc_method) (rate(rpc_server_call_duration_seconds_count{job=~"$job", rpc_response_status_code=~"UNKNOWN|DEADLINE_EXCEEDED|INTERNAL"}[$__rate_interval])) / ignoring (instance) vector($backend_rps) and on (job) cognito_gateway_callers offset 1h > 0"#;
     let constants = BTreeMap::from([("backend_rps".to_owned(), "5".to_owned())]);
     assert_eq!(
         check_query("good", &interpolate(good, &constants)).map(|_| ()),
@@ -805,29 +842,33 @@ fn promql_checks_catch_typos() {
     );
     let bad = [
         // A misspelled metric.
-        r#"sum(rate(rpc_server_duration_miliseconds_count[5m]))"#,
-        // An OTel name, not the Prometheus one.
-        r#"rpc.server.duration"#,
+        r#"sum(rate(rpc_server_call_duration_second_count[5m]))"#,
+        // An OTel name, not the Prometheus one; the names before semantic conventions v1.39.
+        r#"rpc.server.call.duration"#,
+        r#"rpc_server_duration_milliseconds_count"#,
+        r#"rpc_server_call_duration_seconds_count{rpc_grpc_status_code="0"}"#,
+        // A method that is not fully qualified.
+        r#"rpc_server_call_duration_seconds_count{rpc_method="ResetUserPassword"}"#,
         // A counter without _total.
         r#"rate(cognito_gateway_rejections[5m])"#,
         // A label the metric does not have (it is on the server metric, not the client one).
-        r#"rpc_client_duration_milliseconds_count{rpc_grpc_status_code="0"}"#,
+        r#"rpc_client_call_duration_seconds_count{rpc_response_status_code="OK"}"#,
         // A misspelled label.
-        r#"rpc_server_duration_milliseconds_count{rpc_status_code="0"}"#,
+        r#"rpc_server_call_duration_seconds_count{rpc_status_code="OK"}"#,
         // `le` off the buckets.
-        r#"rpc_server_duration_milliseconds_count{le="100"}"#,
+        r#"rpc_server_call_duration_seconds_count{le="0.1"}"#,
         // A `by`, `without` or `group_left` label none of the metrics carries.
-        r#"sum by (reason) (rate(rpc_server_duration_milliseconds_count[5m]))"#,
+        r#"sum by (reason) (rate(rpc_server_call_duration_seconds_count[5m]))"#,
         r#"sum without (cognito_gateway_calller) (cognito_gateway_in_flight)"#,
         r#"cognito_gateway_in_flight * on (job) group_left (settings) cognito_gateway_limit"#,
         // Misspelled values.
         r#"cognito_gateway_rejections_total{reason="RATE_LIMITD"}"#,
         r#"cognito_gateway_rejections_total{limit="backnd"}"#,
-        r#"rpc_client_duration_milliseconds_count{aws_exception=~"TooManyRequestException|LimitExceededException"}"#,
+        r#"rpc_client_call_duration_seconds_count{error_type=~"TooManyRequestException|LimitExceededException"}"#,
         // A misspelled metric in the parameter of an aggregation.
         r#"topk(scalar(cognito_gateway_calers), cognito_gateway_in_flight)"#,
         // A misspelled function, unbalanced parentheses, a selector without a name.
-        r#"hisogram_quantile(0.99, rpc_server_duration_milliseconds_bucket)"#,
+        r#"hisogram_quantile(0.99, rpc_server_call_duration_seconds_bucket)"#,
         r#"sum(rate(cognito_gateway_deduplicated_total[5m])"#,
         r#"{__name__="cognito_gateway_callers"}"#,
         // Not a range.
