@@ -54,6 +54,8 @@ impl MetricsEndpoint {
     pub async fn run(self) {
         let bounds = Bounds {
             max_connections: MAX_CONNECTIONS,
+            // Scrapes come from one Prometheus or two: one address may take every place.
+            max_connections_per_peer: MAX_CONNECTIONS,
             // The accept loop's own deadline: the first bytes of the request. hyper's below covers
             // the rest of the head.
             handshake_timeout: REQUEST_TIMEOUT,
