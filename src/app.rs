@@ -105,6 +105,9 @@ pub struct App {
     gate: Arc<ResetGate>,
     log_quota: Arc<LogQuota>,
     draining: Arc<Draining>,
+    /// SIGHUP's handler, installed with the app so that a SIGHUP sent as soon as SERVING is
+    /// logged reloads rather than kills the process (the default action).
+    hangups: Hangups,
     config: Config,
 }
 
@@ -236,6 +239,7 @@ impl App {
             gate,
             log_quota,
             draining,
+            hangups: hangups(),
             config,
         })
     }
@@ -272,6 +276,7 @@ impl App {
             gate,
             log_quota,
             draining,
+            hangups,
             config,
         } = self;
         // The health-only server answers until `run` returns (NOT_SERVING during the grace period,
@@ -304,7 +309,7 @@ impl App {
         let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
         let keys = tokio::spawn(Arc::clone(&access).refresh_keys());
         let watcher = tokio::spawn(access.watch(reload_rx));
-        let hangups = tokio::spawn(forward_sighup(reload_tx));
+        let hangups = tokio::spawn(forward_sighup(hangups, reload_tx));
 
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let grace = config.server.shutdown_grace;
@@ -414,15 +419,28 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// SIGHUP reloads the caller policy now, without waiting for the next check of the files.
-async fn forward_sighup(reload: tokio::sync::mpsc::Sender<()>) {
+#[cfg(unix)]
+type Hangups = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangups = ();
+
+/// SIGHUP's handler, or `None` (logged) where it cannot be installed.
+fn hangups() -> Hangups {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-            tracing::warn!("cannot listen for SIGHUP; the policy reloads on file changes only");
-            return;
-        };
+        signal(SignalKind::hangup())
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot listen for SIGHUP; the policy reloads on file changes only");
+            })
+            .ok()
+    }
+}
+
+/// SIGHUP reloads the caller policy now, without waiting for the next check of the files.
+async fn forward_sighup(hangups: Hangups, reload: tokio::sync::mpsc::Sender<()>) {
+    #[cfg(unix)]
+    if let Some(mut hangup) = hangups {
         while hangup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the caller policy");
             if reload.send(()).await.is_err() {
@@ -431,5 +449,5 @@ async fn forward_sighup(reload: tokio::sync::mpsc::Sender<()>) {
         }
     }
     #[cfg(not(unix))]
-    drop(reload);
+    let _ = (hangups, reload);
 }

@@ -51,6 +51,25 @@ fn serve_local_then_reset_then_sigterm_exits_zero() {
 }
 
 #[test]
+fn a_sighup_as_soon_as_serving_reloads_rather_than_kills() {
+    let mut gateway = start_binary(&["--local"], &[]);
+    // At once: its handler is installed before SERVING is logged.
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &gateway.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let ok = reset(&gateway.addr, "alice");
+    assert!(ok.status.success(), "still serving after SIGHUP: {ok:?}");
+    assert_eq!(gateway.terminate(), Some(0));
+    let rest = gateway.rest_of_log();
+    assert!(
+        rest.iter().any(|l| l.contains("SIGHUP: reloading")),
+        "{rest:?}"
+    );
+}
+
+#[test]
 fn a_bad_config_is_refused_naming_the_key() {
     let dir = std::env::temp_dir().join(format!("cg-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
