@@ -20,5 +20,6 @@ mod local;
 mod moto;
 mod mtls;
 mod otel;
+mod reflection;
 mod server;
 mod wire;
