@@ -192,7 +192,7 @@ pub struct LimitSettings {
     pub user_identity: UserIdentity,
 }
 
-/// Who counts as the same person for the gate (contract §5).
+/// Who counts as the same person for the gate (docs/api.md §5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserIdentity {

@@ -20,6 +20,7 @@ mod local;
 mod moto;
 mod mtls;
 mod otel;
+mod readme;
 mod reflection;
 mod server;
 mod wire;
