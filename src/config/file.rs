@@ -119,12 +119,39 @@ fn default_replicas_hint() -> u32 {
 /// drift from them. Editors and CI validate with it; `check-config` remains the full check.
 pub fn json_schema() -> String {
     let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(no_null))
         .into_generator()
         .into_root_schema_for::<FileConfig>();
     let mut text = serde_json::to_string_pretty(&schema)
         .expect("a schema built of JSON values always serializes");
     text.push('\n');
     text
+}
+
+/// TOML has no null: a key left out is serde's `None`, so the `null` that schemars allows for every
+/// `Option` (and gives as its default) is taken out, and the schema says only what a file can hold.
+fn no_null(schema: &mut schemars::Schema) {
+    let is_null = |value: &serde_json::Value| value == "null" || value["type"] == "null";
+    if schema.get("default").is_some_and(serde_json::Value::is_null) {
+        schema.remove("default");
+    }
+    if let Some(serde_json::Value::Array(types)) = schema.get_mut("type") {
+        types.retain(|t| !is_null(t));
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            schema.insert("type".to_owned(), only);
+        }
+    }
+    if let Some(serde_json::Value::Array(any_of)) = schema.get_mut("anyOf") {
+        any_of.retain(|alternative| !is_null(alternative));
+        if let [serde_json::Value::Object(only)] = any_of.as_slice() {
+            let only = only.clone();
+            schema.remove("anyOf");
+            for (key, value) in only {
+                schema.insert(key, value);
+            }
+        }
+    }
 }
 
 impl FileConfig {

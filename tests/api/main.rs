@@ -23,4 +23,5 @@ mod otel;
 mod readme;
 mod reflection;
 mod server;
+mod shipped_config;
 mod wire;
