@@ -132,7 +132,10 @@ pub fn json_schema() -> String {
 /// `Option` (and gives as its default) is taken out, and the schema says only what a file can hold.
 fn no_null(schema: &mut schemars::Schema) {
     let is_null = |value: &serde_json::Value| value == "null" || value["type"] == "null";
-    if schema.get("default").is_some_and(serde_json::Value::is_null) {
+    if schema
+        .get("default")
+        .is_some_and(serde_json::Value::is_null)
+    {
         schema.remove("default");
     }
     if let Some(serde_json::Value::Array(types)) = schema.get_mut("type") {

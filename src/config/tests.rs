@@ -358,7 +358,10 @@ fn the_json_schema_refuses_what_serde_refuses() {
     }
     let required = |name: &str| schema["$defs"][name]["required"].clone();
     assert_eq!(required("FileAuth"), serde_json::json!(["mode"]));
-    assert_eq!(required("FileFleet"), serde_json::json!(["user_key_secret_file"]));
+    assert_eq!(
+        required("FileFleet"),
+        serde_json::json!(["user_key_secret_file"])
+    );
     assert_eq!(required("FileServer"), serde_json::Value::Null);
     // The file itself: the same defaults serde applies to a file with nothing in it.
     assert!(FileConfig::parse("").is_ok());

@@ -87,7 +87,8 @@ fn secret_keys(variant: &Path) -> BTreeMap<String, String> {
             for document in yaml_documents(&manifest) {
                 if document.get("kind").and_then(yaml_serde::Value::as_str) == Some("Secret") {
                     for (key, value) in string_map(&document, "stringData") {
-                        keys.entry(key.to_owned()).or_insert_with(|| value.to_owned());
+                        keys.entry(key.to_owned())
+                            .or_insert_with(|| value.to_owned());
                     }
                 }
             }
@@ -103,7 +104,13 @@ fn check(variant: &Path, toml: &str) -> Output {
     let files = Files::new("shipped-config");
     let root = files.path("");
     let secrets = secret_keys(variant);
-    for mounted in toml.split('"').filter(|s| s.starts_with(MOUNTS)) {
+    let settings = toml
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'));
+    for mounted in settings
+        .flat_map(|line| line.split('"'))
+        .filter(|s| s.starts_with(MOUNTS))
+    {
         let name = Path::new(mounted).file_name().unwrap().to_str().unwrap();
         let content = secrets
             .get(name)
@@ -158,9 +165,15 @@ fn check_config_refuses_a_shipped_configuration_broken_in_one_key() {
     let configs = shipped_configs();
     let sidecar = repo().join("deploy/k8s/sidecar/configmap.yaml");
     let toml = &configs[&sidecar];
-    assert!(toml.contains("backend_rps = 5\n"), "the sidecar's backend_rps moved");
+    assert!(
+        toml.contains("backend_rps = 5\n"),
+        "the sidecar's backend_rps moved"
+    );
     for (broken, key) in [
-        (toml.replace("backend_rps = 5\n", "backend_rsp = 5\n"), "backend_rsp"),
+        (
+            toml.replace("backend_rps = 5\n", "backend_rsp = 5\n"),
+            "backend_rsp",
+        ),
         (
             toml.replace("backend_rps = 5\n", "backend_rps = 0\n"),
             "limits.backend_rps",
