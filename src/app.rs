@@ -22,6 +22,7 @@ use crate::{
     middleware::{
         admission::{AdmitLayer, Authenticate, CallerRate, LoadShed},
         deadline::DeadlineLayer,
+        request_bytes::RequestBytesLayer,
         rescue::{LogQuota, RescueLayer},
         trace::TraceLayer,
     },
@@ -31,12 +32,15 @@ use crate::{
 
 /// The layers every gRPC call passes, as `layers()` stacks them (innermost first in the type).
 type Stackup = Stack<
-    AdmitLayer<CallerRate>,
+    RequestBytesLayer,
     Stack<
-        AdmitLayer<Authenticate>,
+        AdmitLayer<CallerRate>,
         Stack<
-            AdmitLayer<LoadShed>,
-            Stack<DeadlineLayer, Stack<RescueLayer, Stack<TraceLayer, Identity>>>,
+            AdmitLayer<Authenticate>,
+            Stack<
+                AdmitLayer<LoadShed>,
+                Stack<DeadlineLayer, Stack<RescueLayer, Stack<TraceLayer, Identity>>>,
+            >,
         >,
     >,
 >;
@@ -71,6 +75,10 @@ fn layers(
         .layer(AdmitLayer::new(Authenticate::new(Arc::clone(access))))
         // Each caller's own rate: a buggy caller exhausts its budget, not everyone's.
         .layer(AdmitLayer::new(CallerRate))
+        // Innermost, so that a refused call never pays for it: the bytes admitted calls hold.
+        .layer(RequestBytesLayer::new(
+            config.server.max_request_bytes_in_flight,
+        ))
 }
 
 /// A tonic server builder with every HTTP/2 limit set from `server`: tonic 0.14's builder leaves
@@ -191,7 +199,11 @@ impl App {
         let log_quota = Arc::new(LogQuota::default());
         let mut builder = hardened_server(server);
         if let Some(age) = server.max_connection_age {
-            builder = builder.max_connection_age(age);
+            // After GOAWAY, the calls in flight get as long as any call may take; then the
+            // connection is closed whatever it still holds (a Watch stream, a silent peer).
+            builder = builder
+                .max_connection_age(age)
+                .max_connection_age_grace(server.request_timeout);
         }
         let router = builder
             .layer(layers(&config, &access, &log_quota).into_inner())
@@ -267,12 +279,15 @@ impl App {
         let server = &config.server;
         let bounds = Bounds {
             max_connections: server.max_connections,
+            max_connections_per_peer: server.max_connections_per_peer,
             handshake_timeout: server.handshake_timeout,
             tcp_keepalive: server.tcp_keepalive,
         };
         // Probes open a connection or two; a cap of its own keeps the API's from being spent here.
+        // Probes all come from the node's address: one peer may take every place here.
         let health_bounds = Bounds {
             max_connections: HEALTH_MAX_CONNECTIONS,
+            max_connections_per_peer: HEALTH_MAX_CONNECTIONS,
             ..bounds
         };
         let health_only = tokio::spawn(async move {

@@ -278,6 +278,8 @@ pub struct ServerSettings {
     pub max_pending_accept_reset_streams: usize,
     /// Largest request message accepted, in bytes.
     pub max_decoding_message_size: usize,
+    /// Request bytes all calls together may hold at once; past it calls are refused (OVERLOADED).
+    pub max_request_bytes_in_flight: usize,
     /// Largest response message sent, in bytes.
     pub max_encoding_message_size: usize,
     /// Largest header block accepted, in bytes.
@@ -297,6 +299,8 @@ pub struct ServerSettings {
     pub max_connection_age: Option<Duration>,
     /// Connections open at once on the API port; more are closed as they come.
     pub max_connections: usize,
+    /// Connections open at once from one IP address, within `max_connections`.
+    pub max_connections_per_peer: usize,
     /// How long a new connection has to send the HTTP/2 preface (its TLS handshake included).
     pub handshake_timeout: Duration,
 }

@@ -1,7 +1,8 @@
 //! The accept loop: every listener's connections, bounded before tonic sees them.
 //!
-//! - **At most `server.max_connections` at once.** Past it a new connection is closed at once, and
-//!   counted; accepting never stops, so a flood cannot make the gateway deaf to everyone.
+//! - **At most `server.max_connections` at once, and `server.max_connections_per_peer` from one
+//!   address.** Past either a new connection is closed at once, and counted; accepting never stops,
+//!   so a flood cannot make the gateway deaf to everyone, and one host cannot take every place.
 //! - **A handshake deadline** (`server.handshake_timeout_secs`): a connection that has not sent the
 //!   HTTP/2 preface and its first SETTINGS frame header by then (after its TLS handshake, on the
 //!   mTLS port: the deadline covers both) is closed. Without it, silent sockets stay open for ever
@@ -12,9 +13,11 @@
 //!   the connection cap is the bound on both.
 
 use std::{
+    collections::HashMap,
     io,
+    net::IpAddr,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
@@ -39,6 +42,8 @@ const PREFACE_BYTES: usize = 24 + 9;
 pub(crate) struct Bounds {
     /// Connections open at once.
     pub(crate) max_connections: usize,
+    /// Connections open at once from one IP address.
+    pub(crate) max_connections_per_peer: usize,
     /// From accept to the HTTP/2 preface (TLS included).
     pub(crate) handshake_timeout: Duration,
     /// TCP keepalive on accepted sockets.
@@ -53,7 +58,7 @@ pub(crate) fn plain(
 ) -> ReceiverStream<io::Result<Conn<TcpStream>>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        let places = Arc::new(Semaphore::new(bounds.max_connections));
+        let places = Places::new(bounds);
         while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             if sender
@@ -76,7 +81,7 @@ pub(crate) fn tls(
 ) -> ReceiverStream<io::Result<Conn<tokio_rustls::server::TlsStream<TcpStream>>>> {
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
-        let places = Arc::new(Semaphore::new(bounds.max_connections));
+        let places = Places::new(bounds);
         while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             let acceptor = tls.acceptor();
@@ -104,18 +109,18 @@ pub(crate) fn tls(
 /// server stopped taking connections (the listening socket is then closed at once).
 async fn accept<T>(
     listener: &TcpListener,
-    places: &Arc<Semaphore>,
+    places: &Places,
     bounds: Bounds,
     server: &mpsc::Sender<T>,
-) -> Option<(TcpStream, OwnedSemaphorePermit)> {
+) -> Option<(TcpStream, Place)> {
     let mut failures = AcceptFailures::default();
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = server.closed() => return None,
         };
-        let tcp = match accepted {
-            Ok((tcp, _)) => tcp,
+        let (tcp, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(error) => {
                 // Out of file descriptors and the like: the condition passes, the loop must not
                 // spin on it (nor flood the log) meanwhile.
@@ -124,15 +129,84 @@ async fn accept<T>(
                 continue;
             }
         };
-        let Ok(place) = Arc::clone(places).try_acquire_owned() else {
-            refused("max_connections");
-            // Dropped: closed at once.
-            continue;
+        let place = match places.take(peer.ip()) {
+            Ok(place) => place,
+            Err(why) => {
+                refused(why);
+                // Dropped: closed at once.
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(bounds.tcp_keepalive);
         let _ = socket2::SockRef::from(&tcp).set_tcp_keepalive(&keepalive);
         return Some((tcp, place));
+    }
+}
+
+/// The places a listener has: in all, and per client address.
+struct Places {
+    all: Arc<Semaphore>,
+    peers: Arc<Peers>,
+}
+
+/// Connections open from each address; an address leaves the map with its last connection, so
+/// the map is as large as the set of connected peers, never larger.
+#[derive(Debug)]
+struct Peers {
+    max: usize,
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl Places {
+    fn new(bounds: Bounds) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(bounds.max_connections)),
+            peers: Arc::new(Peers {
+                max: bounds.max_connections_per_peer,
+                open: Mutex::default(),
+            }),
+        }
+    }
+
+    /// A place for a connection from `ip`, or the limit that refuses it.
+    fn take(&self, ip: IpAddr) -> Result<Place, &'static str> {
+        let Ok(any) = Arc::clone(&self.all).try_acquire_owned() else {
+            return Err("max_connections");
+        };
+        {
+            let mut open = self.peers.open.lock().unwrap_or_else(|e| e.into_inner());
+            let count = open.entry(ip).or_default();
+            if *count >= self.peers.max {
+                return Err("max_connections_per_peer");
+            }
+            *count += 1;
+        }
+        Ok(Place {
+            _any: any,
+            peers: Arc::clone(&self.peers),
+            ip,
+        })
+    }
+}
+
+/// A connection's place, given back when the connection closes.
+#[derive(Debug)]
+pub(crate) struct Place {
+    _any: OwnedSemaphorePermit,
+    peers: Arc<Peers>,
+    ip: IpAddr,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut open = self.peers.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -197,14 +271,14 @@ fn refused(why: &'static str) {
 #[derive(Debug)]
 pub(crate) struct Conn<IO> {
     io: IO,
-    _place: OwnedSemaphorePermit,
+    _place: Place,
     /// Until the preface has been read.
     deadline: Option<Pin<Box<Sleep>>>,
     read: usize,
 }
 
 impl<IO> Conn<IO> {
-    fn new(io: IO, place: OwnedSemaphorePermit, deadline: Instant) -> Self {
+    fn new(io: IO, place: Place, deadline: Instant) -> Self {
         Self {
             io,
             _place: place,
@@ -280,6 +354,33 @@ impl<IO: Connected> Connected for Conn<IO> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn one_address_gets_its_share_of_places_and_gives_them_back() {
+        let places = Places::new(Bounds {
+            max_connections: 3,
+            max_connections_per_peer: 2,
+            handshake_timeout: Duration::from_secs(1),
+            tcp_keepalive: Duration::from_secs(1),
+        });
+        let (a, b): (IpAddr, IpAddr) = ("127.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let first = places.take(a).unwrap();
+        let _second = places.take(a).unwrap();
+        assert_eq!(places.take(a).unwrap_err(), "max_connections_per_peer");
+        // The refusal gave its global place back: another address still gets the last one.
+        let _other = places.take(b).unwrap();
+        assert_eq!(places.take(b).unwrap_err(), "max_connections");
+        drop(first);
+        let _again = places.take(a).unwrap();
+        drop(_again);
+        drop(_second);
+        let open = places.peers.open.lock().unwrap();
+        assert_eq!(
+            open.len(),
+            1,
+            "an address leaves the map with its last connection"
+        );
+    }
 
     #[test]
     fn the_soft_open_files_limit_is_read_from_proc() {

@@ -36,7 +36,7 @@ pub(crate) struct Metrics {
     /// many were kept in this process.
     pub(crate) request_ids_evicted: Counter<u64>,
     /// `cognito_gateway.connections_refused`: connections closed before HTTP/2, by `reason`
-    /// (`max_connections`, `handshake_timeout`).
+    /// (`max_connections`, `max_connections_per_peer`, `handshake_timeout`).
     pub(crate) connections_refused: Counter<u64>,
     /// `cognito_gateway.health.watches`: health `Watch` streams open.
     pub(crate) health_watches: UpDownCounter<i64>,

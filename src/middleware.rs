@@ -12,6 +12,7 @@ use crate::domain::UserPoolId;
 
 pub(crate) mod admission;
 pub(crate) mod deadline;
+pub(crate) mod request_bytes;
 pub(crate) mod rescue;
 pub(crate) mod trace;
 

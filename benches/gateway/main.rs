@@ -14,6 +14,8 @@
 //!    so the figures are the gateway's alone, not Cognito's.
 //! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
 //!    process, with the Redis round trips each call costs.
+//! 7. Hostile clients: a well-behaved caller alone and beside a flood of refused calls, with idle
+//!    connections held open; the CPU per refused call; RSS before, during and after.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
 //! as the tests do: their checks still run on every call, but none refuses one and no answer is
@@ -35,6 +37,7 @@
 //! - `tracing_cost.rs`: 4, OTLP export on and off.
 //! - `stack.rs`: 5, the middleware stack against the bare handler.
 //! - `fleet.rs`: 6, Redis against in process.
+//! - `abuse.rs`: 7, hostile clients.
 //! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
 //! - `stats.rs`: percentiles per round, medians over rounds.
 //! - `compare.rs`: two paths measured round by round with the CPU they used (sections 4 and 5).
@@ -44,7 +47,7 @@
 //!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
 //! `--bench`; `main` then returns at once so the test suite stays fast. With
-//! `COGNITO_GATEWAY_BENCH=fleet` or `in_process` only that section runs, and its table goes to
+//! `COGNITO_GATEWAY_BENCH=fleet`, `in_process` or `abuse` only that section runs, and its table goes to
 //! stdout only.
 
 // A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
@@ -52,6 +55,7 @@
 
 use std::{path::Path, time::Instant};
 
+mod abuse;
 mod binary;
 mod compare;
 mod fleet;
@@ -94,6 +98,13 @@ fn main() {
             println!("{report}");
             return;
         }
+        Some("abuse") => {
+            let figures = abuse::bench(&runtime);
+            let mut report = String::new();
+            abuse::write(&mut report, &figures);
+            println!("{report}");
+            return;
+        }
         Some("in_process") => {
             let figures = runtime.block_on(in_process::bench());
             let mut report = String::new();
@@ -118,6 +129,8 @@ fn main() {
     let stack = runtime.block_on(stack::bench());
     eprintln!("benchmarking the fleet: Redis against in process ({ROUNDS} rounds)...");
     let fleet = runtime.block_on(fleet::bench());
+    eprintln!("benchmarking hostile clients: a refused-call flood beside a caller...");
+    let abuse = abuse::bench(&runtime);
     let load_after = report::read_loadavg();
 
     let mut report = String::new();
@@ -127,6 +140,7 @@ fn main() {
     tracing_cost::write(&mut report, &tracing_cost);
     stack::write(&mut report, &stack);
     fleet::write(&mut report, &fleet);
+    abuse::write(&mut report, &abuse);
     println!("{report}");
     if let Some(dir) = Path::new(report::REPORT).parent() {
         std::fs::create_dir_all(dir).expect("docs/ can be created");

@@ -41,6 +41,7 @@ pub(super) struct FileServer {
     max_local_error_reset_streams: usize,
     max_pending_accept_reset_streams: usize,
     max_decoding_message_size: usize,
+    max_request_bytes_in_flight: usize,
     max_encoding_message_size: usize,
     max_header_list_size: u32,
     http2_keepalive_interval_secs: u64,
@@ -50,6 +51,7 @@ pub(super) struct FileServer {
     request_timeout_secs: u64,
     max_connection_age_secs: u64,
     max_connections: usize,
+    max_connections_per_peer: usize,
     handshake_timeout_secs: u64,
 }
 
@@ -215,6 +217,8 @@ impl Default for FileServer {
             // Cognito admits 128-char usernames and metadata values of 131072 chars (up to 512 KiB
             // of UTF-8 each); 4 MiB holds several such values plus framing.
             max_decoding_message_size: 4 * 1024 * 1024,
+            // All calls together: four of the largest messages, or tens of thousands of real ones.
+            max_request_bytes_in_flight: 16 * 1024 * 1024,
             max_encoding_message_size: 64 * 1024,
             max_header_list_size: 16 * 1024,
             http2_keepalive_interval_secs: 30,
@@ -222,10 +226,16 @@ impl Default for FileServer {
             tcp_keepalive_secs: 60,
             shutdown_grace_secs: 10,
             request_timeout_secs: 30,
-            // Off: a sidecar has one caller on loopback. The shared Deployment sets it.
-            max_connection_age_secs: 0,
+            // Every connection ends (gracefully: GOAWAY, calls in flight finish within
+            // request_timeout) after half an hour: callers behind a Service spread over replicas,
+            // and a connection that stays idle after its preface holds a place for a bounded time.
+            max_connection_age_secs: 1800,
             // Each costs a file descriptor and a few KiB; far more than real callers need.
             max_connections: 1024,
+            // One host (a hostile or broken client) cannot hold every place. Behind a proxy that
+            // hides client addresses (a mesh's inbound hop), all callers share one address: raise
+            // it to max_connections there.
+            max_connections_per_peer: 256,
             handshake_timeout_secs: 10,
         }
     }
@@ -253,6 +263,12 @@ impl FileServer {
                 "server.max_decoding_message_size",
                 self.max_decoding_message_size,
                 1024..=64 * 1024 * 1024,
+            )?,
+            max_request_bytes_in_flight: within(
+                "server.max_request_bytes_in_flight",
+                self.max_request_bytes_in_flight,
+                // One message of the largest size must fit, with its 5-byte gRPC frame header.
+                self.max_decoding_message_size.saturating_add(5)..=1024 * 1024 * 1024,
             )?,
             max_encoding_message_size: within(
                 "server.max_encoding_message_size",
@@ -290,6 +306,11 @@ impl FileServer {
                 1..=3600,
             )?,
             max_connections: within("server.max_connections", self.max_connections, 1..=100_000)?,
+            max_connections_per_peer: within(
+                "server.max_connections_per_peer",
+                self.max_connections_per_peer,
+                1..=self.max_connections.max(1),
+            )?,
             handshake_timeout: secs(
                 "server.handshake_timeout_secs",
                 self.handshake_timeout_secs,

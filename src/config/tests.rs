@@ -164,8 +164,23 @@ fn file_values_are_read() {
     );
     assert_eq!(
         load("").unwrap().server.max_connection_age,
+        Some(Duration::from_secs(1800)),
+        "half an hour by default"
+    );
+    assert_eq!(
+        load("[server]\nmax_connection_age_secs = 0\n")
+            .unwrap()
+            .server
+            .max_connection_age,
         None,
-        "off by default"
+        "0 keeps connections open"
+    );
+    assert!(
+        load("[server]\nmax_connections = 10\nmax_connections_per_peer = 11\n")
+            .unwrap_err()
+            .to_string()
+            .contains("server.max_connections_per_peer"),
+        "a peer's share is within the cap"
     );
     assert_eq!(config.cognito.operation_timeout, Duration::from_millis(750));
     assert!(

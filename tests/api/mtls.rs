@@ -207,9 +207,17 @@ async fn a_flood_of_silent_connections_does_not_keep_a_caller_from_its_handshake
     let cognito = fake_cognito(cognito_ok("rid")).await;
     let app = mtls_app(&files, &server_ca, &clients.pem, &cognito).await;
     // More silent sockets than the old handshake slots (256): each holds a place, none the loop.
+    // From two other addresses, each within its share of places (256).
     let mut silent = Vec::new();
-    for _ in 0..300 {
-        silent.push(tokio::net::TcpStream::connect(app.addr).await.unwrap());
+    for i in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        let from = if i % 2 == 0 {
+            "127.0.0.3:0"
+        } else {
+            "127.0.0.4:0"
+        };
+        socket.bind(from.parse().unwrap()).unwrap();
+        silent.push(socket.connect(app.addr).await.unwrap());
     }
     let started = tokio::time::Instant::now();
     reset(client(&app, &server_ca, Some(clients.issue(&[], Some(BILLING)))).await)
