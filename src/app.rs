@@ -401,7 +401,7 @@ pub async fn check(config: &Config) -> Result<String, String> {
     ))
 }
 
-/// What reflection describes: the API and health.
+/// What reflection describes: the API, the error details its statuses carry, and health.
 fn reflection() -> tonic_reflection::server::Builder<'static> {
     tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)

@@ -1,5 +1,6 @@
-//! The command line: `serve` and `reset`, each flag with an `env` twin. `serve`'s flags become
-//! [`Flags`], which [`Config::load`](crate::config::Config::load) combines with the TOML file.
+//! The command line: `serve`, `reset`, `check-config` and `config-schema`, each flag with an `env`
+//! twin. `serve`'s flags become [`Flags`], which [`Config::load`](crate::config::Config::load)
+//! combines with the TOML file.
 
 use std::{net::SocketAddr, path::PathBuf};
 
@@ -26,6 +27,8 @@ pub enum Command {
     /// Validate a configuration exactly as `serve` would (every key, every file it names) without
     /// serving: exit 0 with a one-line summary, or exit 2 with a message naming the key.
     CheckConfig(ServeArgs),
+    /// Print the configuration file's JSON Schema (docs/config.schema.json), for editors and CI.
+    ConfigSchema,
 }
 
 /// Flags of `serve`.
@@ -119,7 +122,9 @@ mod tests {
         let cli = Cli::try_parse_from(["cognito-gateway", "serve"].iter().chain(args)).unwrap();
         match cli.command {
             Command::Serve(serve) => serve,
-            Command::Reset(_) | Command::CheckConfig(_) => unreachable!("parsed serve"),
+            Command::Reset(_) | Command::CheckConfig(_) | Command::ConfigSchema => {
+                unreachable!("parsed serve")
+            }
         }
     }
 

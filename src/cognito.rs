@@ -140,7 +140,7 @@ impl BackendError {
 
     /// Whether the request may have reached Cognito and the reset happened, though no answer
     /// says so: HTTP 5xx (above all `InternalErrorException`), a timeout, a connection lost after
-    /// the request was written. Such a reset must not be sent again (contract §3, §5).
+    /// the request was written. Such a reset must not be sent again (docs/api.md §3, §5).
     pub fn outcome_unknown(&self) -> bool {
         match self {
             Self::Cognito(failure) => failure.http_status >= 500,

@@ -14,7 +14,7 @@ use crate::domain::Region;
 
 mod file;
 
-pub use file::FileConfig;
+pub use file::{FileConfig, json_schema};
 
 /// What `serve`'s command line decides (`crate::cli::ServeArgs` converts into this).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +57,7 @@ pub struct Config {
 }
 
 /// How callers prove who they are (`auth.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthMode {
     /// Bearer tokens, known by their SHA-256.
@@ -192,8 +192,8 @@ pub struct LimitSettings {
     pub user_identity: UserIdentity,
 }
 
-/// Who counts as the same person for the gate (contract §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// Who counts as the same person for the gate (docs/api.md §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum UserIdentity {
     /// The username as the pool compares it: case-folded where the pool's usernames are
@@ -248,7 +248,7 @@ impl std::fmt::Debug for FleetSettings {
 }
 
 /// `fleet.on_unavailable`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OnUnavailable {
     /// Each replica falls back to its own gate and limits, at `1 / replicas_hint` of the budgets.

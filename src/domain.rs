@@ -1,4 +1,4 @@
-//! Validated request types, and the region names that pool ids start with. Cognito's own limits (contract §2) are checked here, at the edge, so
+//! Validated request types, and the region names that pool ids start with. Cognito's own limits (docs/api.md §2) are checked here, at the edge, so
 //! that invalid input never reaches Cognito; every violation is collected, not just the first.
 
 use std::{collections::HashMap, fmt, sync::LazyLock};

@@ -1,4 +1,4 @@
-//! The gate's store shared by a fleet (contract §6): Redis, or anything that speaks its protocol
+//! The gate's store shared by a fleet (docs/api.md §6): Redis, or anything that speaks its protocol
 //! (Valkey, ElastiCache, MemoryDB). Each decision is one Lua script, so one atomic round trip:
 //! `fleet/claim.lua` decides a call (the caller's rate, the request id, the user, the pool's and
 //! the backend's budgets, GCRA on Redis' clock), `fleet/settle.lua` records its outcome.

@@ -1,4 +1,4 @@
-//! At most one Cognito call per user per cooldown (contract §5): identical resets in flight share
+//! At most one Cognito call per user per cooldown (docs/api.md §5): identical resets in flight share
 //! one call (single flight), and a repeat inside the cooldown is answered from memory. A caller's
 //! retry therefore never sends the person a second code.
 //!

@@ -1,4 +1,4 @@
-//! Who is "the same person" (contract §5): what the user gate keys on, so that another spelling of
+//! Who is "the same person" (docs/api.md §5): what the user gate keys on, so that another spelling of
 //! one user is not another user.
 //!
 //! - `limits.user_identity = "username"`: the username as the pool compares it. Cognito pools

@@ -2,7 +2,7 @@
 //!
 //! Internal services call `cognitogateway.v1.UserAdminService/ResetUserPassword`; the gateway
 //! validates the request at the edge, calls Cognito's `AdminResetUserPassword` through the AWS SDK,
-//! and turns every outcome into a precise gRPC status (`../shared/CONTRACT.md`, docs/errors.md).
+//! and turns every outcome into a precise gRPC status (docs/api.md, docs/errors.md).
 //!
 //! # Layout
 //! - [`app`], server assembly. Start here: it shows the layers a call passes and where it goes.
@@ -69,9 +69,11 @@ pub use gate::{MemoryStore, Times, random_key};
 pub mod proto {
     tonic::include_proto!("cognitogateway.v1");
 
-    /// The encoded `FileDescriptorSet` of `user_admin.proto`.
+    /// The encoded `FileDescriptorSet` reflection serves: `user_admin.proto`, and
+    /// `google/rpc/status.proto` and `error_details.proto` (with their imports), so that clients can
+    /// decode the error details.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
-        include_bytes!(concat!(env!("OUT_DIR"), "/user_admin_descriptor.bin"));
+        include_bytes!(concat!(env!("OUT_DIR"), "/reflection_descriptor.bin"));
 
     // Generated without `Debug` (see build.rs): the username and metadata are sensitive.
     impl std::fmt::Debug for ResetUserPasswordRequest {

@@ -22,6 +22,10 @@ async fn main() -> ExitCode {
         Command::Serve(args) => serve(args).await,
         Command::Reset(args) => cognito_gateway::client::run(args).await,
         Command::CheckConfig(args) => check_config(&args).await,
+        Command::ConfigSchema => {
+            print!("{}", cognito_gateway::config::json_schema());
+            ExitCode::SUCCESS
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! THE error table (contract §3): every way a call can fail, turned into one gRPC status with its
+//! THE error table (docs/api.md §3): every way a call can fail, turned into one gRPC status with its
 //! `ErrorInfo` and the other details. Nothing else in the crate builds an error status.
 //!
 //! Caller-side statuses may repeat Cognito's message. Server-side ones ([`is_server_side`]) carry an
@@ -70,7 +70,7 @@ pub enum GatewayError {
     /// nothing was sent, and another replica (or this one, restarted) will take the retry.
     #[error("shutting down: no reset is started that could be cut off")]
     Draining,
-    /// The request broke Cognito's own limits (contract §2); nothing was sent.
+    /// The request broke Cognito's own limits (docs/api.md §2); nothing was sent.
     #[error("invalid request ({} field(s))", .0.len())]
     InvalidRequest(Vec<FieldViolation>),
     /// The caller's `grpc-timeout` ran out.
@@ -84,7 +84,7 @@ pub enum GatewayError {
     Backend(#[from] BackendError),
     /// The reset may or may not have happened (HTTP 5xx, a timeout or a connection lost after the
     /// request was written). It is remembered for the cooldown and never sent again meanwhile
-    /// (contract §5), so the caller is told UNKNOWN, which meshes do not retry, and how long
+    /// (docs/api.md §5), so the caller is told UNKNOWN, which meshes do not retry, and how long
     /// until a new reset can go out.
     #[error("the reset's outcome is unknown ({exception}){}", cause.as_ref().map(|c| format!(": {c}")).unwrap_or_default())]
     OutcomeUnknown {

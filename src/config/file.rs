@@ -4,6 +4,7 @@
 
 use std::{collections::BTreeSet, path::Path, time::Duration};
 
+use schemars::JsonSchema;
 use serde::{Deserialize, de::DeserializeOwned};
 
 use super::{
@@ -18,8 +19,12 @@ use access::{FileAuth, FileCaller, access};
 
 /// The TOML file as written (`--config`). Unknown keys are errors, so a typo is never silently
 /// ignored.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
+#[schemars(
+    title = "cognito-gateway configuration (--config)",
+    description = "What serde accepts: keys and types. Ranges and rules between keys are checked by `cognito-gateway check-config`."
+)]
 pub struct FileConfig {
     server: FileServer,
     cognito: FileCognito,
@@ -29,7 +34,7 @@ pub struct FileConfig {
     fleet: Option<FileFleet>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileServer {
     max_concurrent_streams: u32,
@@ -50,7 +55,7 @@ pub(super) struct FileServer {
     handshake_timeout_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileCognito {
     operation_timeout_ms: u64,
@@ -62,7 +67,7 @@ pub(super) struct FileCognito {
     max_regions: usize,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(default, deny_unknown_fields)]
 pub(super) struct FileLimits {
     backend_rps: u32,
@@ -78,7 +83,7 @@ pub(super) struct FileLimits {
     user_identity: UserIdentity,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileFleet {
     #[serde(default)]
@@ -109,6 +114,49 @@ fn default_on_unavailable() -> OnUnavailable {
 }
 fn default_replicas_hint() -> u32 {
     2
+}
+
+/// The TOML file's JSON Schema (draft 2020-12), as `cognito-gateway config-schema` prints it and
+/// docs/config.schema.json holds it: derived from the types serde reads the file into, so it cannot
+/// drift from them. Editors and CI validate with it; `check-config` remains the full check.
+pub fn json_schema() -> String {
+    let schema = schemars::generate::SchemaSettings::draft2020_12()
+        .with_transform(schemars::transform::RecursiveTransform(no_null))
+        .into_generator()
+        .into_root_schema_for::<FileConfig>();
+    let mut text = serde_json::to_string_pretty(&schema)
+        .expect("a schema built of JSON values always serializes");
+    text.push('\n');
+    text
+}
+
+/// TOML has no null: a key left out is serde's `None`, so the `null` that schemars allows for every
+/// `Option` (and gives as its default) is taken out, and the schema says only what a file can hold.
+fn no_null(schema: &mut schemars::Schema) {
+    let is_null = |value: &serde_json::Value| value == "null" || value["type"] == "null";
+    if schema
+        .get("default")
+        .is_some_and(serde_json::Value::is_null)
+    {
+        schema.remove("default");
+    }
+    if let Some(serde_json::Value::Array(types)) = schema.get_mut("type") {
+        types.retain(|t| !is_null(t));
+        if let [only] = types.as_slice() {
+            let only = only.clone();
+            schema.insert("type".to_owned(), only);
+        }
+    }
+    if let Some(serde_json::Value::Array(any_of)) = schema.get_mut("anyOf") {
+        any_of.retain(|alternative| !is_null(alternative));
+        if let [serde_json::Value::Object(only)] = any_of.as_slice() {
+            let only = only.clone();
+            schema.remove("anyOf");
+            for (key, value) in only {
+                schema.insert(key, value);
+            }
+        }
+    }
 }
 
 impl FileConfig {

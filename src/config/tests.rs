@@ -334,3 +334,51 @@ fn fleet_settings_are_read_with_their_files() {
     assert!(message.contains("at least 32"), "{message}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The shipped schema is what `config-schema` prints today: a type changed without regenerating it
+/// fails here.
+#[test]
+fn the_committed_json_schema_is_current() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.schema.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == json_schema(),
+        "docs/config.schema.json is stale; regenerate it: cargo run -- config-schema > docs/config.schema.json"
+    );
+}
+
+/// Every table of the schema refuses unknown keys, as serde does (`deny_unknown_fields`), and the
+/// keys serde cannot do without are required.
+#[test]
+fn the_json_schema_refuses_what_serde_refuses() {
+    fn tables<'a>(value: &'a serde_json::Value, found: &mut Vec<&'a serde_json::Value>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if map.contains_key("properties") {
+                    found.push(value);
+                }
+                map.values().for_each(|v| tables(v, found));
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| tables(v, found)),
+            _ => {}
+        }
+    }
+    let schema: serde_json::Value = serde_json::from_str(&json_schema()).unwrap();
+    let mut found = Vec::new();
+    tables(&schema, &mut found);
+    // The file, [server], [cognito], [auth], [auth.jwt], [auth.mtls], [[callers]], [limits], [fleet].
+    assert_eq!(found.len(), 9, "{schema:#}");
+    for table in &found {
+        assert_eq!(table["additionalProperties"], false, "{table:#}");
+    }
+    let required = |name: &str| schema["$defs"][name]["required"].clone();
+    assert_eq!(required("FileAuth"), serde_json::json!(["mode"]));
+    assert_eq!(
+        required("FileFleet"),
+        serde_json::json!(["user_key_secret_file"])
+    );
+    assert_eq!(required("FileServer"), serde_json::Value::Null);
+    // The file itself: the same defaults serde applies to a file with nothing in it.
+    assert!(FileConfig::parse("").is_ok());
+    assert_eq!(schema["required"], serde_json::Value::Null);
+}

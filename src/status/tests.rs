@@ -1,4 +1,4 @@
-//! One test per row of the table (contract §3).
+//! One test per row of the table (docs/api.md §3).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! One reset, one e-mail, across a fleet (contract §5, §6): several replicas (`App`s in this
+//! One reset, one e-mail, across a fleet (docs/api.md §5, §6): several replicas (`App`s in this
 //! process, and the real binary where a replica must die) share one real `redis-server` and one
 //! wire-level fake Cognito that counts every send.
 

@@ -20,5 +20,8 @@ mod local;
 mod moto;
 mod mtls;
 mod otel;
+mod readme;
+mod reflection;
 mod server;
+mod shipped_config;
 mod wire;

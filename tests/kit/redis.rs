@@ -179,7 +179,7 @@ impl Redis {
         }
     }
 
-    /// Checks what the contract promises of the store: every key starts with the prefix, and no
+    /// Checks what docs/api.md §6 promises of the store: every key starts with the prefix, and no
     /// key or value holds a username.
     pub fn assert_holds_no(&self, usernames: &[&str]) {
         let dump = self.dump();

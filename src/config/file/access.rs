@@ -6,6 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use super::{read_toml, secs, within};
@@ -17,7 +18,7 @@ use crate::{
     domain::UserPoolId,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileAuth {
     mode: AuthMode,
@@ -31,7 +32,7 @@ pub(super) struct FileAuth {
     mtls: Option<FileMtls>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileJwt {
     issuer: String,
@@ -52,7 +53,7 @@ struct FileJwt {
     jwks_refetch_min_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct FileMtls {
     cert_file: PathBuf,
@@ -62,7 +63,7 @@ struct FileMtls {
     handshake_timeout_secs: u64,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct FileCaller {
     name: String,
