@@ -57,11 +57,16 @@ cp /etc/ssl/certs/ca-certificates.crt "$work/context/ca-certificates.crt"
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
 echo "== image: podman build (BINARY_FROM=prebuilt, RUNTIME_BASE=scratch)"
+# Images this build leaves dangling (its stages, the image it replaces) are removed after it;
+# dangling images that were there before are not ours to remove.
+dangling() { podman images --quiet --no-trunc --filter dangling=true | sort; }
+dangling >"$work/dangling-before"
 podman build --quiet --file deploy/Dockerfile --tag "$image" \
   --build-arg BINARY_FROM=prebuilt --build-arg RUNTIME_BASE=scratch \
   --build-arg VERSION="$version" --build-arg REVISION="$revision" \
   --build-arg CREATED="$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
   "$work/context" >/dev/null
+comm -13 "$work/dangling-before" <(dangling) | xargs --no-run-if-empty podman rmi >/dev/null 2>&1 || true
 
 echo "== image: what is in it"
 podman image inspect "$image" >"$work/inspect.json"
@@ -100,7 +105,6 @@ audit = json.loads(zlib.decompress((work / "audit.zlib").read_bytes()))
 crates = {p["name"]: p["version"] for p in audit["packages"]}
 if crates.get("cognito-gateway") != version or "tonic" not in crates or "aws-sdk-cognitoidentityprovider" not in crates:
     problems.append(f"the embedded crate list lacks the gateway or its dependencies: {sorted(crates)[:10]}...")
-roots = (work / "files").read_text()  # listed above; its contents are checked by the aws run
 for problem in problems:
     print("FAIL:", problem)
 if problems:
