@@ -8,8 +8,8 @@ deploy/image.sh builds IMAGE and calls this with CONTAINERS_CONF set (runc, cgro
 
 `kube`: the variant rendered by `kubectl kustomize`, played by `podman kube play` with the
 manifest's own securityContext (user, read-only root, capabilities, no privilege escalation),
-volumes, args and environment. podman 4.3 cannot take a few things a kubelet does; each is done
-here the kubelet's way, or checked elsewhere:
+memory limit, volumes, args and environment. podman 4.3 cannot take a few things a kubelet
+does; each is done here the kubelet's way, or checked elsewhere:
 - a native sidecar (an initContainer with restartPolicy: Always) runs as a plain container; the
   ordering the kubelet gives it is checked by deploy/check.sh, not here;
 - Secret volumes become host directories holding the Secret's keys with the volume's modes and
@@ -192,7 +192,10 @@ def pod_for_podman(docs: list[dict], image: str, work: Path) -> tuple[list[dict]
         port["hostPort"] = published[port["name"]] = free_port()
         port["hostIP"] = "127.0.0.1"
     pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": deployment["spec"]["template"]["metadata"].get("labels", {})}, "spec": spec}
-    return config_maps + [pod], {"name": name, "ports": published, "args": gateway["args"], "env": env}
+    limit = gateway["resources"]["limits"]["memory"]
+    units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+    memory_limit = int(limit[:-2]) * units[limit[-2:]] if limit[-2:] in units else int(limit)
+    return config_maps + [pod], {"name": name, "ports": published, "args": gateway["args"], "env": env, "memory_limit": memory_limit}
 
 
 def caller(docs: list[dict], caller_docs: list[dict]) -> tuple[bytes | None, str]:
@@ -225,7 +228,7 @@ def check_kube(image: str, variant: Path, caller_file: Path | None) -> None:
         podman("kube", "play", str(manifest))
         container = f"{pod['name']}-{GATEWAY}"
         try:
-            check_security(container)
+            check_security(container, pod["memory_limit"])
             api_port = int(pod["args"][pod["args"].index("--listen") + 1].rsplit(":", 1)[1])
             status = health(pod["ports"]["health"])
             if status != "SERVING":
@@ -252,21 +255,22 @@ def check_kube(image: str, variant: Path, caller_file: Path | None) -> None:
             podman("kube", "down", str(manifest), check=False)
 
 
-def check_security(container: str) -> None:
-    """What podman made of the manifest's securityContext and mounts."""
+def check_security(container: str, memory_limit: int) -> None:
+    """What podman made of the manifest's securityContext, mounts and memory limit."""
     info = json.loads(podman("inspect", container).stdout)[0]
     host = info["HostConfig"]
     found = {
+        "memory limit": host["Memory"],
         "user": info["Config"]["User"],
         "read-only root": host["ReadonlyRootfs"],
         "capabilities": info["EffectiveCaps"] or [],
         "no-new-privileges": "no-new-privileges" in (host.get("SecurityOpt") or []),
         "writable mounts": [m["Destination"] for m in info["Mounts"] if m["RW"]],
     }
-    wanted = {"user": "65532:65532", "read-only root": True, "capabilities": [], "no-new-privileges": True, "writable mounts": []}
+    wanted = {"memory limit": memory_limit, "user": "65532:65532", "read-only root": True, "capabilities": [], "no-new-privileges": True, "writable mounts": []}
     if found != wanted:
         raise CheckFailed(f"{container}: runs with {found}, the manifest says {wanted}")
-    say(f"{container}: user 65532:65532, read-only root, no capabilities, no-new-privileges, read-only mounts")
+    say(f"{container}: user 65532:65532, read-only root, no capabilities, no-new-privileges, read-only mounts, memory limit {memory_limit >> 20} MiB")
 
 
 def reset_from_pod(image: str, pod: str, work: Path, port: int, token: bytes | None) -> subprocess.CompletedProcess:
