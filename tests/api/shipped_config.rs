@@ -1,5 +1,5 @@
-//! Every configuration shipped in deploy/ (the TOML inside each ConfigMap, the kustomize patch of
-//! shared-jwt included) passes `check-config`, with the files it names staged from the Secrets
+//! Every configuration shipped in deploy/ (each variant's `gateway.toml`, which kustomize's
+//! configMapGenerator turns into its ConfigMap) passes `check-config`, with the files it names staged from the Secrets
 //! shipped beside it; and a shipped file broken in one key is refused, naming the key.
 //! (.ci/config_schema.py validates the same files against docs/config.schema.json.)
 
@@ -56,25 +56,17 @@ fn manifests(dir: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// `gateway.toml` of every ConfigMap (or ConfigMap patch) in deploy/k8s, by manifest.
+/// Every variant's `gateway.toml`, by path.
 fn shipped_configs() -> BTreeMap<PathBuf, String> {
-    let mut configs = BTreeMap::new();
-    for dir in variants() {
-        for manifest in manifests(&dir) {
-            for document in yaml_documents(&manifest) {
-                if document.get("kind").and_then(yaml_serde::Value::as_str) != Some("ConfigMap") {
-                    continue;
-                }
-                if let Some((_, toml)) = string_map(&document, "data")
-                    .into_iter()
-                    .find(|(key, _)| *key == "gateway.toml")
-                {
-                    configs.insert(manifest.clone(), toml.to_owned());
-                }
-            }
-        }
-    }
-    configs
+    variants()
+        .into_iter()
+        .map(|dir| dir.join("gateway.toml"))
+        .filter(|path| path.is_file())
+        .map(|path| {
+            let toml = std::fs::read_to_string(&path).unwrap();
+            (path, toml)
+        })
+        .collect()
 }
 
 /// The Secrets' keys a variant's configuration may name (each mounted as a file of the key's
@@ -144,9 +136,9 @@ fn check_config_accepts_every_shipped_configuration() {
     assert_eq!(
         names,
         [
-            "deploy/k8s/shared/configmap.yaml",
-            "deploy/k8s/shared-jwt/configmap-patch.yaml",
-            "deploy/k8s/sidecar/configmap.yaml",
+            "deploy/k8s/shared/gateway.toml",
+            "deploy/k8s/shared-jwt/gateway.toml",
+            "deploy/k8s/sidecar/gateway.toml",
         ]
     );
     for (manifest, toml) in &configs {
@@ -163,7 +155,7 @@ fn check_config_accepts_every_shipped_configuration() {
 #[test]
 fn check_config_refuses_a_shipped_configuration_broken_in_one_key() {
     let configs = shipped_configs();
-    let sidecar = repo().join("deploy/k8s/sidecar/configmap.yaml");
+    let sidecar = repo().join("deploy/k8s/sidecar/gateway.toml");
     let toml = &configs[&sidecar];
     assert!(
         toml.contains("backend_rps = 5\n"),
