@@ -91,6 +91,8 @@ enum Plan {
     Unauthenticated,
     /// A caller whose pools do not include this one.
     NotAllowed,
+    /// A pool in a region the gateway does not serve (`cognito.allowed_regions`).
+    OtherRegion,
     /// The caller held to 2 calls a second.
     RateLimited,
     /// A deadline that expires while Cognito answers, then a retry without one (joins the call
@@ -117,6 +119,7 @@ const DECK: &[Plan] = &[
     Plan::Unknown,
     Plan::NotAllowed,
     Plan::Throttled,
+    Plan::OtherRegion,
     Plan::Ok,
     Plan::Cancel,
 ];
@@ -445,6 +448,10 @@ async fn play(
             let narrow = callers.narrow.as_str();
             tally.record(&user, call(user.clone(), narrow, String::new(), None).await);
         }
+        Plan::OtherRegion => {
+            let user = format!("ok-{n}");
+            tally.record(&user, other_region(client, main, &user).await);
+        }
         Plan::RateLimited => {
             let user = format!("lim-{n}");
             let limited = callers.limited.as_str();
@@ -488,6 +495,29 @@ async fn play(
             tally.record(&user, call(user.clone(), main, String::new(), None).await);
         }
     }
+}
+
+/// One call for a pool in eu-west-1, which the soak's gateway does not serve.
+async fn other_region(
+    client: &UserAdminServiceClient<Channel>,
+    token: &str,
+    user: &str,
+) -> Result<cognito_gateway::proto::ResetUserPasswordResponse, Status> {
+    let mut request = tonic::Request::new(ResetUserPasswordRequest {
+        user_pool_id: "eu-west-1_Soak2".to_owned(),
+        username: user.to_owned(),
+        client_metadata: Default::default(),
+        request_id: String::new(),
+    });
+    request.metadata_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("a token is ASCII"),
+    );
+    client
+        .clone()
+        .reset_user_password(request)
+        .await
+        .map(tonic::Response::into_inner)
 }
 
 impl Tally {
@@ -609,6 +639,7 @@ user_cooldown_secs = 30
 request_id_ttl_secs = 60
 
 [cognito]
+allowed_regions = ["us-east-1"]
 operation_timeout_ms = 3000
 max_attempts = {MAX_ATTEMPTS}
 initial_backoff_ms = 1

@@ -317,10 +317,18 @@ async fn a_handshake_never_answered_times_out_connecting_and_is_unreachable() {
     let app = chaos_app(&cognito.tls_endpoint(), chaos_config(COOLDOWN)).await;
     let status = app.reset(POOL, "alice").await.unwrap_err();
     assert_reason(&status, Code::Unavailable, "BACKEND_UNREACHABLE");
-    assert_eq!(cognito.connections(), 3 + 3, "DescribeUserPool's attempts, then the reset's");
+    assert_eq!(
+        cognito.connections(),
+        3 + 3,
+        "DescribeUserPool's attempts, then the reset's"
+    );
     let status = app.reset(POOL, "alice").await.unwrap_err();
     assert_reason(&status, Code::Unavailable, "BACKEND_UNREACHABLE");
-    assert_eq!(cognito.connections(), 3 + 3 + 3, "nothing remembered: tried anew");
+    assert_eq!(
+        cognito.connections(),
+        3 + 3 + 3,
+        "nothing remembered: tried anew"
+    );
 }
 
 #[tokio::test]
