@@ -146,6 +146,9 @@ struct Callers {
     narrow: String,
 }
 
+/// A figure a [`Sample`] holds, and its name.
+type Field = (&'static str, fn(&Sample) -> u64);
+
 /// One /proc sample of the gateway.
 #[derive(Debug, Clone, Copy)]
 struct Sample {
@@ -853,7 +856,7 @@ fn drifts(samples: &[Sample]) -> Vec<(&'static str, f64)> {
         part.iter().map(|s| field(s) as f64).sum::<f64>() / part.len() as f64
     };
     let (first, end) = (&warm[..tenth], &warm[warm.len() - tenth..]);
-    let fields: [(&'static str, fn(&Sample) -> u64); 3] = [
+    let fields: [Field; 3] = [
         ("VmRSS", |s| s.rss_kib),
         ("open file descriptors", |s| s.fds),
         ("threads", |s| s.threads),

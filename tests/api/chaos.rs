@@ -285,7 +285,7 @@ async fn a_dns_failure_is_unreachable_and_nothing_is_remembered() {
         let status = app.reset(POOL, "alice").await.unwrap_err();
         assert_reason(&status, Code::Unavailable, "BACKEND_UNREACHABLE");
         assert!(details(&status).retry_info().is_some());
-        assert!(error_info(&status).metadata.get("deduplicated").is_none());
+        assert!(!error_info(&status).metadata.contains_key("deduplicated"));
     }
 }
 
