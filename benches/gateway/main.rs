@@ -45,8 +45,13 @@
 //! - `tests/kit/` (shared with the API tests): the app in process, the binary as a child process,
 //!   an OTLP collector server.
 //!
+//! 7. The soak (`soak.rs`), run on its own: `cargo test --locked --bench gateway -- --soak`, the
+//!    release binary under ten minutes of mixed load (`COGNITO_GATEWAY_SOAK_SECS`), then an audit of
+//!    outcomes, Cognito sends, metrics, memory and file descriptors. It writes only its own section
+//!    of the report, which a full run keeps.
+//!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
-//! `--bench`; `main` then returns at once so the test suite stays fast. With
+//! `--bench` or `--soak`; `main` then returns at once so the test suite stays fast. With
 //! `COGNITO_GATEWAY_BENCH=fleet`, `in_process` or `abuse` only that section runs, and its table goes to
 //! stdout only.
 
@@ -62,6 +67,7 @@ mod fleet;
 mod in_process;
 mod load;
 mod report;
+mod soak;
 mod stack;
 mod stats;
 mod tracing_cost;
@@ -79,7 +85,8 @@ const IN_FLIGHT: usize = 64;
 
 fn main() {
     // cargo bench passes --bench; cargo test does not, and must not pay for minutes of load.
-    if !std::env::args().any(|arg| arg == "--bench") {
+    let soak = std::env::args().any(|arg| arg == "--soak");
+    if !soak && !std::env::args().any(|arg| arg == "--bench") {
         return;
     }
     let started = Instant::now();
@@ -89,6 +96,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime builds");
+    if soak {
+        soak::run(&runtime);
+        return;
+    }
 
     match only.as_deref() {
         Some("fleet") => {
@@ -141,6 +152,12 @@ fn main() {
     stack::write(&mut report, &stack);
     fleet::write(&mut report, &fleet);
     abuse::write(&mut report, &abuse);
+    // The soak runs on its own; its section, if the report has one, stays.
+    let previous = std::fs::read_to_string(report::REPORT).unwrap_or_default();
+    if let Some(soak) = report::section(&previous, "## Soak") {
+        report.push('\n');
+        report.push_str(&soak);
+    }
     println!("{report}");
     if let Some(dir) = Path::new(report::REPORT).parent() {
         std::fs::create_dir_all(dir).expect("docs/ can be created");

@@ -49,6 +49,43 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// When it was probed, `YYYY-MM-DD HH:MM UTC`.
+    pub(crate) fn date(&self) -> &str {
+        &self.date
+    }
+}
+
+/// `report` without the section that starts with the line `heading` (up to the next `## ` heading).
+pub(crate) fn without_section(report: &str, heading: &str) -> String {
+    let mut kept = String::new();
+    let mut inside = false;
+    for line in report.split_inclusive('\n') {
+        if line.starts_with("## ") {
+            inside = line.trim_end() == heading;
+        }
+        if !inside {
+            kept.push_str(line);
+        }
+    }
+    kept
+}
+
+/// The section of `report` that starts with the line `heading`, if it has one.
+pub(crate) fn section(report: &str, heading: &str) -> Option<String> {
+    let without = without_section(report, heading);
+    (without.len() < report.len()).then(|| {
+        let start = report
+            .find(&format!("{heading}\n"))
+            .expect("a section was cut out, so its heading is there");
+        let rest = &report[start..];
+        let end = rest[heading.len()..]
+            .find("\n## ")
+            .map_or(rest.len(), |i| heading.len() + i + 1);
+        rest[..end].to_owned()
+    })
+}
+
 /// The 1, 5 and 15 minute load averages: how shared the machine was.
 pub(crate) fn read_loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -433,6 +433,19 @@ where
             _ => BackendError::Unreachable(detail()),
         },
         SdkError::ConstructionFailure(_) => BackendError::Misconfigured(detail()),
+        // Cognito answered, but the reply could not be read: cut off mid-body, truncated, not
+        // JSON. After a 5xx or a 2xx the reset happened or may have, as after a lost connection.
+        SdkError::ResponseError(response) if response.raw().status().is_server_error() => {
+            BackendError::Cognito(CognitoFailure {
+                code: String::new(),
+                message: detail(),
+                request_id,
+                http_status: response.raw().status().as_u16(),
+            })
+        }
+        SdkError::ResponseError(response) if response.raw().status().is_success() => {
+            BackendError::ConnectionLost(detail())
+        }
         _ => BackendError::BadResponse {
             request_id,
             detail: detail(),

@@ -13,6 +13,7 @@ mod jwt;
 mod kit;
 
 mod callers;
+mod chaos;
 mod cli;
 mod fleet;
 mod hostile;

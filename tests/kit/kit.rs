@@ -12,6 +12,8 @@
 //! - [`binary`]: the real binary as a child process, started and waited for until `SERVING`.
 //! - [`files`]: temporary config and key files, written as Kubernetes swaps them.
 //! - [`fake_cognito`]: Cognito on the wire, faked with wiremock.
+//! - [`chaos_cognito`]: Cognito with faults below HTTP (silence, resets, stalls, bad TLS), on a raw
+//!   socket.
 //! - [`otlp`]: an OTLP collector server, for the tests' and the bench's collector services.
 //! - [`redis`]: a private `redis-server`, for the fleet.
 
@@ -21,6 +23,7 @@
 
 pub mod app;
 pub mod binary;
+pub mod chaos_cognito;
 pub mod fake_cognito;
 pub mod files;
 pub mod otlp;
