@@ -25,27 +25,44 @@ use tower::{Layer, Service};
 use super::rescue::fail;
 use crate::status::GatewayError;
 
-/// How much earlier than the deadline this layer answers. tokio's timers tick in milliseconds, so
-/// any margin wins over tonic's own timer; the rest is for the answer to travel to the client.
-const LAYER_MARGIN: Duration = Duration::from_millis(10);
-/// How much earlier than the deadline the handler stops waiting on Cognito, to end the call itself
-/// (with its log line and the pool id in the details) before the layer has to.
-const HANDLER_MARGIN: Duration = Duration::from_millis(20);
+/// How much earlier than the deadline this layer answers: a twentieth of the caller's timeout,
+/// within these bounds. The answer must reach the client before the client's own timer fires (or it
+/// sees CANCELLED, not DEADLINE_EXCEEDED), and on a loaded node a fixed 10 ms was often not enough:
+/// scheduling, the write and the client's read all come out of it.
+const LAYER_MARGIN_MIN: Duration = Duration::from_millis(10);
+const LAYER_MARGIN_MAX: Duration = Duration::from_millis(100);
+/// How much earlier still the handler stops waiting on Cognito, to end the call itself (with its
+/// log line and the pool id in the details) before the layer has to.
+const HANDLER_LEAD: Duration = Duration::from_millis(10);
 
-/// When the caller stops waiting: the arrival time plus its `grpc-timeout`.
+/// When the caller stops waiting (the arrival time plus its `grpc-timeout`), and how much earlier
+/// the gateway answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CallerDeadline(Instant);
+pub(crate) struct CallerDeadline {
+    at: Instant,
+    margin: Duration,
+}
 
 impl CallerDeadline {
     /// A deadline `timeout` from now.
     pub(crate) fn after(timeout: Duration) -> Self {
-        Self(Instant::now() + timeout)
+        Self {
+            at: Instant::now() + timeout,
+            margin: (timeout / 20)
+                .clamp(LAYER_MARGIN_MIN, LAYER_MARGIN_MAX)
+                .min(timeout),
+        }
+    }
+
+    /// When this layer answers DEADLINE_EXCEEDED.
+    fn answer_at(&self) -> Instant {
+        self.at - self.margin
     }
 
     /// How long the handler may still wait for Cognito.
     pub(crate) fn remaining(&self) -> Duration {
-        self.0
-            .saturating_duration_since(Instant::now() + HANDLER_MARGIN)
+        self.answer_at()
+            .saturating_duration_since(Instant::now() + HANDLER_LEAD)
     }
 }
 
@@ -106,7 +123,7 @@ where
                 // The call's own answer wins a tie.
                 biased;
                 response = call => response,
-                () = tokio::time::sleep_until(deadline.0 - LAYER_MARGIN.min(timeout)) => {
+                () = tokio::time::sleep_until(deadline.answer_at()) => {
                     Ok(fail(GatewayError::DeadlineExceeded))
                 }
             }
@@ -184,5 +201,10 @@ mod tests {
         assert_eq!(deadline.remaining(), Duration::from_millis(80));
         tokio::time::advance(Duration::from_millis(81)).await;
         assert_eq!(deadline.remaining(), Duration::ZERO);
+        // Longer deadlines keep a twentieth, up to 100 ms.
+        let deadline = CallerDeadline::after(Duration::from_secs(1));
+        assert_eq!(deadline.remaining(), Duration::from_millis(940));
+        let deadline = CallerDeadline::after(Duration::from_secs(30));
+        assert_eq!(deadline.remaining(), Duration::from_millis(29_890));
     }
 }
