@@ -58,6 +58,7 @@ pub(super) struct FileCognito {
     max_backoff_ms: u64,
     allowed_regions: Option<Vec<String>>,
     max_regions: usize,
+    connection_refresh_secs: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -269,6 +270,9 @@ impl Default for FileCognito {
             max_backoff_ms: 1_000,
             allowed_regions: None,
             max_regions: 16,
+            // Below the shortest idle limit reported of AWS endpoints that matters here (S3's
+            // ~20 s); see cognito/connect.rs.
+            connection_refresh_secs: 15,
         }
     }
 }
@@ -320,6 +324,11 @@ impl FileCognito {
             max_backoff,
             allowed_regions,
             max_regions: within("cognito.max_regions", self.max_regions, 1..=64)?,
+            connection_refresh: Duration::from_secs(within(
+                "cognito.connection_refresh_secs",
+                self.connection_refresh_secs,
+                1..=3_600,
+            )?),
         })
     }
 }
