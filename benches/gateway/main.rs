@@ -14,6 +14,10 @@
 //!    so the figures are the gateway's alone, not Cognito's.
 //! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
 //!    process, with the Redis round trips each call costs.
+//! 7. Out of process, as a user would compare: the release binary and a direct SDK client, each in
+//!    its own process, against one local Cognito in a third; the bare gRPC hop beside them.
+//! 8. Cold and idle connections over TLS: the first call after idle periods (configurable), the
+//!    fake Cognito closing idle connections as AWS does.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
 //! as the tests do: their checks still run on every call, but none refuses one and no answer is
@@ -35,6 +39,8 @@
 //! - `tracing_cost.rs`: 4, OTLP export on and off.
 //! - `stack.rs`: 5, the middleware stack against the bare handler.
 //! - `fleet.rs`: 6, Redis against in process.
+//! - `out_of_process.rs`: 7 and 8, three processes; also the roles this binary plays in them.
+//! - `callgrind.rs`: a harness of N calls in process for `valgrind --tool=callgrind`.
 //! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
 //! - `stats.rs`: percentiles per round, medians over rounds.
 //! - `compare.rs`: two paths measured round by round with the CPU they used (sections 4 and 5).
@@ -44,7 +50,7 @@
 //!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
 //! `--bench`; `main` then returns at once so the test suite stays fast. With
-//! `COGNITO_GATEWAY_BENCH=fleet` or `in_process` only that section runs, and its table goes to
+//! `COGNITO_GATEWAY_BENCH=fleet`, `in_process`, `stack` or `out_of_process` only that section runs, and its table goes to
 //! stdout only.
 
 // A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
@@ -53,10 +59,12 @@
 use std::{path::Path, time::Instant};
 
 mod binary;
+mod callgrind;
 mod compare;
 mod fleet;
 mod in_process;
 mod load;
+mod out_of_process;
 mod report;
 mod stack;
 mod stats;
@@ -74,6 +82,11 @@ const WARM_UP: usize = 200;
 const IN_FLIGHT: usize = 64;
 
 fn main() {
+    // The fake Cognito and the direct client of sections 7 and 8 are this binary again.
+    if let Ok(role) = std::env::var(out_of_process::ROLE) {
+        out_of_process::run_role(&role);
+        return;
+    }
     // cargo bench passes --bench; cargo test does not, and must not pay for minutes of load.
     if !std::env::args().any(|arg| arg == "--bench") {
         return;
@@ -91,6 +104,24 @@ fn main() {
             let figures = runtime.block_on(fleet::bench());
             let mut report = String::new();
             fleet::write(&mut report, &figures);
+            println!("{report}");
+            return;
+        }
+        Some("callgrind") => {
+            runtime.block_on(callgrind::run());
+            return;
+        }
+        Some("out_of_process") => {
+            let (hop, idle) = out_of_process::bench(&runtime, out_of_process::IdlePlan::from_env());
+            let mut report = String::new();
+            out_of_process::write(&mut report, &hop, &idle);
+            println!("{report}");
+            return;
+        }
+        Some("stack") => {
+            let figures = runtime.block_on(stack::bench());
+            let mut report = String::new();
+            stack::write(&mut report, &figures);
             println!("{report}");
             return;
         }
@@ -118,6 +149,8 @@ fn main() {
     let stack = runtime.block_on(stack::bench());
     eprintln!("benchmarking the fleet: Redis against in process ({ROUNDS} rounds)...");
     let fleet = runtime.block_on(fleet::bench());
+    eprintln!("benchmarking out of process: the binary against the SDK, and idle TLS connections...");
+    let (hop, idle) = out_of_process::bench(&runtime, out_of_process::IdlePlan::from_env());
     let load_after = report::read_loadavg();
 
     let mut report = String::new();
@@ -127,6 +160,7 @@ fn main() {
     tracing_cost::write(&mut report, &tracing_cost);
     stack::write(&mut report, &stack);
     fleet::write(&mut report, &fleet);
+    out_of_process::write(&mut report, &hop, &idle);
     println!("{report}");
     if let Some(dir) = Path::new(report::REPORT).parent() {
         std::fs::create_dir_all(dir).expect("docs/ can be created");
