@@ -139,7 +139,8 @@ impl SdkBackend {
         if let Some(regional) = self.read_clients().get(prefix) {
             return Ok((prefix.to_owned(), regional.client.clone()));
         }
-        let (region, client) = self.regional(pool)?;
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
         Ok((region, client))
     }
 
