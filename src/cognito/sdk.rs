@@ -5,7 +5,7 @@ use std::{
     cell::Cell,
     collections::{BTreeSet, HashMap},
     future::Future,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -45,7 +45,8 @@ pub struct SdkBackend {
     base: SdkConfig,
     settings: CognitoSettings,
     /// What throttling retries draw on; without one they are bounded by `max_attempts` alone.
-    send_budget: Option<Arc<RateLimit>>,
+    /// Shared with every region's client, including those built before it was given.
+    send_budget: Arc<OnceLock<Arc<RateLimit>>>,
     clients: RwLock<HashMap<String, Regional>>,
     /// The HTTP client every region's SDK client sends with.
     http: WarmHttp,
@@ -115,7 +116,7 @@ impl SdkBackend {
         let backend = Self {
             base,
             settings,
-            send_budget: None,
+            send_budget: Arc::default(),
             clients: RwLock::new(HashMap::new()),
             http,
             region_labels: RwLock::new(BTreeSet::new()),
@@ -189,7 +190,7 @@ impl SdkBackend {
             clients.remove(&evicted);
         }
         let gate = RetryGate {
-            budget: self.send_budget.clone(),
+            budget: Arc::clone(&self.send_budget),
         };
         let client = Client::from_conf(
             client_config(&self.base, &self.settings, &region, gate).http_client(self.http.shared()).build(),
@@ -338,8 +339,8 @@ impl Backend for SdkBackend {
         self.region_for(pool).map(drop)
     }
 
-    fn with_send_budget(mut self, budget: Arc<RateLimit>) -> Self {
-        self.send_budget = Some(budget);
+    fn with_send_budget(self, budget: Arc<RateLimit>) -> Self {
+        let _ = self.send_budget.set(budget);
         self
     }
 
