@@ -14,9 +14,9 @@
 //!    so the figures are the gateway's alone, not Cognito's.
 //! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
 //!    process, with the Redis round trips each call costs.
-//! 7. Out of process, as a user would compare: the release binary and a direct SDK client, each in
+//! - Out of process, as a user would compare: the release binary and a direct SDK client, each in
 //!    its own process, against one local Cognito in a third; the bare gRPC hop beside them.
-//! 8. Cold and idle connections over TLS: the first call after idle periods (configurable), the
+//! - Cold and idle connections over TLS: the first call after idle periods (configurable), the
 //!    fake Cognito closing idle connections as AWS does.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
@@ -39,7 +39,7 @@
 //! - `tracing_cost.rs`: 4, OTLP export on and off.
 //! - `stack.rs`: 5, the middleware stack against the bare handler.
 //! - `fleet.rs`: 6, Redis against in process.
-//! - `out_of_process.rs`: 7 and 8, three processes; also the roles this binary plays in them.
+//! - `out_of_process.rs`: out of process and idle connections, three processes; also the roles this binary plays in them.
 //! - `callgrind.rs`: a harness of N calls in process for `valgrind --tool=callgrind`.
 //! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
 //! - `stats.rs`: percentiles per round, medians over rounds.
@@ -82,7 +82,7 @@ const WARM_UP: usize = 200;
 const IN_FLIGHT: usize = 64;
 
 fn main() {
-    // The fake Cognito and the direct client of sections 7 and 8 are this binary again.
+    // The fake Cognito and the direct client of the out-of-process sections are this binary again.
     if let Ok(role) = std::env::var(out_of_process::ROLE) {
         out_of_process::run_role(&role);
         return;

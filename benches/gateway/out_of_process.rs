@@ -1,10 +1,10 @@
-//! Sections 7 and 8, out of process, as a user would compare: the release binary and a client of
+//! Two sections out of process, as a user would compare: the release binary and a client of
 //! the AWS SDK, each in its own process, against one fake Cognito in a third; the bench process
 //! drives them and calls the gateway.
 //!
-//! 7. Added latency and throughput: gateway against the direct SDK call, with the bare gRPC hop
+//! - Added latency and throughput: gateway against the direct SDK call, with the bare gRPC hop
 //!    (`grpc.health.v1.Health/Check` on the same connection) beside them; rounds interleaved.
-//! 8. Cold and idle connections over TLS: the fake Cognito behind a TLS front that, like AWS,
+//! - Cold and idle connections over TLS: the fake Cognito behind a TLS front that, like AWS,
 //!    closes connections left idle; the first call after each idle period against warm calls.
 //!
 //! The fake Cognito and the direct client are this bench binary started again in a role
@@ -86,7 +86,7 @@ impl IdlePlan {
     }
 }
 
-/// Section 7's figures.
+/// The out-of-process comparison's figures.
 pub(crate) struct Hop {
     gateway: Vec<Summary>,
     direct: Vec<Summary>,
@@ -99,7 +99,7 @@ pub(crate) struct Hop {
     gateway_cpu_us: f64,
 }
 
-/// Section 8's figures, per idle period: (idle s, gateway first, gateway warm p50, direct first,
+/// The idle connections' figures, per idle period: (idle s, gateway first, gateway warm p50, direct first,
 /// direct warm p50), µs.
 pub(crate) struct Idle {
     plan: IdlePlan,
@@ -111,7 +111,7 @@ pub(crate) struct Idle {
     idle_total: Duration,
 }
 
-/// Runs section 7, then section 8 (with `plan`).
+/// Runs the comparison, then the idle periods of `plan`.
 pub(crate) fn bench(runtime: &Runtime, plan: IdlePlan) -> (Hop, Idle) {
     (hop(runtime), idle(runtime, plan))
 }
@@ -551,11 +551,11 @@ fn localhost_certificate() -> (
     (ca_pem, leaf.der().clone(), key)
 }
 
-/// The report's sections 7 and 8.
+/// The report's two sections.
 pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     let _ = writeln!(
         out,
-        "## 7. Out of process: the release binary against the SDK called directly\n\n\
+        "## Out of process: the release binary against the SDK called directly\n\n\
          What a user would compare. Three processes on this machine: the local Cognito (this \
          bench binary started again, serving the embedded local Cognito on loopback, plain HTTP), \
          the release `cognito-gateway serve` pointed at it (`AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER`, \
@@ -670,7 +670,7 @@ pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     let plan = &idle.plan;
     let _ = writeln!(
         out,
-        "## 8. Cold and idle connections over TLS\n\n\
+        "## Cold and idle connections over TLS\n\n\
          The same three processes, with the local Cognito behind a TLS front for `localhost` \
          (rustls; its own CA, given to the gateway and the direct client as `SSL_CERT_FILE`) \
          that closes a connection after **{} s** without a byte either way (with a close_notify), \
