@@ -36,8 +36,8 @@ use tracing::{Level, Metadata};
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::{
     EnvFilter, Layer, Registry,
-    fmt,
     filter::{FilterFn, Targets},
+    fmt,
     layer::SubscriberExt as _,
     util::SubscriberInitExt as _,
 };
@@ -253,7 +253,9 @@ pub fn init(format: LogFormat) -> Telemetry {
 /// re-parses and re-serialises a span's fields at every `Span::record` (four per call, about
 /// 20 µs), for lines that did not need them: a call's own line (the rescue layer's) names its
 /// caller, pool, outcome and trace ids itself, and spans go to OpenTelemetry whole.
-pub fn json_logs<S, W>(writer: W) -> fmt::Layer<S, NoSpanFields, fmt::format::Format<fmt::format::Json>, W>
+pub fn json_logs<S, W>(
+    writer: W,
+) -> fmt::Layer<S, NoSpanFields, fmt::format::Format<fmt::format::Json>, W>
 where
     S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     W: for<'writer> fmt::MakeWriter<'writer> + 'static,

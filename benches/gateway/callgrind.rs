@@ -23,11 +23,7 @@
 use std::time::Duration;
 
 use cognito_gateway::{
-    Config,
-    cognito::SdkBackend,
-    config::CognitoSettings,
-    local::LocalCognito,
-    telemetry,
+    Config, cognito::SdkBackend, config::CognitoSettings, local::LocalCognito, telemetry,
 };
 use tracing_subscriber::{EnvFilter, Layer as _, filter::FilterFn, layer::SubscriberExt as _};
 

@@ -149,7 +149,9 @@ fn main() {
     let stack = runtime.block_on(stack::bench());
     eprintln!("benchmarking the fleet: Redis against in process ({ROUNDS} rounds)...");
     let fleet = runtime.block_on(fleet::bench());
-    eprintln!("benchmarking out of process: the binary against the SDK, and idle TLS connections...");
+    eprintln!(
+        "benchmarking out of process: the binary against the SDK, and idle TLS connections..."
+    );
     let (hop, idle) = out_of_process::bench(&runtime, out_of_process::IdlePlan::from_env());
     let load_after = report::read_loadavg();
 

@@ -77,7 +77,11 @@ impl IdlePlan {
         Self {
             idles: var("COGNITO_GATEWAY_BENCH_IDLE").map_or(vec![2, 12, 30], |list| {
                 list.split(',')
-                    .map(|s| s.trim().parse().expect("idle periods: seconds, comma-separated"))
+                    .map(|s| {
+                        s.trim()
+                            .parse()
+                            .expect("idle periods: seconds, comma-separated")
+                    })
                     .collect()
             }),
             server_idle: secs("COGNITO_GATEWAY_BENCH_SERVER_IDLE", 10),
@@ -120,7 +124,10 @@ fn hop(runtime: &Runtime) -> Hop {
     let cognito = Role::cognito(None);
     let gateway = start_gateway(&cognito.endpoint, 15, None);
     let mut direct = Role::direct(&cognito.endpoint, None);
-    let addr = gateway.addr.parse().expect("SERVING names a socket address");
+    let addr = gateway
+        .addr
+        .parse()
+        .expect("SERVING names a socket address");
     let pid = gateway.child.id();
     runtime.block_on(async {
         // One connection for both: the hop is measured where the resets go.
@@ -177,8 +184,8 @@ fn hop(runtime: &Runtime) -> Hop {
                 .push(CONCURRENT_CALLS as f64 / elapsed.as_secs_f64());
             figures.direct_conc.push(Summary::of(latencies));
         }
-        figures.gateway_cpu_us = gateway_ticks as f64 / ticks_per_second() * 1e6
-            / (ROUNDS * SEQUENTIAL_CALLS) as f64;
+        figures.gateway_cpu_us =
+            gateway_ticks as f64 / ticks_per_second() * 1e6 / (ROUNDS * SEQUENTIAL_CALLS) as f64;
         figures
     })
 }
@@ -190,7 +197,10 @@ fn idle(runtime: &Runtime, plan: IdlePlan) -> Idle {
     let mut cognito = Role::cognito(Some((&ca, plan.server_idle)));
     let gateway = start_gateway(&cognito.endpoint, plan.refresh, Some(&ca));
     let mut direct = Role::direct(&cognito.endpoint, Some(&ca));
-    let addr = gateway.addr.parse().expect("SERVING names a socket address");
+    let addr = gateway
+        .addr
+        .parse()
+        .expect("SERVING names a socket address");
     runtime.block_on(async {
         let client = connect(addr).await;
         let none = Counter::default();
@@ -238,7 +248,8 @@ fn idle(runtime: &Runtime, plan: IdlePlan) -> Idle {
 /// The release binary against `endpoint` (fake credentials, nothing from this machine's AWS files),
 /// trusting `ca` where given.
 fn start_gateway(endpoint: &str, refresh_secs: u64, ca: Option<&Path>) -> Gateway {
-    let config = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-oop-{refresh_secs}.toml"));
+    let config =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-oop-{refresh_secs}.toml"));
     std::fs::write(&config, gateway_config(refresh_secs)).expect("the target tmp dir is writable");
     let mut command = kit::binary::serve_command();
     for (name, _) in std::env::vars_os() {
@@ -305,7 +316,9 @@ impl Role {
         let stdin = child.stdin.take().expect("piped");
         let mut stdout = BufReader::new(child.stdout.take().expect("piped"));
         let mut first = String::new();
-        stdout.read_line(&mut first).expect("the role says it is ready");
+        stdout
+            .read_line(&mut first)
+            .expect("the role says it is ready");
         let endpoint = first
             .trim()
             .strip_prefix("READY ")
@@ -346,9 +359,7 @@ impl Role {
     fn ask(&mut self, command: &str) -> Vec<u64> {
         writeln!(self.stdin, "{command}").expect("the role reads commands");
         let mut line = String::new();
-        self.stdout
-            .read_line(&mut line)
-            .expect("the role answers");
+        self.stdout.read_line(&mut line).expect("the role answers");
         line.split_whitespace()
             .map(|n| n.parse().unwrap_or_else(|_| panic!("{command}: {line:?}")))
             .collect()
@@ -404,10 +415,15 @@ pub(crate) fn run_role(role: &str) {
                 let answer: Vec<u128> = runtime.block_on(async {
                     match words.as_slice() {
                         ["seq", n, who] => {
-                            let who = if *who == "alice" { Who::Alice } else { Who::Nobody };
+                            let who = if *who == "alice" {
+                                Who::Alice
+                            } else {
+                                Who::Nobody
+                            };
                             let call = crate::in_process::direct_call(&client, who);
                             let n = n.parse().expect("a count");
-                            sequential(n, &call, "direct").await
+                            sequential(n, &call, "direct")
+                                .await
                                 .iter()
                                 .map(Duration::as_nanos)
                                 .collect()
@@ -442,7 +458,9 @@ pub(crate) fn run_role(role: &str) {
 /// AWS endpoints close idle connections. Returns the endpoint, the TLS front's accepted
 /// connections, and the Cognito (which must live on).
 async fn serve_cognito() -> (String, Arc<AtomicU64>, LocalCognito) {
-    let local = LocalCognito::start().await.expect("the local Cognito starts");
+    let local = LocalCognito::start()
+        .await
+        .expect("the local Cognito starts");
     let accepted = Arc::new(AtomicU64::new(0));
     let Ok(ca_out) = std::env::var("BENCH_CA_OUT") else {
         return (local.endpoint_url(), accepted, local);
@@ -618,7 +636,13 @@ pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     ];
     table(
         out,
-        &["sequential, µs", "p50", "p90", "p99", "p50 range over rounds"],
+        &[
+            "sequential, µs",
+            "p50",
+            "p90",
+            "p99",
+            "p50 range over rounds",
+        ],
         &rows,
     );
     let ratio = median(
@@ -653,7 +677,13 @@ pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     );
     table(
         out,
-        &["64 in flight, distinct users", "calls/s", "range", "p50 µs", "p99 µs"],
+        &[
+            "64 in flight, distinct users",
+            "calls/s",
+            "range",
+            "p50 µs",
+            "p99 µs",
+        ],
         &[
             conc("gateway", &hop.gateway_cps, &hop.gateway_conc),
             conc("SDK direct", &hop.direct_cps, &hop.direct_conc),

@@ -24,7 +24,6 @@ use std::{
     collections::HashMap,
     future::Future,
     io,
-    mem::MaybeUninit,
     pin::Pin,
     sync::{Arc, Mutex},
     task::{Context, Poll},
@@ -48,10 +47,13 @@ use hyper_util::{
     client::legacy::{Client, connect::HttpConnector as TcpConnector},
     rt::{TokioExecutor, TokioIo, TokioTimer},
 };
-use tower::Service as _;
 use tokio::{
     net::TcpStream,
-    sync::{Notify, watch}, task::JoinHandle, time::Instant};
+    sync::{Notify, watch},
+    task::JoinHandle,
+    time::Instant,
+};
+use tower::Service as _;
 
 type Https = HttpsConnector<TcpConnector>;
 type Conn = MaybeHttpsStream<TokioIo<TcpStream>>;
@@ -104,9 +106,11 @@ impl WarmHttp {
     /// The client as the SDK's configuration takes it.
     pub(crate) fn shared(&self) -> SharedHttpClient {
         let this = self.clone();
-        http_client_fn(move |_settings: &HttpConnectorSettings, _: &RuntimeComponents| {
-            SharedHttpConnector::new(this.clone())
-        })
+        http_client_fn(
+            move |_settings: &HttpConnectorSettings, _: &RuntimeComponents| {
+                SharedHttpConnector::new(this.clone())
+            },
+        )
     }
 
     /// Keeps a spare connection to `endpoint` (`https://host[:port]`, once resolved; none: nothing
@@ -149,7 +153,9 @@ impl HttpConnector for WarmHttp {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         let request = match request.try_into_http1x() {
             Ok(request) => request,
-            Err(error) => return HttpConnectorFuture::ready(Err(ConnectorError::user(error.into()))),
+            Err(error) => {
+                return HttpConnectorFuture::ready(Err(ConnectorError::user(error.into())));
+            }
         };
         let sent = self.client.request(request);
         HttpConnectorFuture::new(async move {
@@ -235,7 +241,9 @@ impl Default for Spares {
 impl Spares {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Slot>> {
         // A panic while holding the lock leaves at worst a spare missing.
-        self.slots.lock().unwrap_or_else(|poison| poison.into_inner())
+        self.slots
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 }
 
@@ -271,9 +279,9 @@ impl WarmConnector {
     fn take_spare(&self, uri: &Uri) -> Option<Conn> {
         let mut spares = self.spares.lock();
         let slot = spares.get_mut(&key(uri))?;
-        let (conn, opened) = slot.spare.take()?;
+        let (mut conn, opened) = slot.spare.take()?;
         slot.taken_signal.notify_one();
-        if opened.elapsed() >= self.refresh || !still_open(&conn) {
+        if opened.elapsed() >= self.refresh || !still_open(&mut conn) {
             return None;
         }
         slot.taken += 1;
@@ -329,18 +337,20 @@ impl WarmConnector {
     }
 }
 
-/// Whether the server has not closed (or written to) an idle connection: a peek that would
-/// block. Anything readable on an idle HTTP/1.1 connection is its end: EOF, a TLS close_notify.
-fn still_open(conn: &Conn) -> bool {
-    let tcp: &TcpStream = match conn {
-        MaybeHttpsStream::Http(io) => io.inner(),
-        MaybeHttpsStream::Https(io) => io.inner().get_ref().0.inner().inner(),
+/// Whether the server has not closed (or written to) an idle connection: a read that would
+/// block. What a server may send after the handshake (TLS 1.3 session tickets) is taken in by
+/// rustls and is no data; anything else on an idle HTTP/1.1 connection is its end (EOF, a TLS
+/// close_notify, an error).
+fn still_open(conn: &mut Conn) -> bool {
+    use tokio::io::AsyncRead as _;
+    let mut byte = [0_u8; 1];
+    let mut buf = tokio::io::ReadBuf::new(&mut byte);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let read = match conn {
+        MaybeHttpsStream::Http(io) => Pin::new(io.inner_mut()).poll_read(&mut cx, &mut buf),
+        MaybeHttpsStream::Https(io) => Pin::new(io.inner_mut()).poll_read(&mut cx, &mut buf),
     };
-    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
-    match socket2::SockRef::from(tcp).peek(&mut byte) {
-        Err(error) => error.kind() == io::ErrorKind::WouldBlock,
-        Ok(_) => false,
-    }
+    read.is_pending()
 }
 
 impl tower::Service<Uri> for WarmConnector {

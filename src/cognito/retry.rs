@@ -83,8 +83,7 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for RetryGate {
             let too_late = state
                 .until
                 .is_some_and(|until| Instant::now() + backoff >= until);
-            let no_budget =
-                || throttled && self.budget.get().is_some_and(|b| b.check().is_err());
+            let no_budget = || throttled && self.budget.get().is_some_and(|b| b.check().is_err());
             state.refused.set(too_late || no_budget());
         });
         Ok(())

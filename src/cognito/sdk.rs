@@ -124,7 +124,12 @@ impl SdkBackend {
         if tokio::runtime::Handle::try_current().is_ok() {
             let regions: Vec<String> = match &backend.settings.allowed_regions {
                 Some(allowed) => allowed.iter().map(|r| r.as_str().to_owned()).collect(),
-                None => backend.base.region().map(|r| r.to_string()).into_iter().collect(),
+                None => backend
+                    .base
+                    .region()
+                    .map(|r| r.to_string())
+                    .into_iter()
+                    .collect(),
             };
             for region in regions {
                 let _ = backend.client_for(region);
@@ -193,7 +198,9 @@ impl SdkBackend {
             budget: Arc::clone(&self.send_budget),
         };
         let client = Client::from_conf(
-            client_config(&self.base, &self.settings, &region, gate).http_client(self.http.shared()).build(),
+            client_config(&self.base, &self.settings, &region, gate)
+                .http_client(self.http.shared())
+                .build(),
         );
         let warm = self.http.keep_warm(endpoint(&self.base, &region));
         tracing::info!(%region, "created Cognito client");
@@ -251,8 +258,13 @@ struct Regional {
 
 /// The endpoint the SDK will send `region`'s calls to, resolved as the SDK resolves it (the same
 /// explicit endpoint, FIPS and dual-stack settings), for the connection kept ready.
-fn endpoint(base: &SdkConfig, region: &str) -> impl Future<Output = Option<http::Uri>> + Send + 'static {
-    use aws_sdk_cognitoidentityprovider::config::endpoint::{DefaultResolver, Params, ResolveEndpoint as _};
+fn endpoint(
+    base: &SdkConfig,
+    region: &str,
+) -> impl Future<Output = Option<http::Uri>> + Send + 'static {
+    use aws_sdk_cognitoidentityprovider::config::endpoint::{
+        DefaultResolver, Params, ResolveEndpoint as _,
+    };
     // As the SDK's `Builder::from(&SdkConfig)`: an endpoint set in code wins, then the
     // service's own (`AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER`, the profile's), then the global.
     let explicit = if base.get_origin("endpoint_url").is_client_config() {
@@ -279,7 +291,10 @@ fn endpoint(base: &SdkConfig, region: &str) -> impl Future<Output = Option<http:
         .build();
     async move {
         let params = params.ok()?;
-        let endpoint = DefaultResolver::new().resolve_endpoint(&params).await.ok()?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .ok()?;
         endpoint.url().parse().ok()
     }
 }

@@ -33,7 +33,9 @@ impl CountingCognito {
             .expect("port 0 binds");
         let url = format!(
             "http://{}",
-            listener.local_addr().expect("a bound listener has an address")
+            listener
+                .local_addr()
+                .expect("a bound listener has an address")
         );
         let (count, accepted) = watch::channel(0_usize);
         let calls = Arc::new(AtomicUsize::new(0));
@@ -149,4 +151,72 @@ async fn a_call_after_the_idle_period_finds_a_fresh_connection_opened_ahead() {
     );
     assert_eq!(fake.calls.load(std::sync::atomic::Ordering::SeqCst), 2);
     assert!(fake.count() >= 4);
+}
+
+/// Accepts connections for axum, but closes the first one at once, as a server closes an idle
+/// connection: the spare opened at start.
+struct ClosesTheFirst {
+    inner: tokio::net::TcpListener,
+    accepted: watch::Sender<usize>,
+}
+
+impl axum::serve::Listener for ClosesTheFirst {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (io, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+            let first = *self.accepted.borrow() == 0;
+            self.accepted.send_modify(|n| *n += 1);
+            if !first {
+                return (io, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+#[tokio::test]
+async fn a_spare_the_server_closed_is_never_handed_to_a_call() {
+    let inner = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("port 0 binds");
+    let url = format!("http://{}", inner.local_addr().expect("bound"));
+    let (accepted, mut seen) = watch::channel(0_usize);
+    let app = Router::new().route(
+        "/",
+        post(|| async {
+            (
+                [
+                    ("content-type", "application/x-amz-json-1.1"),
+                    ("x-amzn-requestid", "warm"),
+                ],
+                "{}",
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(ClosesTheFirst { inner, accepted }, app).await });
+    let fake = CountingCognito {
+        url,
+        accepted: seen.clone(),
+        calls: Arc::default(),
+    };
+    let backend = warm_backend(&fake, Duration::from_secs(3600)).await;
+    let endpoint: http::Uri = fake.url.parse().expect("a URI");
+    backend.http.spares_opened(&endpoint, 1).await;
+    // The server has closed it (its FIN is on loopback, long there when the call looks).
+    seen.wait_for(|&n| n >= 1).await.expect("the fake runs");
+
+    // Sent on the closed spare, the reset would fail after it was written: an unknown outcome.
+    reset(&backend).await;
+    assert_eq!(
+        backend.http.spare_counts(&endpoint).1,
+        0,
+        "the closed spare was not taken"
+    );
+    assert!(fake.count() >= 2, "the call connected anew");
 }
