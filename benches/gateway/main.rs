@@ -15,9 +15,9 @@
 //! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
 //!    process, with the Redis round trips each call costs.
 //! - Out of process, as a user would compare: the release binary and a direct SDK client, each in
-//!    its own process, against one local Cognito in a third; the bare gRPC hop beside them.
+//!   its own process, against one local Cognito in a third; the bare gRPC hop beside them.
 //! - Cold and idle connections over TLS: the first call after idle periods (configurable), the
-//!    fake Cognito closing idle connections as AWS does.
+//!   fake Cognito closing idle connections as AWS does.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
 //! as the tests do: their checks still run on every call, but none refuses one and no answer is

@@ -3,9 +3,9 @@
 //! drives them and calls the gateway.
 //!
 //! - Added latency and throughput: gateway against the direct SDK call, with the bare gRPC hop
-//!    (`grpc.health.v1.Health/Check` on the same connection) beside them; rounds interleaved.
+//!   (`grpc.health.v1.Health/Check` on the same connection) beside them; rounds interleaved.
 //! - Cold and idle connections over TLS: the fake Cognito behind a TLS front that, like AWS,
-//!    closes connections left idle; the first call after each idle period against warm calls.
+//!   closes connections left idle; the first call after each idle period against warm calls.
 //!
 //! The fake Cognito and the direct client are this bench binary started again in a role
 //! (`COGNITO_GATEWAY_BENCH_ROLE`): `cognito` serves the embedded local Cognito (plain HTTP, or TLS
