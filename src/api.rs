@@ -153,17 +153,26 @@ impl<B: Backend> UserAdmin<B> {
                 caller: Arc::clone(&caller.name),
             });
         }
-        if let Ok(pool) = UserPoolId::parse(message.user_pool_id.clone()) {
-            tracing::Span::current().record("cognito.user_pool_id", pool.as_str());
-            record.set_pool(pool);
-        }
-        let request = ResetRequest::parse(
+        // The pool id is checked once, with the rest of the request; only a request refused for
+        // another field has it checked again, for its record.
+        let pool_id = message.user_pool_id.clone();
+        let request = match ResetRequest::parse(
             message.user_pool_id,
             message.username,
             message.client_metadata,
             message.request_id,
-        )
-        .map_err(GatewayError::InvalidRequest)?;
+        ) {
+            Ok(request) => request,
+            Err(violations) => {
+                if let Ok(pool) = UserPoolId::parse(pool_id) {
+                    tracing::Span::current().record("cognito.user_pool_id", pool.as_str());
+                    record.set_pool(pool);
+                }
+                return Err(GatewayError::InvalidRequest(violations));
+            }
+        };
+        tracing::Span::current().record("cognito.user_pool_id", request.user_pool_id.as_str());
+        record.set_pool(request.user_pool_id.clone());
         // A pool the backend cannot serve (its region) is refused before anything is spent.
         self.backend
             .serves(&request.user_pool_id)

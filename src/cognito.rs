@@ -7,6 +7,9 @@
 //!   Asking another region answers a misleading `ResourceNotFoundException`, so the region comes from
 //!   the pool id and the SDK's region (`AWS_REGION`) is only a fallback. One client per region is
 //!   built on first use and reused.
+//! - **Connections kept warm** (`cognito/connect.rs`): a connection to each region's endpoint is
+//!   opened ahead of need and renewed before AWS would close it idle, so that a call rarely pays
+//!   for DNS, TCP and TLS, and Cognito never sees a request that is not a call.
 //! - **What may be retried** (`cognito/retry.rs`). Each send of `AdminResetUserPassword` may e-mail the user a new code,
 //!   so [`SafeRetryClassifier`] retries only what certainly did not reach Cognito's business logic:
 //!   throttling and failures to connect. Never HTTP 500, `LimitExceededException`, or a timeout
@@ -22,6 +25,7 @@ use crate::{
     rate::RateLimit,
 };
 
+mod connect;
 mod retry;
 mod sdk;
 

@@ -323,6 +323,9 @@ pub struct CognitoSettings {
     pub allowed_regions: Option<BTreeSet<Region>>,
     /// Most regions (clients) the gateway keeps at once.
     pub max_regions: usize,
+    /// How long a connection to Cognito may idle, pooled or opened ahead of need, before it is
+    /// replaced: below the time AWS closes idle connections after (`cognito/connect.rs`).
+    pub connection_refresh: Duration,
 }
 
 /// A configuration that cannot be used, with the key at fault.

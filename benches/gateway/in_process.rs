@@ -171,7 +171,7 @@ pub(crate) fn limits_out_of_reach() -> LimitSettings {
 
 /// The SDK client as `SdkBackend::with_endpoint` configures its base: fixed credentials, an
 /// explicit endpoint. (The gateway's per-region client adds its retry rules and timeouts on top.)
-async fn sdk_client(endpoint_url: &str) -> SdkClient {
+pub(crate) async fn sdk_client(endpoint_url: &str) -> SdkClient {
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new("local-1"))
         .credentials_provider(Credentials::new("local", "local", None, None, "bench"))
@@ -182,7 +182,7 @@ async fn sdk_client(endpoint_url: &str) -> SdkClient {
 }
 
 /// One AdminResetUserPassword straight to the local Cognito (`Alice` or `Nobody`).
-fn direct_call(client: &SdkClient, who: Who) -> Call {
+pub(crate) fn direct_call(client: &SdkClient, who: Who) -> Call {
     assert_ne!(
         who,
         Who::Invalid,

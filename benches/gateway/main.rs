@@ -14,8 +14,12 @@
 //!    so the figures are the gateway's alone, not Cognito's.
 //! 6. The fleet's cost: the user gate and the limits in a `redis-server` on loopback against in
 //!    process, with the Redis round trips each call costs.
-//! 7. Hostile clients: a well-behaved caller alone and beside a flood of refused calls, with idle
-//!    connections held open; the CPU per refused call; RSS before, during and after.
+//! - Hostile clients: a well-behaved caller alone and beside a flood of refused calls, with idle
+//!   connections held open; the CPU per refused call; RSS before, during and after.
+//! - Out of process, as a user would compare: the release binary and a direct SDK client, each in
+//!   its own process, against one local Cognito in a third; the bare gRPC hop beside them.
+//! - Cold and idle connections over TLS: the first call after idle periods (configurable), the
+//!   fake Cognito closing idle connections as AWS does.
 //!
 //! The gateway's limits (caller rate, backend guard, per-user cooldown) are raised out of the way,
 //! as the tests do: their checks still run on every call, but none refuses one and no answer is
@@ -37,7 +41,9 @@
 //! - `tracing_cost.rs`: 4, OTLP export on and off.
 //! - `stack.rs`: 5, the middleware stack against the bare handler.
 //! - `fleet.rs`: 6, Redis against in process.
-//! - `abuse.rs`: 7, hostile clients.
+//! - `abuse.rs`: hostile clients.
+//! - `out_of_process.rs`: out of process and idle connections, three processes; also the roles this binary plays in them.
+//! - `callgrind.rs`: a harness of N calls in process for `valgrind --tool=callgrind`.
 //! - `load.rs`: what one call is, and how calls are sent: one after another or many in flight.
 //! - `stats.rs`: percentiles per round, medians over rounds.
 //! - `compare.rs`: two paths measured round by round with the CPU they used (sections 4 and 5).
@@ -52,7 +58,8 @@
 //!
 //! `cargo test --all-targets` also builds and runs this (harness = false) target, without
 //! `--bench` or `--soak`; `main` then returns at once so the test suite stays fast. With
-//! `COGNITO_GATEWAY_BENCH=fleet`, `in_process` or `abuse` only that section runs, and its table goes to
+//! `COGNITO_GATEWAY_BENCH=fleet`, `in_process`, `stack`, `out_of_process` or `abuse` only that
+//! section runs, and its table goes to
 //! stdout only.
 
 // A benchmark that meets an unexpected state should stop loudly rather than report numbers for the
@@ -62,10 +69,12 @@ use std::{path::Path, time::Instant};
 
 mod abuse;
 mod binary;
+mod callgrind;
 mod compare;
 mod fleet;
 mod in_process;
 mod load;
+mod out_of_process;
 mod report;
 mod soak;
 mod stack;
@@ -84,6 +93,11 @@ const WARM_UP: usize = 200;
 const IN_FLIGHT: usize = 64;
 
 fn main() {
+    // The fake Cognito and the direct client of the out-of-process sections are this binary again.
+    if let Ok(role) = std::env::var(out_of_process::ROLE) {
+        out_of_process::run_role(&role);
+        return;
+    }
     // cargo bench passes --bench; cargo test does not, and must not pay for minutes of load.
     let soak = std::env::args().any(|arg| arg == "--soak");
     if !soak && !std::env::args().any(|arg| arg == "--bench") {
@@ -116,6 +130,24 @@ fn main() {
             println!("{report}");
             return;
         }
+        Some("callgrind") => {
+            runtime.block_on(callgrind::run());
+            return;
+        }
+        Some("out_of_process") => {
+            let (hop, idle) = out_of_process::bench(&runtime, out_of_process::IdlePlan::from_env());
+            let mut report = String::new();
+            out_of_process::write(&mut report, &hop, &idle);
+            println!("{report}");
+            return;
+        }
+        Some("stack") => {
+            let figures = runtime.block_on(stack::bench());
+            let mut report = String::new();
+            stack::write(&mut report, &figures);
+            println!("{report}");
+            return;
+        }
         Some("in_process") => {
             let figures = runtime.block_on(in_process::bench());
             let mut report = String::new();
@@ -140,6 +172,10 @@ fn main() {
     let stack = runtime.block_on(stack::bench());
     eprintln!("benchmarking the fleet: Redis against in process ({ROUNDS} rounds)...");
     let fleet = runtime.block_on(fleet::bench());
+    eprintln!(
+        "benchmarking out of process: the binary against the SDK, and idle TLS connections..."
+    );
+    let (hop, idle) = out_of_process::bench(&runtime, out_of_process::IdlePlan::from_env());
     eprintln!("benchmarking hostile clients: a refused-call flood beside a caller...");
     let abuse = abuse::bench(&runtime);
     let load_after = report::read_loadavg();
@@ -151,6 +187,7 @@ fn main() {
     tracing_cost::write(&mut report, &tracing_cost);
     stack::write(&mut report, &stack);
     fleet::write(&mut report, &fleet);
+    out_of_process::write(&mut report, &hop, &idle);
     abuse::write(&mut report, &abuse);
     // The soak runs on its own; its section, if the report has one, stays.
     let previous = std::fs::read_to_string(report::REPORT).unwrap_or_default();

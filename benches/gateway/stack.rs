@@ -234,11 +234,7 @@ pub(crate) async fn bench() -> StackFigures {
             if !pairs.is_empty() {
                 // Second pass: the binary's log layer (telemetry::init, JSON), into a counting sink.
                 let writer = sink.clone();
-                let logs = tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_writer(move || writer.clone())
+                let logs = telemetry::json_logs(move || writer.clone())
                     .with_filter(EnvFilter::new("info"))
                     .with_filter(FilterFn::new(telemetry::allowed));
                 tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logs))

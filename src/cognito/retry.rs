@@ -2,7 +2,10 @@
 //! only what certainly did not reach Cognito's business logic is retried: throttling and failures to
 //! connect, within the caller's deadline and the backend guard's budget.
 
-use std::{cell::Cell, sync::Arc};
+use std::{
+    cell::Cell,
+    sync::{Arc, OnceLock},
+};
 
 use aws_sdk_cognitoidentityprovider::{
     config::retry::{ClassifyRetry, RetryAction, RetryConfig},
@@ -40,7 +43,9 @@ pub(super) struct RetryState {
 ///   the quota that just refused one.
 #[derive(Debug, Clone)]
 pub(super) struct RetryGate {
-    pub(super) budget: Option<Arc<RateLimit>>,
+    /// Set once the gateway hands the backend its budget, which may be after the region's client
+    /// was built (regions are connected at start); unset, retries are bounded by `max_attempts`.
+    pub(super) budget: Arc<OnceLock<Arc<RateLimit>>>,
 }
 
 impl aws_sdk_cognitoidentityprovider::config::Intercept for RetryGate {
@@ -78,8 +83,7 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for RetryGate {
             let too_late = state
                 .until
                 .is_some_and(|until| Instant::now() + backoff >= until);
-            let no_budget =
-                || throttled && self.budget.as_ref().is_some_and(|b| b.check().is_err());
+            let no_budget = || throttled && self.budget.get().is_some_and(|b| b.check().is_err());
             state.refused.set(too_late || no_budget());
         });
         Ok(())

@@ -1,9 +1,11 @@
-//! The production backend: the AWS SDK, one client per region (the region comes from the pool id).
+//! The production backend: the AWS SDK, one client per region (the region comes from the pool id),
+//! over connections kept warm (`connect.rs`).
 
 use std::{
     cell::Cell,
     collections::{BTreeSet, HashMap},
-    sync::{Arc, RwLock},
+    future::Future,
+    sync::{Arc, OnceLock, RwLock},
     time::Duration,
 };
 
@@ -25,6 +27,7 @@ use aws_smithy_runtime_api::client::{dns::ResolveDnsError, retries::RequestAttem
 use tokio::time::Instant;
 
 use crate::{
+    cognito::connect::{WarmHandle, WarmHttp},
     config::CognitoSettings,
     domain::{self, ResetRequest, UserPoolId, Username},
     metrics::record_client_call,
@@ -42,8 +45,11 @@ pub struct SdkBackend {
     base: SdkConfig,
     settings: CognitoSettings,
     /// What throttling retries draw on; without one they are bounded by `max_attempts` alone.
-    send_budget: Option<Arc<RateLimit>>,
-    clients: RwLock<HashMap<String, Client>>,
+    /// Shared with every region's client, including those built before it was given.
+    send_budget: Arc<OnceLock<Arc<RateLimit>>>,
+    clients: RwLock<HashMap<String, Regional>>,
+    /// The HTTP client every region's SDK client sends with.
+    http: WarmHttp,
     /// The regions metrics name (see [`SdkBackend::region_label`]).
     region_labels: RwLock<BTreeSet<String>>,
 }
@@ -100,15 +106,48 @@ impl SdkBackend {
         Self::new(base, settings)
     }
 
-    /// A backend on an already loaded SDK configuration.
+    /// A backend on an already loaded SDK configuration. Inside a Tokio runtime, each allowed
+    /// region (without `cognito.allowed_regions`, the fallback region) gets its client now and a
+    /// connection opened in the background: the first call finds it ready, and nothing waits for
+    /// it (readiness never waits on AWS).
     pub fn new(base: SdkConfig, settings: CognitoSettings) -> Self {
-        Self {
+        let http = WarmHttp::new(settings.connection_refresh, settings.connect_timeout)
+            .expect("aws-lc-rs supports rustls' default protocol versions");
+        let backend = Self {
             base,
             settings,
-            send_budget: None,
+            send_budget: Arc::default(),
             clients: RwLock::new(HashMap::new()),
+            http,
             region_labels: RwLock::new(BTreeSet::new()),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let regions: Vec<String> = match &backend.settings.allowed_regions {
+                Some(allowed) => allowed.iter().map(|r| r.as_str().to_owned()).collect(),
+                None => backend
+                    .base
+                    .region()
+                    .map(|r| r.to_string())
+                    .into_iter()
+                    .collect(),
+            };
+            for region in regions {
+                let _ = backend.client_for(region);
+            }
         }
+        backend
+    }
+
+    /// The pool's region and its client. A region already served is found by the pool id's
+    /// prefix alone: only region-shaped, allowed names become keys of the map.
+    fn regional(&self, pool: &UserPoolId) -> Result<(String, Client), BackendError> {
+        let prefix = pool.region_prefix();
+        if let Some(regional) = self.read_clients().get(prefix) {
+            return Ok((prefix.to_owned(), regional.client.clone()));
+        }
+        let region = self.region_for(pool)?;
+        let client = self.client_for(region.clone())?;
+        Ok((region, client))
     }
 
     fn region_for(&self, pool: &UserPoolId) -> Result<String, BackendError> {
@@ -135,15 +174,15 @@ impl SdkBackend {
     }
 
     fn client_for(&self, region: String) -> Result<Client, BackendError> {
-        if let Some(client) = self.read_clients().get(&region) {
-            return Ok(client.clone());
+        if let Some(regional) = self.read_clients().get(&region) {
+            return Ok(regional.client.clone());
         }
         let mut clients = self
             .clients
             .write()
             .unwrap_or_else(|poison| poison.into_inner());
-        if let Some(client) = clients.get(&region) {
-            return Ok(client.clone());
+        if let Some(regional) = clients.get(&region) {
+            return Ok(regional.client.clone());
         }
         // Without an allow-list, any region-shaped prefix is accepted; the cap keeps callers from
         // growing this map (and its connection pools) without bound. Beyond it a client is
@@ -156,11 +195,22 @@ impl SdkBackend {
             clients.remove(&evicted);
         }
         let gate = RetryGate {
-            budget: self.send_budget.clone(),
+            budget: Arc::clone(&self.send_budget),
         };
-        let client = Client::from_conf(client_config(&self.base, &self.settings, &region, gate));
+        let client = Client::from_conf(
+            client_config(&self.base, &self.settings, &region, gate)
+                .http_client(self.http.shared())
+                .build(),
+        );
+        let warm = self.http.keep_warm(endpoint(&self.base, &region));
         tracing::info!(%region, "created Cognito client");
-        clients.insert(region, client.clone());
+        clients.insert(
+            region,
+            Regional {
+                client: client.clone(),
+                _warm: warm,
+            },
+        );
         Ok(client)
     }
 
@@ -191,7 +241,7 @@ impl SdkBackend {
         }
     }
 
-    fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Client>> {
+    fn read_clients(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, Regional>> {
         // A panic while holding the lock cannot leave the map half-written: insert is the only write.
         self.clients
             .read()
@@ -199,12 +249,63 @@ impl SdkBackend {
     }
 }
 
+/// A region's SDK client, and the task that keeps a connection to its endpoint ready.
+#[derive(Debug)]
+struct Regional {
+    client: Client,
+    _warm: WarmHandle,
+}
+
+/// The endpoint the SDK will send `region`'s calls to, resolved as the SDK resolves it (the same
+/// explicit endpoint, FIPS and dual-stack settings), for the connection kept ready.
+fn endpoint(
+    base: &SdkConfig,
+    region: &str,
+) -> impl Future<Output = Option<http::Uri>> + Send + 'static {
+    use aws_sdk_cognitoidentityprovider::config::endpoint::{
+        DefaultResolver, Params, ResolveEndpoint as _,
+    };
+    // As the SDK's `Builder::from(&SdkConfig)`: an endpoint set in code wins, then the
+    // service's own (`AWS_ENDPOINT_URL_COGNITO_IDENTITY_PROVIDER`, the profile's), then the global.
+    let explicit = if base.get_origin("endpoint_url").is_client_config() {
+        base.endpoint_url().map(str::to_owned)
+    } else {
+        base.service_config()
+            .and_then(|config| {
+                config.load_config(
+                    aws_types::service_config::ServiceConfigKey::builder()
+                        .service_id("Cognito Identity Provider")
+                        .env("AWS_ENDPOINT_URL")
+                        .profile("endpoint_url")
+                        .build()
+                        .expect("every field is set"),
+                )
+            })
+            .or_else(|| base.endpoint_url().map(str::to_owned))
+    };
+    let params = Params::builder()
+        .region(region)
+        .set_use_fips(base.use_fips())
+        .set_use_dual_stack(base.use_dual_stack())
+        .set_endpoint(explicit)
+        .build();
+    async move {
+        let params = params.ok()?;
+        let endpoint = DefaultResolver::new()
+            .resolve_endpoint(&params)
+            .await
+            .ok()?;
+        endpoint.url().parse().ok()
+    }
+}
+
+/// A region's client configuration, but its HTTP client.
 fn client_config(
     base: &SdkConfig,
     settings: &CognitoSettings,
     region: &str,
     gate: RetryGate,
-) -> aws_sdk_cognitoidentityprovider::Config {
+) -> aws_sdk_cognitoidentityprovider::config::Builder {
     let retry = RetryConfig::standard()
         .with_max_attempts(settings.max_attempts)
         .with_initial_backoff(settings.initial_backoff)
@@ -220,7 +321,6 @@ fn client_config(
         .retry_classifier(SafeRetryClassifier)
         .interceptor(gate)
         .interceptor(AttemptsOnSpan)
-        .build()
 }
 
 /// Records how many sends a call took (`aws.attempts`) on the CLIENT span, which is the current
@@ -248,11 +348,14 @@ impl aws_sdk_cognitoidentityprovider::config::Intercept for AttemptsOnSpan {
 
 impl Backend for SdkBackend {
     fn serves(&self, pool: &UserPoolId) -> Result<(), BackendError> {
+        if self.read_clients().contains_key(pool.region_prefix()) {
+            return Ok(());
+        }
         self.region_for(pool).map(drop)
     }
 
-    fn with_send_budget(mut self, budget: Arc<RateLimit>) -> Self {
-        self.send_budget = Some(budget);
+    fn with_send_budget(self, budget: Arc<RateLimit>) -> Self {
+        let _ = self.send_budget.set(budget);
         self
     }
 
@@ -261,9 +364,8 @@ impl Backend for SdkBackend {
         request: &ResetRequest,
         bounds: CallBounds,
     ) -> Result<ResetOutcome, BackendError> {
-        let region = self.region_for(&request.user_pool_id)?;
+        let (region, client) = self.regional(&request.user_pool_id)?;
         tracing::Span::current().record("cloud.region", region.as_str());
-        let client = self.client_for(region.clone())?;
         let metadata = &request.client_metadata;
         let timeout = bounds.timeout;
         let send = client
@@ -308,8 +410,7 @@ impl Backend for SdkBackend {
         pool: &UserPoolId,
         timeout: Duration,
     ) -> Result<bool, BackendError> {
-        let region = self.region_for(pool)?;
-        let client = self.client_for(region.clone())?;
+        let (region, client) = self.regional(pool)?;
         let describe = client
             .describe_user_pool()
             .user_pool_id(pool.as_str())
@@ -340,8 +441,7 @@ impl Backend for SdkBackend {
         username: &Username,
         timeout: Duration,
     ) -> Result<String, BackendError> {
-        let region = self.region_for(pool)?;
-        let client = self.client_for(region.clone())?;
+        let (region, client) = self.regional(pool)?;
         let get = client
             .admin_get_user()
             .user_pool_id(pool.as_str())
@@ -475,19 +575,4 @@ fn never_left_the_process(connector: &ConnectorError) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn metrics_name_at_most_max_regions_regions() {
-        let settings = CognitoSettings {
-            max_regions: 2,
-            ..CognitoSettings::default()
-        };
-        let backend = SdkBackend::with_endpoint("http://127.0.0.1:1", "us-east-1", settings).await;
-        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
-        assert_eq!(backend.region_label("eu-west-1"), "eu-west-1");
-        assert_eq!(backend.region_label("xx-made-up-1"), "_OTHER");
-        assert_eq!(backend.region_label("us-east-1"), "us-east-1");
-    }
-}
+mod tests;

@@ -65,6 +65,7 @@ pub(super) struct FileCognito {
     max_backoff_ms: u64,
     allowed_regions: Option<Vec<String>>,
     max_regions: usize,
+    connection_refresh_secs: u64,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -338,6 +339,9 @@ impl Default for FileCognito {
             max_backoff_ms: 1_000,
             allowed_regions: None,
             max_regions: 16,
+            // Below the shortest idle limit reported of AWS endpoints that matters here (S3's
+            // ~20 s); see cognito/connect.rs.
+            connection_refresh_secs: 15,
         }
     }
 }
@@ -389,6 +393,11 @@ impl FileCognito {
             max_backoff,
             allowed_regions,
             max_regions: within("cognito.max_regions", self.max_regions, 1..=64)?,
+            connection_refresh: Duration::from_secs(within(
+                "cognito.connection_refresh_secs",
+                self.connection_refresh_secs,
+                1..=3_600,
+            )?),
         })
     }
 }
