@@ -15,6 +15,12 @@
 //!   done), replaced every `refresh` and as soon as it is taken. A call that finds the pool empty
 //!   takes the spare instead of connecting. A spare the server has closed (seen with a peek) is
 //!   never handed out.
+//! - **Spares only while the endpoint answers.** A connection can be accepted by an endpoint that
+//!   will never answer on it (a wedged server behind a listening socket; on plain HTTP nothing
+//!   proves otherwise), and a reset written there is an unknown outcome. So once a call on an
+//!   endpoint fails without an answer (an error, or dropped at its timeout), its spare is dropped
+//!   and none is kept until a call there is answered again: after an outage the first call
+//!   connects itself, as it would without spares.
 //!
 //! What it costs Cognito: one TCP connection and TLS handshake per endpoint every `refresh` (240
 //! an hour at 15 s), never a request: nothing is billed, counted against a quota or logged as an
@@ -157,14 +163,50 @@ impl HttpConnector for WarmHttp {
                 return HttpConnectorFuture::ready(Err(ConnectorError::user(error.into())));
             }
         };
+        let health = Health {
+            spares: Arc::clone(&self.connector.spares),
+            endpoint: key(request.uri()),
+            answered: None,
+        };
         let sent = self.client.request(request);
         HttpConnectorFuture::new(async move {
-            match sent.await {
+            // The whole guard moves in (a closure would capture only the field it assigns).
+            let mut health = health;
+            let response = sent.await;
+            health.answered = Some(response.is_ok());
+            match response {
                 Ok(response) => HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
                     .map_err(|error| ConnectorError::other(error.into(), None)),
                 Err(error) => Err(connector_error(error)),
             }
         })
+    }
+}
+
+/// Whether a request's endpoint answered it: told to the endpoint's slot when the request ends,
+/// also when it is dropped unanswered (its operation timed out).
+struct Health {
+    spares: Arc<Spares>,
+    endpoint: String,
+    answered: Option<bool>,
+}
+
+impl Drop for Health {
+    fn drop(&mut self) {
+        let answering = self.answered == Some(true);
+        let mut spares = self.spares.lock();
+        let Some(slot) = spares.get_mut(&self.endpoint) else {
+            return;
+        };
+        if slot.answering != answering {
+            slot.answering = answering;
+            if answering {
+                // Spares again, from now.
+                slot.taken_signal.notify_one();
+            } else {
+                slot.spare = None;
+            }
+        }
     }
 }
 
@@ -247,13 +289,27 @@ impl Spares {
     }
 }
 
-#[derive(Default)]
 struct Slot {
     spare: Option<(Conn, Instant)>,
+    /// Whether the endpoint's last call was answered (or none has failed yet): spares are kept
+    /// only then.
+    answering: bool,
     /// Wakes the endpoint's task to open the next spare.
     taken_signal: Arc<Notify>,
     opened: u64,
     taken: u64,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Self {
+            spare: None,
+            answering: true,
+            taken_signal: Arc::default(),
+            opened: 0,
+            taken: 0,
+        }
+    }
 }
 
 impl std::fmt::Debug for Slot {
@@ -279,6 +335,9 @@ impl WarmConnector {
     fn take_spare(&self, uri: &Uri) -> Option<Conn> {
         let mut spares = self.spares.lock();
         let slot = spares.get_mut(&key(uri))?;
+        if !slot.answering {
+            return None;
+        }
         let (mut conn, opened) = slot.spare.take()?;
         slot.taken_signal.notify_one();
         if opened.elapsed() >= self.refresh || !still_open(&mut conn) {
@@ -312,16 +371,31 @@ impl WarmConnector {
         };
         let mut failures = 0_u32;
         loop {
+            let answering = self
+                .spares
+                .lock()
+                .get(&key(&endpoint))
+                .is_none_or(|slot| slot.answering);
+            if !answering {
+                // Until a call there is answered (which signals).
+                signal.notified().await;
+                continue;
+            }
             match self.connect(endpoint.clone()).await {
                 Ok(conn) => {
                     failures = 0;
-                    {
+                    let stored = {
                         let mut spares = self.spares.lock();
                         let slot = spares.entry(key(&endpoint)).or_default();
-                        slot.spare = Some((conn, Instant::now()));
-                        slot.opened += 1;
+                        // A call failed while this one was connecting: not kept.
+                        slot.answering.then(|| {
+                            slot.spare = Some((conn, Instant::now()));
+                            slot.opened += 1;
+                        })
+                    };
+                    if stored.is_some() {
+                        self.spares.stored.send_modify(|n| *n += 1);
                     }
-                    self.spares.stored.send_modify(|n| *n += 1);
                 }
                 Err(error) => {
                     // A call then connects itself, and fails or succeeds as it would have.

@@ -126,8 +126,11 @@ async fn request_bytes_held_by_calls_are_bounded_together() {
 
     let mut first = app.client.clone();
     let holding = tokio::spawn(async move { first.reset_user_password(large("alice")).await });
-    // Its message was read (and charged) before anything is asked of Cognito.
-    let (_held, _) = stalled.accept().await.unwrap();
+    // Its message was read (and charged) before anything is asked of Cognito: the gateway's spare
+    // connection, opened at start, is taken by that call, and its replacement is the second
+    // connection accepted.
+    let (_spare, _) = stalled.accept().await.unwrap();
+    let (_replacement, _) = stalled.accept().await.unwrap();
 
     let refused = app
         .client
