@@ -96,16 +96,16 @@ fn backend() -> &'static Arc<SdkBackend> {
     })
 }
 
-/// Parses the input; `None` for one that is not shaped like a reply.
+/// Parses the input; `None` for one that is not shaped like a reply. Header names and values are
+/// bytes, as on the wire: not necessarily UTF-8.
 fn parse(data: &[u8]) -> Option<(Reply, bool)> {
-    let text_end = data
+    let head_end = data
         .windows(2)
         .position(|w| w == b"\n\n")
         .unwrap_or(data.len());
-    let head = std::str::from_utf8(&data[..text_end]).ok()?;
-    let body = data.get(text_end + 2..).unwrap_or_default().to_vec();
-    let mut lines = head.split('\n');
-    let first = lines.next()?;
+    let body = data.get(head_end + 2..).unwrap_or_default().to_vec();
+    let mut lines = data[..head_end].split(|&b| b == b'\n');
+    let first = std::str::from_utf8(lines.next()?).ok()?;
     let (status, canonical) = match first.split_once(' ') {
         Some((status, "canonical")) => (status, true),
         Some(_) => return None,
@@ -114,8 +114,10 @@ fn parse(data: &[u8]) -> Option<(Reply, bool)> {
     let status: u16 = status.parse().ok()?;
     let headers = lines
         .map(|line| {
-            let (name, value) = line.split_once(':').unwrap_or((line, ""));
-            (name.trim().to_owned(), value.trim_start().as_bytes().to_vec())
+            let colon = line.iter().position(|&b| b == b':').unwrap_or(line.len());
+            let name = String::from_utf8_lossy(line[..colon].trim_ascii()).into_owned();
+            let value = line.get(colon + 1..).unwrap_or_default().trim_ascii_start();
+            (name, value.to_vec())
         })
         .collect();
     Some((

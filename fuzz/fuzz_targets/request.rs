@@ -76,12 +76,15 @@ fuzz_target!(|data: &[u8]| {
                 Some(&request.user_pool_id),
             );
             let details = check_status(&status);
-            let texts = caller_texts(&status, &details);
-            for fragment in fragments(&texts) {
-                assert!(
-                    !contains_ignore_ascii_case(fragment, &username),
-                    "the status echoes the username"
-                );
+            // (As above: a name that cannot be mistaken for the table's own words.)
+            if username.contains('@') && username.len() >= 6 {
+                let texts = caller_texts(&status, &details);
+                for fragment in fragments(&texts) {
+                    assert!(
+                        !contains_ignore_ascii_case(fragment, &username),
+                        "the status echoes the username"
+                    );
+                }
             }
         }
     }

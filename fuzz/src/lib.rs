@@ -22,7 +22,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub fn check_status(status: &Status) -> Vec<ErrorDetail> {
     assert_ne!(status.code(), tonic::Code::Ok, "an error status is never OK");
     let details = status
-        .get_error_details_vec()
+        .check_error_details_vec()
         .expect("the details decode as google.rpc.Status");
     let infos: Vec<_> = details
         .iter()
