@@ -62,6 +62,7 @@ write("cognito_response", "internal-error", err("InternalErrorException", "Inter
 write("cognito_response", "access-denied", err("AccessDeniedException", "User: arn:aws:iam::1:role/x is not authorized"))
 write("cognito_response", "body-type-only", reply(400, [json_type], json.dumps({"__type": "NotAuthorizedException", "message": "User is disabled."})))
 write("cognito_response", "html-502", reply(502, [("Content-Type", "text/html")], "<html><body>Bad Gateway {upstream}</body></html>"))
+write("cognito_response", "non-utf8-headers", b"400\nx-amzn-RequestId: r\xff\xfe\nx-amzn-ErrorType: User\xffNotFoundException\n\n" + json.dumps({"__type": "UserNotFoundException", "message": "User does not exist."}).encode())
 write("cognito_response", "garbage-200", reply(200, [json_type], "{\"UserPool\": [1, 2"))
 
 # config: the README's and the issue's shapes of gateway.toml, with a token file.

@@ -70,7 +70,9 @@ impl HttpConnector for Replay {
             Ok(response) => HttpResponse::try_from(response)
                 .map_err(|err| ConnectorError::other(err.into(), None)),
             // `http` refused the status or a header: no such reply can come off the wire.
-            Err(_) => return HttpConnectorFuture::ready(Err(ConnectorError::io("unreadable".into()))),
+            Err(_) => {
+                return HttpConnectorFuture::ready(Err(ConnectorError::io("unreadable".into())));
+            }
         };
         HttpConnectorFuture::ready(result)
     }
@@ -212,26 +214,32 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .any(|(_, value)| String::from_utf8_lossy(value).contains(&*body));
     if body.contains('{') && !in_a_header {
-        assert!(!message.contains(&*body), "the raw body reached the message: {message:?}");
+        assert!(
+            !message.contains(&*body),
+            "the raw body reached the message: {message:?}"
+        );
     }
     // Scrubbed: Cognito's message never gives the username or metadata back (unless the reply
     // put them where nothing is scrubbed and Cognito never does: a header, the exception name).
-    let echoed_outside_messages = reply
-        .headers
-        .iter()
-        .any(|(name, value)| {
-            contains_ignore_ascii_case(name, USERNAME)
-                || contains_ignore_ascii_case(&String::from_utf8_lossy(value), USERNAME)
-                || contains_ignore_ascii_case(name, METADATA_VALUE)
-                || contains_ignore_ascii_case(&String::from_utf8_lossy(value), METADATA_VALUE)
-        })
-        || exception_of(&error).is_some_and(|code| {
-            contains_ignore_ascii_case(code, USERNAME) || contains_ignore_ascii_case(code, METADATA_VALUE)
-        });
+    let echoed_outside_messages = reply.headers.iter().any(|(name, value)| {
+        contains_ignore_ascii_case(name, USERNAME)
+            || contains_ignore_ascii_case(&String::from_utf8_lossy(value), USERNAME)
+            || contains_ignore_ascii_case(name, METADATA_VALUE)
+            || contains_ignore_ascii_case(&String::from_utf8_lossy(value), METADATA_VALUE)
+    }) || exception_of(&error).is_some_and(|code| {
+        contains_ignore_ascii_case(code, USERNAME)
+            || contains_ignore_ascii_case(code, METADATA_VALUE)
+    });
     if !echoed_outside_messages {
         let texts = caller_texts(&status, &details);
-        assert!(!contains_ignore_ascii_case(&texts, USERNAME), "the username reached the caller: {texts}");
-        assert!(!contains_ignore_ascii_case(&texts, METADATA_VALUE), "metadata reached the caller: {texts}");
+        assert!(
+            !contains_ignore_ascii_case(&texts, USERNAME),
+            "the username reached the caller: {texts}"
+        );
+        assert!(
+            !contains_ignore_ascii_case(&texts, METADATA_VALUE),
+            "metadata reached the caller: {texts}"
+        );
     }
 });
 

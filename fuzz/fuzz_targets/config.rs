@@ -17,7 +17,10 @@ const SPLIT: &str = "\n#--token-file--\n";
 fn dir() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("cognito-gateway-fuzz-config-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!(
+            "cognito-gateway-fuzz-config-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&dir).expect("the temporary directory is writable");
         dir
     })
@@ -50,8 +53,13 @@ fuzz_target!(|data: &[u8]| {
         };
         // What a reload does with an accepted file: read it again, identically, then build the
         // policy, keeping the rates of callers that did not change.
-        let again = config.reread().expect("a file accepted once is accepted again");
-        assert!(config.restart_needed(&again).is_empty(), "the same file reads the same");
+        let again = config
+            .reread()
+            .expect("a file accepted once is accepted again");
+        assert!(
+            config.restart_needed(&again).is_empty(),
+            "the same file reads the same"
+        );
         let policy = Policy::build(&config.access, &config.limits, None);
         let rebuilt = Policy::build(&again.access, &again.limits, Some(&policy));
         assert_eq!(policy.caller_names(), rebuilt.caller_names());

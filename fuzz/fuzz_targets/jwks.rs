@@ -27,19 +27,47 @@ struct Setup {
 fn setup() -> &'static Setup {
     static SETUP: OnceLock<Setup> = OnceLock::new();
     SETUP.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("cognito-gateway-fuzz-jwks-{}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "cognito-gateway-fuzz-jwks-{}.json",
+            std::process::id()
+        ));
         std::fs::write(&path, JWKS).expect("the temporary directory is writable");
         let verifier = runtime().block_on(verifier(&path));
         let keys: Value = serde_json::from_str(JWKS).expect("the test JWKS is JSON");
         let ec_x = keys["keys"][0]["x"].as_str().expect("an EC key").to_owned();
-        let rsa_n = keys["keys"][1]["n"].as_str().expect("an RSA key").to_owned();
-        let claims = format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"billing","exp":4102444800}}"#);
+        let rsa_n = keys["keys"][1]["n"]
+            .as_str()
+            .expect("an RSA key")
+            .to_owned();
+        let claims =
+            format!(r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","sub":"billing","exp":4102444800}}"#);
         let tokens = vec![
-            (sign(br#"{"alg":"ES256","kid":"ec-1"}"#, claims.as_bytes(), Algorithm::ES256), ec_x.clone()),
-            (sign(br#"{"alg":"ES256"}"#, claims.as_bytes(), Algorithm::ES256), ec_x),
-            (sign(br#"{"alg":"RS256","kid":"rsa-1"}"#, claims.as_bytes(), Algorithm::RS256), rsa_n),
+            (
+                sign(
+                    br#"{"alg":"ES256","kid":"ec-1"}"#,
+                    claims.as_bytes(),
+                    Algorithm::ES256,
+                ),
+                ec_x.clone(),
+            ),
+            (
+                sign(br#"{"alg":"ES256"}"#, claims.as_bytes(), Algorithm::ES256),
+                ec_x,
+            ),
+            (
+                sign(
+                    br#"{"alg":"RS256","kid":"rsa-1"}"#,
+                    claims.as_bytes(),
+                    Algorithm::RS256,
+                ),
+                rsa_n,
+            ),
         ];
-        Setup { path, verifier, tokens }
+        Setup {
+            path,
+            verifier,
+            tokens,
+        }
     })
 }
 
@@ -65,11 +93,19 @@ fuzz_target!(|data: &[u8]| {
             let verified = setup.verifier.verify(token).await;
             match &loaded {
                 // A document with no usable key never replaces the keys in use.
-                Err(_) => assert_eq!(verified.as_deref(), Ok("billing"), "the keys in use were dropped"),
+                Err(_) => assert_eq!(
+                    verified.as_deref(),
+                    Ok("billing"),
+                    "the keys in use were dropped"
+                ),
                 // A key verifies only if the document published it.
                 Ok(()) if verified.is_ok() => {
-                    let document: Value = serde_json::from_slice(data).expect("a loaded JWKS is JSON");
-                    assert!(holds(&document, number), "verified by a key the JWKS does not hold");
+                    let document: Value =
+                        serde_json::from_slice(data).expect("a loaded JWKS is JSON");
+                    assert!(
+                        holds(&document, number),
+                        "verified by a key the JWKS does not hold"
+                    );
                 }
                 Ok(()) => {}
             }

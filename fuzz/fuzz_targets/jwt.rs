@@ -20,7 +20,10 @@ use serde_json::Value;
 fn the_verifier() -> &'static JwtVerifier {
     static VERIFIER: OnceLock<JwtVerifier> = OnceLock::new();
     VERIFIER.get_or_init(|| {
-        let path = std::env::temp_dir().join(format!("cognito-gateway-fuzz-jwt-{}.json", std::process::id()));
+        let path = std::env::temp_dir().join(format!(
+            "cognito-gateway-fuzz-jwt-{}.json",
+            std::process::id()
+        ));
         std::fs::write(&path, JWKS).expect("the temporary directory is writable");
         runtime().block_on(verifier(&path))
     })
@@ -33,7 +36,11 @@ fuzz_target!(|data: &[u8]| {
             let split = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
             let (header, claims) = (&rest[..split], rest.get(split + 1..).unwrap_or_default());
             let named: Option<Value> = serde_json::from_slice(header).ok();
-            let alg = match named.as_ref().and_then(|h| h.get("alg")).and_then(Value::as_str) {
+            let alg = match named
+                .as_ref()
+                .and_then(|h| h.get("alg"))
+                .and_then(Value::as_str)
+            {
                 Some("RS256") => Algorithm::RS256,
                 _ => Algorithm::ES256,
             };
@@ -43,12 +50,19 @@ fuzz_target!(|data: &[u8]| {
                 // Only what the verifier checks can have passed.
                 let header = named.expect("a verified token's header is JSON");
                 assert!(
-                    matches!(header.get("alg").and_then(Value::as_str), Some("RS256" | "ES256")),
+                    matches!(
+                        header.get("alg").and_then(Value::as_str),
+                        Some("RS256" | "ES256")
+                    ),
                     "verified with alg {:?}",
                     header.get("alg")
                 );
-                let claims: Value = serde_json::from_slice(claims).expect("verified claims are JSON");
-                assert_eq!(claims.get("sub").and_then(Value::as_str), Some(name.as_str()));
+                let claims: Value =
+                    serde_json::from_slice(claims).expect("verified claims are JSON");
+                assert_eq!(
+                    claims.get("sub").and_then(Value::as_str),
+                    Some(name.as_str())
+                );
                 assert!(!name.is_empty());
                 assert_eq!(claims.get("iss").and_then(Value::as_str), Some(ISSUER));
                 let audience_ok = match claims.get("aud") {
@@ -61,7 +75,10 @@ fuzz_target!(|data: &[u8]| {
                     .duration_since(std::time::UNIX_EPOCH)
                     .expect("after 1970")
                     .as_secs();
-                let exp = claims.get("exp").and_then(Value::as_f64).expect("exp is required");
+                let exp = claims
+                    .get("exp")
+                    .and_then(Value::as_f64)
+                    .expect("exp is required");
                 assert!(exp + 30.0 >= now as f64, "verified after exp {exp}");
             }
         }

@@ -69,14 +69,21 @@ fuzz_target!(|data: &[u8]| {
         let mut headers = HeaderMap::new();
         headers.insert("grpc-timeout", value.clone());
         // Every deadline tonic enforces, this layer sees, and reads the same.
-        assert_eq!(grpc_timeout(&headers), tonic_grpc_timeout(&headers).ok().flatten());
+        assert_eq!(
+            grpc_timeout(&headers),
+            tonic_grpc_timeout(&headers).ok().flatten()
+        );
     }
 
     let token = bearer_token(data);
     if let Some(token) = token {
         assert!(data[..7].eq_ignore_ascii_case(b"bearer "));
         assert!(!token.is_empty());
-        assert_eq!(token, data[7..].trim_ascii(), "the token is the rest, trimmed");
+        assert_eq!(
+            token,
+            data[7..].trim_ascii(),
+            "the token is the rest, trimmed"
+        );
     }
     // Exactly the configured token authenticates, and as its caller.
     match policy().authenticate(Some(data)) {

@@ -56,7 +56,10 @@ fuzz_target!(|data: &[u8]| {
             // A Cognito message that quotes the request: the fuzzed bytes, with the name and the
             // metadata spliced in as Cognito might echo them.
             let mut text = String::from_utf8_lossy(data).into_owned();
-            text.push_str(&format!(" Value '{}' at 'username'", username.to_ascii_uppercase()));
+            text.push_str(&format!(
+                " Value '{}' at 'username'",
+                username.to_ascii_uppercase()
+            ));
             for (key, value) in &metadata {
                 text.push_str(&format!(" {key}={value};"));
             }
@@ -71,10 +74,7 @@ fuzz_target!(|data: &[u8]| {
                 http_status: 400,
             })
             .scrubbed(&request);
-            let status = to_status(
-                &GatewayError::Backend(failure),
-                Some(&request.user_pool_id),
-            );
+            let status = to_status(&GatewayError::Backend(failure), Some(&request.user_pool_id));
             let details = check_status(&status);
             // (As above: a name that cannot be mistaken for the table's own words.)
             if username.contains('@') && username.len() >= 6 {

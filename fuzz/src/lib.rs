@@ -20,7 +20,11 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 /// reason and one of the two domains, and survives the trip through HTTP headers (what the caller
 /// really receives). Server-side statuses carry an opaque message.
 pub fn check_status(status: &Status) -> Vec<ErrorDetail> {
-    assert_ne!(status.code(), tonic::Code::Ok, "an error status is never OK");
+    assert_ne!(
+        status.code(),
+        tonic::Code::Ok,
+        "an error status is never OK"
+    );
     let details = status
         .check_error_details_vec()
         .expect("the details decode as google.rpc.Status");
@@ -116,13 +120,23 @@ pub mod jwt {
     /// `header.claims.signature`, signed with the test key of `alg` (ES256 for anything else,
     /// whose signature then cannot fit).
     pub fn sign(header: &[u8], claims: &[u8], alg: Algorithm) -> String {
-        let message = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(claims));
+        let message = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
         let (key, alg) = match alg {
-            Algorithm::RS256 => (EncodingKey::from_rsa_der(include_bytes!("../keys/rsa.pk1")), alg),
-            _ => (EncodingKey::from_ec_der(include_bytes!("../keys/ec.pk8")), Algorithm::ES256),
+            Algorithm::RS256 => (
+                EncodingKey::from_rsa_der(include_bytes!("../keys/rsa.pk1")),
+                alg,
+            ),
+            _ => (
+                EncodingKey::from_ec_der(include_bytes!("../keys/ec.pk8")),
+                Algorithm::ES256,
+            ),
         };
-        let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg)
-            .expect("the test keys sign");
+        let signature =
+            jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).expect("the test keys sign");
         format!("{message}.{signature}")
     }
 }
