@@ -58,6 +58,10 @@ mod middleware;
 mod rate;
 mod status;
 
+// Entry points for the fuzz targets in fuzz/ (docs/fuzzing.md); not part of the API.
+#[doc(hidden)]
+pub mod fuzzing;
+
 pub use api::{ResetGate, UserAdmin};
 pub use app::App;
 pub use auth::Policy;

@@ -224,7 +224,7 @@ impl JwtVerifier {
     }
 
     /// Re-reads the keys now, after any fetch under way (so that an older set never lands last).
-    async fn fetch(&self) -> Result<(), String> {
+    pub(crate) async fn fetch(&self) -> Result<(), String> {
         let mut last = self.last_fetch.lock().await;
         *last = Some(Instant::now());
         let loaded = self.load().await;

@@ -133,7 +133,7 @@ where
 
 /// Parses `grpc-timeout` (gRPC over HTTP/2: at most 8 digits and a unit). A malformed value is
 /// ignored, as tonic ignores it.
-fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
+pub(crate) fn grpc_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
     let (digits, unit) = value.split_at_checked(value.len().checked_sub(1)?)?;
     // Exactly as tonic reads it (at most 8 characters, then `u64::from_str`, which takes a leading
