@@ -43,7 +43,8 @@ pub fn bearer_token(header: &[u8]) -> Option<&[u8]> {
 
 /// The (service, method) the trace layer and the log name a request path by.
 pub fn known_method(name: &str) -> (&'static str, &'static str) {
-    crate::middleware::trace::known_method(name)
+    let (service, method, _) = crate::middleware::trace::known_method(name);
+    (service, method)
 }
 
 /// JWT verification as `auth.mode = "jwt"` does it.
