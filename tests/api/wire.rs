@@ -287,13 +287,14 @@ async fn no_retry_is_sent_after_the_callers_deadline() {
 #[tokio::test]
 async fn a_tonic_client_with_a_deadline_sees_deadline_exceeded() {
     // tonic's client enforces the deadline itself (reporting CANCELLED if its timer wins); the
-    // server answers early enough for its DEADLINE_EXCEEDED to arrive first.
+    // server answers early enough for its DEADLINE_EXCEEDED to arrive first: 100 ms early for a
+    // 2 s deadline, room enough on a loaded machine.
     let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
     let app = spawn_app(&server.uri()).await;
     let status = app
         .reset_request(with_deadline(
             request(POOL, "alice"),
-            Duration::from_millis(500),
+            Duration::from_secs(2),
         ))
         .await
         .unwrap_err();

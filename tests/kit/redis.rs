@@ -148,10 +148,11 @@ impl Redis {
                 let value = match kind.as_str() {
                     // Expired since KEYS listed it.
                     "none" => return None,
+                    // `None`: expired since TYPE.
                     "string" => redis::cmd("GET")
                         .arg(&key)
-                        .query(&mut connection)
-                        .expect("redis answers"),
+                        .query::<Option<String>>(&mut connection)
+                        .expect("redis answers")?,
                     "set" => redis::cmd("SMEMBERS")
                         .arg(&key)
                         .query::<Vec<String>>(&mut connection)
