@@ -12,9 +12,11 @@ use cognito_gateway::{
     telemetry,
 };
 
-#[cfg(feature = "mimalloc")]
+/// jemalloc, with its settings in .cargo/config.toml: glibc's allocator kept the memory of 1,000
+/// closed connections (15 MiB) for good; jemalloc gives it back within seconds
+/// (docs/benchmarks.md, "Hostile clients").
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 #[tokio::main]
 async fn main() -> ExitCode {
