@@ -83,9 +83,10 @@ ok "IAM policies: only the actions the gateway calls, on named pools only"
 step "Kubernetes manifests (kubernetes-validate --strict, $K8S_OLDEST and $K8S_NEWEST)"
 rendered=$(mktemp -d)
 trap 'rm -rf "$rendered"' EXIT
-# Resource files: everything but the kustomizations and the examples of what callers apply
-# (validated too, they are complete objects).
-mapfile -t files < <(find deploy/k8s -name '*.yaml' ! -name kustomization.yaml | sort)
+# Resource files: everything but the kustomizations and the patches (partial objects, validated
+# as the rendered variants apply them); the examples of what callers apply are complete objects
+# and validated too.
+mapfile -t files < <(find deploy/k8s -name '*.yaml' ! -name kustomization.yaml ! -name '*-patch.yaml' | sort)
 # Each variant as applied: overlays, generated ConfigMaps, patches and image settings included,
 # and once more with EKS Pod Identity instead of IRSA (a kustomization of the variant plus the
 # component, written next to the rendered files).
