@@ -734,7 +734,7 @@ fn compare_metrics(
             .map(|(_, n)| *n as f64)
             .sum()
     };
-    let method = "rpc.method=ResetUserPassword";
+    let method = "rpc.method=cognitogateway.v1.UserAdminService/ResetUserPassword";
     let mut rows = Vec::new();
     let mut codes: Vec<String> = outcomes.keys().map(|(code, _, _)| code.clone()).collect();
     codes.dedup();
@@ -744,12 +744,12 @@ fn compare_metrics(
     let ended_early =
         |code: &str| ["Cancelled", "DeadlineExceeded", "CANCELLED (by the client)"].contains(&code);
     for code in &codes {
-        let Some(number) = code_number(code).filter(|_| !ended_early(code)) else {
+        let Some(name) = wire_name(code).filter(|_| !ended_early(code)) else {
             continue;
         };
         let gateway = collector.total(
-            "rpc.server.duration",
-            &[method, &format!("rpc.grpc.status_code={number}")],
+            "rpc.server.call.duration",
+            &[method, &format!("rpc.response.status_code={name}")],
         );
         rows.push((
             format!("calls answered {code}"),
@@ -757,10 +757,13 @@ fn compare_metrics(
             count(&|o| o.0 == *code),
         ));
     }
-    let early = |number: Code| {
+    let early = |code: Code| {
         collector.total(
-            "rpc.server.duration",
-            &[method, &format!("rpc.grpc.status_code={}", number as i32)],
+            "rpc.server.call.duration",
+            &[
+                method,
+                &format!("rpc.response.status_code={}", wire(&code_name(code))),
+            ],
         )
     };
     rows.push((
@@ -770,7 +773,7 @@ fn compare_metrics(
     ));
     rows.push((
         "calls in all".into(),
-        collector.total("rpc.server.duration", &[method]),
+        collector.total("rpc.server.call.duration", &[method]),
         count(&|_| true),
     ));
     for (reason, label) in [
@@ -803,11 +806,24 @@ fn compare_metrics(
 }
 
 /// The numeric gRPC code of a tally's code name.
-fn code_number(name: &str) -> Option<i32> {
+/// The code's name as the metrics carry it (`rpc.response.status_code`, as gRPC spells it:
+/// `DEADLINE_EXCEEDED`), from the name the soak counts it under (tonic's, `DeadlineExceeded`).
+fn wire_name(name: &str) -> Option<String> {
     (0..=16)
         .map(Code::from_i32)
         .find(|code| code_name(*code) == name)
-        .map(|code| code as i32)
+        .map(|code| wire(&code_name(code)))
+}
+
+fn wire(camel: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in camel.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            out.push('_');
+        }
+        out.push(c.to_ascii_uppercase());
+    }
+    out
 }
 
 /// Everything that must hold; each failure as a line.
