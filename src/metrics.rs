@@ -24,10 +24,7 @@ use opentelemetry::{
     metrics::{Counter, Histogram, UpDownCounter},
 };
 
-use crate::{
-    config::LimitSettings,
-    status::{code_name, is_server_side},
-};
+use crate::config::LimitSettings;
 
 /// The instruments. Built on first use, from the global meter provider, so telemetry must be set up
 /// first (the binary does that before anything else).
@@ -163,25 +160,26 @@ pub(crate) fn metrics() -> &'static Metrics {
 }
 
 /// Records one inbound call in `rpc.server.call.duration`: `full_method` is the method's fully
-/// qualified name (`package.Service/Method`) or `_OTHER`, `caller` a configured name or `""`.
+/// qualified name (`package.Service/Method`) or `_OTHER`, `code` the status code's name as gRPC
+/// spells it, `server_error` whether gRPC's conventions count that code as the server's failure
+/// (the caller's own mistakes, INVALID_ARGUMENT, NOT_FOUND, ..., are not), `caller` a configured
+/// name or `""`. The caller (the trace layer) sorts the code, so that metrics need no error table.
 pub(crate) fn record_server_call(
     full_method: &'static str,
-    code: tonic::Code,
+    code: &'static str,
+    server_error: bool,
     caller: &str,
     took: Duration,
 ) {
-    let name = code_name(code);
     let mut attributes = vec![
         KeyValue::new("rpc.system.name", "grpc"),
         KeyValue::new("rpc.method", full_method),
-        KeyValue::new("rpc.response.status_code", name),
+        KeyValue::new("rpc.response.status_code", code),
         // Configured names only (or "" before authentication): bounded.
         KeyValue::new("cognito_gateway.caller", caller.to_owned()),
     ];
-    // The codes gRPC's conventions count as the server's failures; the caller's own mistakes
-    // (INVALID_ARGUMENT, NOT_FOUND, ...) are not errors of this server.
-    if is_server_side(code) {
-        attributes.push(KeyValue::new("error.type", name));
+    if server_error {
+        attributes.push(KeyValue::new("error.type", code));
     }
     metrics()
         .rpc_server_call_duration

@@ -24,7 +24,7 @@ use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use super::CallRecord;
 use crate::{
     metrics::{metrics, record_server_call},
-    status::is_server_side,
+    status::{code_name, is_server_side},
     telemetry::{in_incoming_trace, with_incoming_trace},
 };
 
@@ -191,9 +191,11 @@ impl InFlight {
 impl Drop for InFlight {
     fn drop(&mut self) {
         metrics().in_flight.add(-1, &[]);
+        let code = self.code.unwrap_or(Code::Cancelled);
         record_server_call(
             self.full_method,
-            self.code.unwrap_or(Code::Cancelled),
+            code_name(code),
+            is_server_side(code),
             self.record.caller_name(),
             self.started.elapsed(),
         );
