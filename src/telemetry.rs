@@ -270,8 +270,8 @@ pub fn init(format: LogFormat, scrape: bool) -> Telemetry {
     // One resource for both signals: one instance id.
     let resource = resource();
 
-    let otel_layer = if configured("TRACES") {
-        match span_exporter() {
+    let tracer = configured("TRACES")
+        .then(|| match span_exporter() {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
                     .with_resource(resource.clone())
@@ -279,22 +279,15 @@ pub fn init(format: LogFormat, scrape: bool) -> Telemetry {
                     .build();
                 let tracer = provider.tracer("cognito-gateway");
                 telemetry.tracer = Some(provider);
-                // Only the gateway's own spans: the dependencies' are noise at best and carry
-                // request contents at worst.
-                Some(
-                    tracing_opentelemetry::layer()
-                        .with_tracer(tracer)
-                        .with_filter(Targets::new().with_target("cognito_gateway", Level::INFO)),
-                )
+                Some(tracer)
             }
             Err(error) => {
                 eprintln!("cognito-gateway: OTLP trace exporter not started: {error}");
                 None
             }
-        }
-    } else {
-        None
-    };
+        })
+        .flatten();
+    let layers = layers(format, tracer);
 
     // One meter provider, whoever reads it: OTLP pushes what `/metrics` serves.
     let mut meter = SdkMeterProvider::builder().with_resource(resource.clone());
@@ -329,20 +322,49 @@ pub fn init(format: LogFormat, scrape: bool) -> Telemetry {
         telemetry.meter = Some(provider);
     }
 
-    let fmt: Box<dyn Layer<Registry> + Send + Sync> = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer()
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Json => json_logs(std::io::stderr).boxed(),
-    };
-    tracing_subscriber::registry()
-        .with(
-            fmt.with_filter(env_filter())
-                .with_filter(FilterFn::new(allowed)),
-        )
-        .with(otel_layer)
-        .init();
+    tracing_subscriber::registry().with(layers).init();
     telemetry
+}
+
+/// The subscriber's layers: logs, and spans to OpenTelemetry if there is a `tracer`.
+///
+/// A list, so that an absent OpenTelemetry layer is absent. An `Option` layer's `None` declares an
+/// interest in every callsite: every dependency's `trace` spans (h2 makes several per frame) were
+/// created and entered on every call, only for the filters to drop them; that was a third of a
+/// refused call's CPU.
+fn layers(
+    format: LogFormat,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> Vec<Box<dyn Layer<Registry> + Send + Sync>> {
+    let mut layers = vec![log_layer(format, std::io::stderr)];
+    if let Some(tracer) = tracer {
+        // Only the gateway's own spans: the dependencies' are noise at best and carry request
+        // contents at worst.
+        layers.push(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(Targets::new().with_target("cognito_gateway", Level::INFO))
+                .boxed(),
+        );
+    }
+    layers
+}
+
+/// The log layer as the binary installs it: `format` to `writer`, filtered by `RUST_LOG` and then
+/// the dependencies' cap ([`allowed`]). Benchmarks install it too, to measure what runs.
+pub fn log_layer<S, W>(format: LogFormat, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    W: for<'writer> fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
+    let layer = match format {
+        LogFormat::Text => fmt::layer().with_writer(writer).boxed(),
+        LogFormat::Json => json_logs(writer).boxed(),
+    };
+    layer
+        .with_filter(env_filter())
+        .with_filter(FilterFn::new(allowed))
+        .boxed()
 }
 
 /// JSON log lines (`--log-format json`): one object per event, its fields flattened. Spans' fields
@@ -490,5 +512,34 @@ mod proc_self {
             user as f64 / TICKS_PER_SECOND,
             system as f64 / TICKS_PER_SECOND,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::TracerProvider as _;
+    use tracing::Level;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    /// What the binary's subscriber asks to be created: its own spans, never a dependency's
+    /// `trace` output (which it would only drop, after paying for it on every frame).
+    fn enabled(tracer: Option<opentelemetry_sdk::trace::Tracer>) -> (bool, bool, bool) {
+        let subscriber = tracing_subscriber::registry().with(layers(LogFormat::Json, tracer));
+        tracing::subscriber::with_default(subscriber, || {
+            (
+                tracing::enabled!(target: "cognito_gateway::middleware", Level::INFO),
+                tracing::enabled!(target: "h2::proto", Level::TRACE),
+                tracing::enabled!(target: "hyper::proto", Level::DEBUG),
+            )
+        })
+    }
+
+    #[test]
+    fn dependencies_trace_output_is_never_created_with_or_without_opentelemetry() {
+        assert_eq!(enabled(None), (true, false, false));
+        let provider = SdkTracerProvider::builder().build();
+        assert_eq!(enabled(Some(provider.tracer("test"))), (true, false, false));
     }
 }

@@ -42,9 +42,7 @@ pub(crate) async fn run() {
     match logs.as_str() {
         "none" => {}
         "json" => {
-            let layer = telemetry::json_logs(std::io::sink)
-                .with_filter(EnvFilter::new("info"))
-                .with_filter(FilterFn::new(telemetry::allowed));
+            let layer = telemetry::log_layer(telemetry::LogFormat::Json, std::io::sink);
             tracing::subscriber::set_global_default(tracing_subscriber::registry().with(layer))
                 .expect("no other subscriber is installed");
         }

@@ -35,7 +35,7 @@ use tonic::{
     service::interceptor::InterceptedService,
     transport::{Channel, server::TcpIncoming},
 };
-use tracing_subscriber::{EnvFilter, Layer as _, filter::FilterFn, layer::SubscriberExt as _};
+use tracing_subscriber::layer::SubscriberExt as _;
 
 use crate::{
     IN_FLIGHT, ROUNDS, WARM_UP,
@@ -234,9 +234,7 @@ pub(crate) async fn bench() -> StackFigures {
             if !pairs.is_empty() {
                 // Second pass: the binary's log layer (telemetry::init, JSON), into a counting sink.
                 let writer = sink.clone();
-                let logs = telemetry::json_logs(move || writer.clone())
-                    .with_filter(EnvFilter::new("info"))
-                    .with_filter(FilterFn::new(telemetry::allowed));
+                let logs = telemetry::log_layer(telemetry::LogFormat::Json, move || writer.clone());
                 tracing::subscriber::set_global_default(tracing_subscriber::registry().with(logs))
                     .expect("no other subscriber is installed");
             }
