@@ -155,6 +155,24 @@ pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelem
     Some(attributes)
 }
 
+/// Whether `error` refuses the call at the door (the caller's credentials, rights, rate or request,
+/// or the gateway's load): anyone can send a flood of these, so they are logged within a quota
+/// and their spans are not exported. Failures on the way to Cognito are not refusals.
+pub(crate) fn is_refusal(error: &GatewayError) -> bool {
+    match error {
+        GatewayError::Unauthenticated(_)
+        | GatewayError::CallerNotAllowed { .. }
+        | GatewayError::RateLimited { .. }
+        | GatewayError::Overloaded
+        | GatewayError::InvalidRequest(_) => true,
+        // What tonic refuses before the handler: an unknown method, an undecodable message.
+        GatewayError::Protocol { code, .. } => {
+            matches!(code, Code::InvalidArgument | Code::Unimplemented)
+        }
+        _ => false,
+    }
+}
+
 /// The `ErrorInfo.reason` of `error`.
 pub(crate) fn reason(error: &GatewayError) -> &'static str {
     gateway_row(error).reason

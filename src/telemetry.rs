@@ -275,6 +275,9 @@ pub fn init(format: LogFormat, scrape: bool) -> Telemetry {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
                     .with_resource(resource.clone())
+                    .with_sampler(UnsampledRefusals(
+                        opentelemetry_sdk::trace::Config::default().sampler,
+                    ))
                     .with_batch_exporter(exporter)
                     .build();
                 let tracer = provider.tracer("cognito-gateway");
@@ -343,11 +346,57 @@ fn layers(
         layers.push(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
+                // Spans start when their context is first needed (a child, a log line's ids) or
+                // when they close, not when entered: so that a refusal, known only later, is
+                // still marked when the sampler decides (see `UnsampledRefusals`). Nothing of
+                // ours reads OpenTelemetry's own current context, which entering would set.
+                .with_context_activation(false)
                 .with_filter(Targets::new().with_target("cognito_gateway", Level::INFO))
                 .boxed(),
         );
     }
     layers
+}
+
+/// The span attribute that marks a call the gateway refused at the door
+/// (`crate::status::is_refusal`).
+pub(crate) const REFUSED: &str = "cognito_gateway.refused";
+
+/// The sampler `OTEL_TRACES_SAMPLER` configures (OpenTelemetry's default: parent-based, always on),
+/// except that spans marked [`REFUSED`] are dropped: not exported. A flood of refused calls costs the
+/// collector nothing and cannot push real calls' spans out of the export queue (2,048 spans);
+/// metrics count them, and their log lines (within a quota) carry the caller's trace id.
+#[derive(Debug, Clone)]
+struct UnsampledRefusals(Box<dyn opentelemetry_sdk::trace::ShouldSample>);
+
+impl opentelemetry_sdk::trace::ShouldSample for UnsampledRefusals {
+    fn should_sample(
+        &self,
+        parent: Option<&opentelemetry::Context>,
+        trace_id: opentelemetry::trace::TraceId,
+        name: &str,
+        kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> opentelemetry_sdk::trace::SamplingResult {
+        use opentelemetry::trace::TraceContextExt as _;
+        use opentelemetry_sdk::trace::{SamplingDecision, SamplingResult};
+        let refused = attributes
+            .iter()
+            .any(|kv| kv.key.as_str() == REFUSED && kv.value == opentelemetry::Value::Bool(true));
+        if !refused {
+            return self
+                .0
+                .should_sample(parent, trace_id, name, kind, attributes, links);
+        }
+        SamplingResult {
+            decision: SamplingDecision::Drop,
+            attributes: Vec::new(),
+            trace_state: parent
+                .map(|parent| parent.span().span_context().trace_state().clone())
+                .unwrap_or_default(),
+        }
+    }
 }
 
 /// The log layer as the binary installs it: `format` to `writer`, filtered by `RUST_LOG` and then

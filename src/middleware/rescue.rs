@@ -25,10 +25,10 @@ use crate::{
     domain::UserPoolId,
     metrics::metrics,
     status::{
-        GatewayError, code_name, is_server_side, message_is_aws_text, reason, rejection_attributes,
-        to_status,
+        GatewayError, code_name, is_refusal, is_server_side, message_is_aws_text, reason,
+        rejection_attributes, to_status,
     },
-    telemetry::current_ids,
+    telemetry::{REFUSED, current_ids},
 };
 
 mod quota;
@@ -159,6 +159,11 @@ impl CallLine {
                     }
                     other => other,
                 };
+                if !self.record.reached_cognito() && is_refusal(&error) {
+                    // Before anything asks for the span's context: that starts it, and the
+                    // sampler decides on what it has by then.
+                    tracing::Span::current().record(REFUSED, true);
+                }
                 let status = to_status(&error, self.record.pool());
                 self.failed(&error, &status);
                 status.into_http()

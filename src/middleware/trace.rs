@@ -4,7 +4,10 @@
 //! that it sees every call and the final status, whoever answered it.
 //!
 //! Layers and the handler add to the span as they learn: the caller (`cognito_gateway.caller`), the
-//! pool (`cognito.user_pool_id`), `cognito_gateway.deduplicated`; refusals are events on it.
+//! pool (`cognito.user_pool_id`), `cognito_gateway.deduplicated`. A call the gateway refused
+//! before asking Cognito anything is marked `cognito_gateway.refused` and never exported (see
+//! `telemetry::UnsampledRefusals`): anyone can send a flood of them, and they would crowd the
+//! calls that matter out of the export queue.
 
 use std::{
     future::Future,
@@ -91,6 +94,7 @@ where
             cognito_gateway.caller = Empty,
             cognito.user_pool_id = Empty,
             cognito_gateway.deduplicated = Empty,
+            cognito_gateway.refused = Empty,
         );
         // The parent must be set before the span is first entered (that starts the OTel span).
         let parent = global::get_text_map_propagator(|propagator| {
