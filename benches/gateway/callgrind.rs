@@ -11,6 +11,12 @@
 //! - `json-spans`: the JSON layer as it was configured before (span fields formatted, and
 //!   re-serialised at every `Span::record`), into a sink.
 //!
+//! `COGNITO_GATEWAY_BENCH_PATH` chooses what is called: `gateway` (the default), `direct` (the same
+//! `AdminResetUserPassword` through an SDK client configured as the out-of-process bench's direct
+//! client, no gateway), or `hop` (`grpc.health.v1.Health/Check` on the gateway's connection: the
+//! gRPC round trip with the layers and no Cognito). Then gateway − direct − hop is, in instructions,
+//! what the out-of-process section calls the gateway's work beyond the hop.
+//!
 //! Everything but the measured calls is the same in two runs with different counts, so
 //! `(Ir(N2) - Ir(N1)) / (N2 - N1)` is the instructions per call of client, gateway and local
 //! Cognito together; `callgrind_annotate` splits them by function.
@@ -69,7 +75,18 @@ pub(crate) async fn run() {
     config.limits = limits_out_of_reach();
     let app = spawn_app_with(config, backend).await;
     {
-        let call = gateway_call(&app.client, Who::Alice, &Counter::default());
+        let path = std::env::var("COGNITO_GATEWAY_BENCH_PATH").unwrap_or_else(|_| "gateway".into());
+        let direct = crate::in_process::sdk_client(&local.endpoint_url()).await;
+        let call = match path.as_str() {
+            "gateway" => gateway_call(&app.client, Who::Alice, &Counter::default()),
+            "direct" => crate::in_process::direct_call(&direct, Who::Alice),
+            "hop" => crate::out_of_process::health_call(
+                tonic_health::pb::health_client::HealthClient::new(
+                    crate::kit::app::connect(app.addr).await,
+                ),
+            ),
+            other => panic!("COGNITO_GATEWAY_BENCH_PATH: gateway, direct or hop, not {other:?}"),
+        };
         sequential(100, &call, "callgrind warm-up").await;
         sequential(calls, &call, "callgrind").await;
     }

@@ -274,7 +274,7 @@ fn start_gateway(endpoint: &str, refresh_secs: u64, ca: Option<&Path>) -> Gatewa
     Gateway::start(command)
 }
 
-fn health_call(
+pub(crate) fn health_call(
     health: tonic_health::pb::health_client::HealthClient<tonic::transport::Channel>,
 ) -> crate::load::Call {
     Arc::new(move || {
