@@ -299,8 +299,8 @@ impl<B: Backend> UserAdmin<B> {
         };
         let start = || {
             record.set_reached_cognito();
-            // The CLIENT span is made here, in the caller's span, and goes with the call into its
-            // own task.
+            // The CLIENT span is made here, in the caller's span, and goes with the call (into a
+            // task of its own, if the caller stops waiting).
             let span = client_span("AdminResetUserPassword");
             let backend = Arc::clone(&self.backend);
             let request = Arc::clone(&request);

@@ -327,8 +327,9 @@ impl<R: FlightResult> UserGate<R> {
     }
 
     /// Resets through the gate. `start` is called only when this call must reach Cognito, with
-    /// its budgets spent; the call it returns runs in its own task, so that a caller hanging up
-    /// cannot cancel a reset others are waiting on, nor leave its outcome unknown to the gate.
+    /// its budgets spent; the call it returns runs to its end even if this caller stops waiting
+    /// (it moves to a task of its own then), so that a caller hanging up cannot cancel a reset
+    /// others are waiting on, nor leave its outcome unknown to the gate.
     ///
     /// A call with a request id neither leads nor joins another local caller's call: the store
     /// must tie the id to the user, and its answer is its own. Calls without one share.
@@ -415,8 +416,11 @@ impl<R: FlightResult> UserGate<R> {
                 (Sender::Own(sender), receiver)
             }
         };
-        // The call runs in its own task, which settles the claim and answers everyone waiting.
-        self.calls.spawn(async move {
+        // The call settles the claim and answers everyone waiting. It runs here, in the caller's
+        // task, while the caller waits, and goes on in a task of its own if the caller stops
+        // waiting (see `Flight`): a spawned task for every call cost a wake-up on another thread
+        // on the way there and another on the way back.
+        let flight = self.calls.track_future(async move {
             let result = call.await;
             settling.settle(result.remembered()).await;
             let flown = Ok(Answer::Flown {
@@ -427,6 +431,9 @@ impl<R: FlightResult> UserGate<R> {
                 result.unanswered();
             }
         });
+        // A panic in the call ends it here as it would have ended its task: dropped (the claim is
+        // settled as unknown by `Settling`), and the answer below is `Lost`.
+        let _ = Flight(Some(Box::pin(flight))).await;
         match receiver.wait_for(Option::is_some).await {
             Ok(shared) => shared.clone().expect("waited for Some"),
             // The task ended without a result: it panicked, maybe after sending.
@@ -448,6 +455,50 @@ impl<R: FlightResult> UserGate<R> {
                     tokio::time::timeout(BUSY_POLL * 50, receiver.wait_for(Option::is_some)).await;
             }
             None => tokio::time::sleep(BUSY_POLL).await,
+        }
+    }
+}
+
+/// A Cognito call that runs to its end whoever waits for it: polled in the task that awaits this,
+/// and, if that task drops it first (its caller hung up), handed to a task of its own. Boxed, so
+/// that it can move to that task after being polled.
+struct Flight(Option<Pin<Box<dyn Future<Output = ()> + Send>>>);
+
+/// The call panicked.
+struct Panicked;
+
+impl Future for Flight {
+    type Output = Result<(), Panicked>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        let Some(call) = self.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call.as_mut().poll(cx)));
+        match polled {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(())) => {
+                self.0 = None;
+                Poll::Ready(Ok(()))
+            }
+            Err(_) => {
+                // Dropped here, as tokio drops a task that panicked.
+                self.0 = None;
+                Poll::Ready(Err(Panicked))
+            }
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if let Some(call) = self.0.take() {
+            tokio::spawn(call);
         }
     }
 }
