@@ -71,7 +71,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
     R: Rule,
-    ReqBody: Send + 'static,
+    ReqBody: http_body::Body + Unpin + Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
@@ -96,10 +96,69 @@ where
                     drop(guard);
                     response
                 }
-                Err(error) => Ok(fail(error)),
+                Err(error) => {
+                    read_to_end(body);
+                    Ok(fail(error))
+                }
             }
         })
     }
+}
+
+/// How long, at most, a refused call's request body is read after the answer.
+const UNREAD_BODY_TIME: std::time::Duration = std::time::Duration::from_secs(1);
+/// How much of it, at most.
+const UNREAD_BODY_BYTES: usize = 64 * 1024;
+/// Refused calls whose bodies are being read at once; past this, bodies are dropped unread.
+const UNREAD_BODIES: usize = 1024;
+
+/// Reads a refused call's request body to its end (bounded) instead of dropping it unread.
+///
+/// Dropped unread, HTTP/2 resets the stream, and the DATA frames the client sends after that count
+/// against hyper's guard against reset floods (`server.max_local_error_reset_streams` over a
+/// connection's whole life): a caller that bursts beyond its rate had its connection closed, its
+/// calls in flight on it with it. The body is nearly always there already (a unary call's message
+/// follows its headers); only when it is not does a bounded task wait for it.
+fn read_to_end<B>(mut body: B)
+where
+    B: http_body::Body + Unpin + Send + 'static,
+{
+    use std::task::{Context, Poll};
+    static READING: Semaphore = Semaphore::const_new(UNREAD_BODIES);
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut read = 0;
+    loop {
+        if body.is_end_stream() {
+            return;
+        }
+        match Pin::new(&mut body).poll_frame(&mut cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                if read > UNREAD_BODY_BYTES {
+                    return;
+                }
+            }
+            Poll::Ready(_) => return,
+            Poll::Pending => break,
+        }
+    }
+    let Ok(place) = READING.try_acquire() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _place = place;
+        let _ = tokio::time::timeout(UNREAD_BODY_TIME, async {
+            while let Some(Ok(frame)) =
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            {
+                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                if read > UNREAD_BODY_BYTES {
+                    return;
+                }
+            }
+        })
+        .await;
+    });
 }
 
 /// A process-wide cap on calls in flight. Beyond it calls are refused at once (UNAVAILABLE
