@@ -436,7 +436,7 @@ impl<R: FlightResult> UserGate<R> {
         let _ = Flight(Some(Box::pin(flight))).await;
         match receiver.wait_for(Option::is_some).await {
             Ok(shared) => shared.clone().expect("waited for Some"),
-            // The task ended without a result: it panicked, maybe after sending.
+            // The call ended without a result: it panicked, maybe after sending.
             Err(_) => Err(GateError::Lost),
         }
     }
