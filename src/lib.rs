@@ -67,6 +67,7 @@ pub use app::App;
 pub use auth::Policy;
 pub use config::Config;
 pub use gate::{MemoryStore, Times, random_key};
+pub use status::code_name;
 
 /// The generated gRPC types and the descriptor set that reflection serves.
 #[allow(missing_docs, unreachable_pub, missing_debug_implementations)]

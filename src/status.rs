@@ -496,8 +496,8 @@ fn add_extra(details: &mut ErrorDetails, extra: Extra, pool: Option<&UserPoolId>
     }
 }
 
-/// The canonical gRPC name, as in the error table.
-pub(crate) fn code_name(code: Code) -> &'static str {
+/// The canonical gRPC name, as in the error table (and `rpc.response.status_code`).
+pub fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

@@ -76,10 +76,12 @@ pub(crate) async fn run() {
     let app = spawn_app_with(config, backend).await;
     {
         let path = std::env::var("COGNITO_GATEWAY_BENCH_PATH").unwrap_or_else(|_| "gateway".into());
-        let direct = crate::in_process::sdk_client(&local.endpoint_url()).await;
         let call = match path.as_str() {
             "gateway" => gateway_call(&app.client, Who::Alice, &Counter::default()),
-            "direct" => crate::in_process::direct_call(&direct, Who::Alice),
+            "direct" => crate::in_process::direct_call(
+                &crate::in_process::sdk_client(&local.endpoint_url()).await,
+                Who::Alice,
+            ),
             "hop" => crate::out_of_process::health_call(
                 tonic_health::pb::health_client::HealthClient::new(
                     crate::kit::app::connect(app.addr).await,

@@ -762,7 +762,10 @@ fn compare_metrics(
             "rpc.server.call.duration",
             &[
                 method,
-                &format!("rpc.response.status_code={}", wire(&code_name(code))),
+                &format!(
+                    "rpc.response.status_code={}",
+                    cognito_gateway::code_name(code)
+                ),
             ],
         )
     };
@@ -805,25 +808,13 @@ fn compare_metrics(
     rows
 }
 
-/// The numeric gRPC code of a tally's code name.
 /// The code's name as the metrics carry it (`rpc.response.status_code`, as gRPC spells it:
 /// `DEADLINE_EXCEEDED`), from the name the soak counts it under (tonic's, `DeadlineExceeded`).
-fn wire_name(name: &str) -> Option<String> {
+fn wire_name(name: &str) -> Option<&'static str> {
     (0..=16)
         .map(Code::from_i32)
         .find(|code| code_name(*code) == name)
-        .map(|code| wire(&code_name(code)))
-}
-
-fn wire(camel: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in camel.chars().enumerate() {
-        if c.is_ascii_uppercase() && i > 0 {
-            out.push('_');
-        }
-        out.push(c.to_ascii_uppercase());
-    }
-    out
+        .map(cognito_gateway::code_name)
 }
 
 /// Everything that must hold; each failure as a line.

@@ -123,42 +123,48 @@ fn read_to_end<B>(mut body: B)
 where
     B: http_body::Body + Unpin + Send + 'static,
 {
-    use std::task::{Context, Poll};
     static READING: Semaphore = Semaphore::const_new(UNREAD_BODIES);
-    let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut read = 0;
-    loop {
-        if body.is_end_stream() {
-            return;
-        }
-        match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
-                if read > UNREAD_BODY_BYTES {
-                    return;
-                }
-            }
-            Poll::Ready(_) => return,
-            Poll::Pending => break,
-        }
+    let mut now = std::task::Context::from_waker(std::task::Waker::noop());
+    if read_some(&mut body, &mut now, &mut read).is_ready() {
+        return;
     }
     let Ok(place) = READING.try_acquire() else {
         return;
     };
     tokio::spawn(async move {
         let _place = place;
-        let _ = tokio::time::timeout(UNREAD_BODY_TIME, async {
-            while let Some(Ok(frame)) =
-                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
-            {
-                read += frame.data_ref().map_or(0, bytes::Buf::remaining);
-                if read > UNREAD_BODY_BYTES {
-                    return;
+        let rest = std::future::poll_fn(|cx| read_some(&mut body, cx, &mut read));
+        let _ = tokio::time::timeout(UNREAD_BODY_TIME, rest).await;
+    });
+}
+
+/// Reads `body`'s frames as far as they have arrived: ready once it has ended (or failed, or gone
+/// past [`UNREAD_BODY_BYTES`], counted in `read`).
+fn read_some<B>(
+    body: &mut B,
+    cx: &mut std::task::Context<'_>,
+    read: &mut usize,
+) -> std::task::Poll<()>
+where
+    B: http_body::Body + Unpin,
+{
+    use std::task::Poll;
+    loop {
+        if body.is_end_stream() {
+            return Poll::Ready(());
+        }
+        match Pin::new(&mut *body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                *read += frame.data_ref().map_or(0, bytes::Buf::remaining);
+                if *read > UNREAD_BODY_BYTES {
+                    return Poll::Ready(());
                 }
             }
-        })
-        .await;
-    });
+            Poll::Ready(_) => return Poll::Ready(()),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
 }
 
 /// A process-wide cap on calls in flight. Beyond it calls are refused at once (UNAVAILABLE
