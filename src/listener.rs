@@ -11,6 +11,10 @@
 //!   one connection place until the deadline, not the loop, and not the other clients' handshakes.
 //!   A waiting handshake costs a task and a socket; the crypto runs only once the client speaks, so
 //!   the connection cap is the bound on both.
+//! - **Shutdown does not wait for silent sockets.** Once the server stops accepting, a connection
+//!   still short of its preface is closed: it has made no call, and hyper's graceful shutdown would
+//!   otherwise wait for its handshake, so one silent client could hold every shutdown until the
+//!   handshake deadline.
 
 use std::{
     collections::HashMap,
@@ -26,9 +30,10 @@ use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore, mpsc},
-    time::{Instant, Sleep},
+    time::Instant,
 };
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::transport::server::Connected;
 
 use crate::{auth::tls::Tls, metrics::metrics};
@@ -59,10 +64,11 @@ pub(crate) fn plain(
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let places = Places::new(bounds);
+        let (_stopped, accepting) = stop_signal();
         while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             if sender
-                .send(Ok(Conn::new(tcp, place, deadline)))
+                .send(Ok(Conn::new(tcp, place, deadline, &accepting)))
                 .await
                 .is_err()
             {
@@ -82,15 +88,25 @@ pub(crate) fn tls(
     let (sender, receiver) = mpsc::channel(64);
     tokio::spawn(async move {
         let places = Places::new(bounds);
+        let (_stopped, accepting) = stop_signal();
         while let Some((tcp, place)) = accept(&listener, &places, bounds, &sender).await {
             let deadline = Instant::now() + bounds.handshake_timeout;
             let acceptor = tls.acceptor();
             let ready = sender.clone();
+            let accepting = accepting.clone();
             tokio::spawn(async move {
                 let peer = tcp.peer_addr().ok();
-                match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                // A handshake in progress when the server stops accepting has no one to go to.
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(tcp));
+                let outcome = tokio::select! {
+                    outcome = handshake => outcome,
+                    () = accepting.cancelled() => return,
+                };
+                match outcome {
                     Ok(Ok(stream)) => {
-                        let _ = ready.send(Ok(Conn::new(stream, place, deadline))).await;
+                        let _ = ready
+                            .send(Ok(Conn::new(stream, place, deadline, &accepting)))
+                            .await;
                     }
                     // A failed handshake concerns that client only.
                     Ok(Err(error)) => tracing::debug!(?peer, %error, "TLS handshake refused"),
@@ -103,6 +119,13 @@ pub(crate) fn tls(
         }
     });
     ReceiverStream::new(receiver)
+}
+
+/// A token cancelled when the returned guard drops: the accept loop holds the guard, so the token
+/// says the listener has stopped accepting (tonic dropped its stream at shutdown).
+fn stop_signal() -> (DropGuard, CancellationToken) {
+    let accepting = CancellationToken::new();
+    (accepting.clone().drop_guard(), accepting)
 }
 
 /// The next connection with a place; those without one are closed at once. `None` once the
@@ -267,24 +290,44 @@ fn refused(why: &'static str) {
 }
 
 /// An admitted connection: holds its place until closed, and fails its reads once the handshake
-/// deadline passes before the client has said enough.
-#[derive(Debug)]
+/// deadline passes, or the server stops accepting, before the client has said enough.
 pub(crate) struct Conn<IO> {
     io: IO,
     _place: Place,
-    /// Until the preface has been read.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// Until the preface has been read: ends with why the client may not wait any longer.
+    deadline: Option<Pin<Box<dyn Future<Output = PrefaceCut> + Send>>>,
     read: usize,
 }
 
+/// Why a connection short of its preface is closed.
+enum PrefaceCut {
+    Deadline,
+    ShuttingDown,
+}
+
 impl<IO> Conn<IO> {
-    fn new(io: IO, place: Place, deadline: Instant) -> Self {
+    fn new(io: IO, place: Place, deadline: Instant, accepting: &CancellationToken) -> Self {
+        let stopped = accepting.clone().cancelled_owned();
         Self {
             io,
             _place: place,
-            deadline: Some(Box::pin(tokio::time::sleep_until(deadline))),
+            deadline: Some(Box::pin(async move {
+                tokio::select! {
+                    () = tokio::time::sleep_until(deadline) => PrefaceCut::Deadline,
+                    () = stopped => PrefaceCut::ShuttingDown,
+                }
+            })),
             read: 0,
         }
+    }
+}
+
+impl<IO: std::fmt::Debug> std::fmt::Debug for Conn<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Conn")
+            .field("io", &self.io)
+            .field("preface_read", &self.deadline.is_none())
+            .finish_non_exhaustive()
     }
 }
 
@@ -301,12 +344,17 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Conn<IO> {
             this.read += buf.filled().len() - before;
             if this.read >= PREFACE_BYTES {
                 this.deadline = None;
-            } else if polled.is_pending() && deadline.as_mut().poll(cx).is_ready() {
-                refused("handshake_timeout");
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "no HTTP/2 preface before the handshake deadline",
-                )));
+            } else if polled.is_pending()
+                && let Poll::Ready(cut) = deadline.as_mut().poll(cx)
+            {
+                let error = match cut {
+                    PrefaceCut::Deadline => {
+                        refused("handshake_timeout");
+                        "no HTTP/2 preface before the handshake deadline"
+                    }
+                    PrefaceCut::ShuttingDown => "no HTTP/2 preface before shutdown",
+                };
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, error)));
             }
         }
         polled

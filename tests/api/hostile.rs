@@ -288,3 +288,38 @@ async fn health_watch_streams_are_bounded_per_connection() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_a_shutdown() {
+    let cognito = fake_cognito(cognito_ok("rid")).await;
+    let mut config = test_config();
+    config.server.max_connections = 2;
+    config.server.handshake_timeout = Duration::from_secs(60);
+    config.server.shutdown_grace = Duration::from_secs(60);
+    let mut app = spawn_app_with(config, sdk_backend(&cognito.uri(), test_settings()).await).await;
+    // The test's client holds one place, the silent socket the other: the next connection is
+    // closed at once, which also shows that the silent one was accepted (accepts are in order).
+    app.reset(POOL, "alice").await.unwrap();
+    let mut silent = TcpStream::connect(app.addr).await.unwrap();
+    let mut over = TcpStream::connect(app.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "past the cap, closed at once"
+    );
+
+    app.begin_shutdown();
+    // Neither its 60 s handshake deadline nor the 60 s grace: it has made no call to finish.
+    assert!(
+        closed_within(&mut silent, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the silent connection is closed at shutdown"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app.handle)
+        .await
+        .expect("the shutdown did not wait for the silent connection")
+        .unwrap()
+        .unwrap();
+}
