@@ -1,6 +1,8 @@
 //! The `cognito-gateway` binary: parse the command line, set up logs, build the app, run it until
 //! SIGTERM or SIGINT. Everything else lives in the library.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use clap::Parser as _;

@@ -171,19 +171,23 @@ pub(crate) fn record_server_call(
     caller: &str,
     took: Duration,
 ) {
-    let mut attributes = vec![
+    let attributes = [
         KeyValue::new("rpc.system.name", "grpc"),
         KeyValue::new("rpc.method", full_method),
         KeyValue::new("rpc.response.status_code", code),
         // Configured names only (or "" before authentication): bounded.
         KeyValue::new("cognito_gateway.caller", caller.to_owned()),
+        KeyValue::new("error.type", code),
     ];
-    if server_error {
-        attributes.push(KeyValue::new("error.type", code));
-    }
+    // `error.type` only for the server's own failures; an array, not a Vec, on every call.
+    let attributes = if server_error {
+        &attributes[..]
+    } else {
+        &attributes[..4]
+    };
     metrics()
         .rpc_server_call_duration
-        .record(took.as_secs_f64(), &attributes);
+        .record(took.as_secs_f64(), attributes);
 }
 
 /// Records one Cognito call in `rpc.client.call.duration`: `exception` is `""` on success, else

@@ -4,7 +4,11 @@
 //! Caller-side statuses may repeat Cognito's message. Server-side ones ([`is_server_side`]) carry an
 //! opaque message; the full error goes to the log once, where the call ends.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
@@ -134,10 +138,11 @@ impl GatewayError {
 
 /// The `cognito_gateway.rejections` metric's attributes for calls the gateway refused itself (`None`
 /// for everything else): the reason, and for rate limits which one.
-pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelemetry::KeyValue>> {
+pub(crate) fn rejection_attributes(
+    error: &GatewayError,
+) -> Option<(opentelemetry::KeyValue, Option<opentelemetry::KeyValue>)> {
     use opentelemetry::KeyValue;
-    let row = gateway_row(error);
-    let mut attributes = vec![KeyValue::new("reason", row.reason)];
+    let reason = KeyValue::new("reason", gateway_row(error).reason);
     match error {
         GatewayError::RateLimited { limit, .. } => {
             // Callers are few and configured; pool ids are whatever callers send.
@@ -145,14 +150,13 @@ pub(crate) fn rejection_attributes(error: &GatewayError) -> Option<Vec<opentelem
                 Limit::Pool(_) => "pool".to_owned(),
                 other => other.to_string(),
             };
-            attributes.push(KeyValue::new("limit", label));
+            Some((reason, Some(KeyValue::new("limit", label))))
         }
         GatewayError::Unauthenticated(_)
         | GatewayError::CallerNotAllowed { .. }
-        | GatewayError::Overloaded => {}
-        _ => return None,
+        | GatewayError::Overloaded => Some((reason, None)),
+        _ => None,
     }
-    Some(attributes)
 }
 
 /// Whether `error` refuses the call at the door (the caller's credentials, rights, rate or request,
@@ -349,6 +353,20 @@ fn says_no_verified_contact(message: &str) -> bool {
 
 /// The status for `error`. `pool` is the validated pool id, where validation got that far.
 pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Status {
+    let ids = crate::telemetry::current_ids();
+    to_status_with(
+        error,
+        pool,
+        ids.as_ref().map(|(trace_id, _)| trace_id.as_str()),
+    )
+}
+
+/// [`to_status`], given the call's trace id if it is traced.
+pub(crate) fn to_status_with(
+    error: &GatewayError,
+    pool: Option<&UserPoolId>,
+    trace_id: Option<&str>,
+) -> Status {
     let row = gateway_row(error);
     let cognito = match error {
         // A lookup's answer is Cognito's too (its request id, its exception).
@@ -394,12 +412,10 @@ pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Stat
     let mut details = ErrorDetails::with_error_info(row.reason, domain, metadata);
     // RequestInfo whenever there is an id to give: Cognito's request id, else the trace id (when
     // the call is traced), so that support can find the call either way.
-    let trace_id = crate::telemetry::current_ids().map(|(trace_id, _)| trace_id);
     let serving_data = trace_id
-        .as_deref()
         .map(|id| format!("trace_id={id}"))
         .unwrap_or_default();
-    if let Some(id) = request_id.or(trace_id.as_deref()) {
+    if let Some(id) = request_id.or(trace_id) {
         details.set_request_info(id, serving_data);
     }
     if let GatewayError::InvalidRequest(violations) = error {
@@ -442,6 +458,48 @@ pub(crate) fn to_status(error: &GatewayError, pool: Option<&UserPoolId>) -> Stat
         caller_message(error)
     };
     Status::with_error_details(row.code, message, details)
+}
+
+/// The answer to an error whose status is the same every time it is given without a pool or a
+/// trace id, built once: a flood of refusals then costs a copy of its headers each, not a status,
+/// its details' encoding and their headers (issue 11). `None` for every other error.
+pub(crate) fn fixed_answer(error: &GatewayError) -> Option<&'static FixedAnswer> {
+    static UNAUTHENTICATED: OnceLock<FixedAnswer> = OnceLock::new();
+    static OVERLOADED: OnceLock<FixedAnswer> = OnceLock::new();
+    static DRAINING: OnceLock<FixedAnswer> = OnceLock::new();
+    let answer = match error {
+        // Which check failed is for the log alone: the caller is told the same each time.
+        GatewayError::Unauthenticated(_) => &UNAUTHENTICATED,
+        GatewayError::Overloaded => &OVERLOADED,
+        GatewayError::Draining => &DRAINING,
+        _ => return None,
+    };
+    Some(answer.get_or_init(|| FixedAnswer::of(to_status_with(error, None, None))))
+}
+
+/// See [`fixed_answer`].
+#[derive(Debug)]
+pub(crate) struct FixedAnswer {
+    /// The status's code.
+    pub(crate) code: Code,
+    /// The status as `Status::into_http` writes it (trailers-only).
+    headers: http::HeaderMap,
+}
+
+impl FixedAnswer {
+    fn of(status: Status) -> Self {
+        Self {
+            code: status.code(),
+            headers: status.into_http::<()>().into_parts().0.headers,
+        }
+    }
+
+    /// A response that carries the status (its header values are shared, not copied).
+    pub(crate) fn response<B: Default>(&self) -> http::Response<B> {
+        let mut response = http::Response::new(B::default());
+        *response.headers_mut() = self.headers.clone();
+        response
+    }
 }
 
 fn add_extra(details: &mut ErrorDetails, extra: Extra, pool: Option<&UserPoolId>, message: &str) {

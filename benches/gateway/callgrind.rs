@@ -14,8 +14,14 @@
 //! `COGNITO_GATEWAY_BENCH_PATH` chooses what is called: `gateway` (the default), `direct` (the same
 //! `AdminResetUserPassword` through an SDK client configured as the out-of-process bench's direct
 //! client, no gateway), or `hop` (`grpc.health.v1.Health/Check` on the gateway's connection: the
-//! gRPC round trip with the layers and no Cognito). Then gateway − direct − hop is, in instructions,
-//! what the out-of-process section calls the gateway's work beyond the hop.
+//! gRPC round trip with the layers and no Cognito), or `refused` (a reset with a token no caller
+//! has, answered UNAUTHENTICATED: what a flood of refused calls costs each). Then gateway − direct
+//! − hop is, in instructions, what the out-of-process section calls the gateway's work beyond the
+//! hop; `calls=` lines to `malloc` in the same two runs count the allocations per call.
+//!
+//! `COGNITO_GATEWAY_BENCH=allocations` runs the same harness natively with the gateway (and its
+//! SDK client) on a tokio runtime of its own, and prints the heap allocations its threads made per
+//! measured call: the gateway's share, without the client's or the local Cognito's.
 //!
 //! Everything but the measured calls is the same in two runs with different counts, so
 //! `(Ir(N2) - Ir(N1)) / (N2 - N1)` is the instructions per call of client, gateway and local
@@ -29,14 +35,21 @@
 use std::time::Duration;
 
 use cognito_gateway::{
-    Config, cognito::SdkBackend, config::CognitoSettings, local::LocalCognito, telemetry,
+    Config,
+    cognito::SdkBackend,
+    config::{AccessConfig, AuthMode, CallerConfig, CognitoSettings},
+    local::LocalCognito,
+    proto::{ResetUserPasswordRequest, user_admin_service_client::UserAdminServiceClient},
+    telemetry,
 };
+use sha2::Digest as _;
+use tonic::{Code, transport::Channel};
 use tracing_subscriber::{EnvFilter, Layer as _, filter::FilterFn, layer::SubscriberExt as _};
 
 use crate::{
     in_process::limits_out_of_reach,
     kit::app::spawn_app_with,
-    load::{Counter, Who, gateway_call, sequential},
+    load::{Call, Counter, Who, gateway_call, sequential},
 };
 
 pub(crate) async fn run() {
@@ -65,19 +78,39 @@ pub(crate) async fn run() {
         }
         other => panic!("COGNITO_GATEWAY_BENCH_LOGS: none, json or json-spans, not {other:?}"),
     }
+    let path = std::env::var("COGNITO_GATEWAY_BENCH_PATH").unwrap_or_else(|_| "gateway".into());
+    // Counting allocations, the gateway runs on a runtime of its own whose threads are counted.
+    let counting = std::env::var("COGNITO_GATEWAY_BENCH").as_deref() == Ok("allocations");
+    let gateway_runtime = counting.then(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .on_thread_start(allocations::count_this_thread)
+            .build()
+            .expect("a tokio runtime builds")
+    });
     let local = LocalCognito::start()
         .await
         .expect("the local Cognito starts");
-    let backend =
-        SdkBackend::with_endpoint(&local.endpoint_url(), "local-1", CognitoSettings::default())
-            .await;
-    let mut config = Config::with_listen("127.0.0.1:0".parse().expect("a literal address"));
-    config.limits = limits_out_of_reach();
-    let app = spawn_app_with(config, backend).await;
+    let app = {
+        let endpoint = local.endpoint_url();
+        let config = harness_config(&path);
+        let spawn = async move {
+            let backend =
+                SdkBackend::with_endpoint(&endpoint, "local-1", CognitoSettings::default()).await;
+            spawn_app_with(config, backend).await
+        };
+        match &gateway_runtime {
+            Some(runtime) => runtime.spawn(spawn).await.expect("the gateway starts"),
+            None => spawn.await,
+        }
+    };
     {
-        let path = std::env::var("COGNITO_GATEWAY_BENCH_PATH").unwrap_or_else(|_| "gateway".into());
+        // A client of this runtime's own, not the app's (whose connection task runs beside the
+        // gateway when it has a runtime of its own).
+        let client = UserAdminServiceClient::new(crate::kit::app::connect(app.addr).await);
         let call = match path.as_str() {
-            "gateway" => gateway_call(&app.client, Who::Alice, &Counter::default()),
+            "gateway" => gateway_call(&client, Who::Alice, &Counter::default()),
             "direct" => crate::in_process::direct_call(
                 &crate::in_process::sdk_client(&local.endpoint_url()).await,
                 Who::Alice,
@@ -87,14 +120,126 @@ pub(crate) async fn run() {
                     crate::kit::app::connect(app.addr).await,
                 ),
             ),
-            other => panic!("COGNITO_GATEWAY_BENCH_PATH: gateway, direct or hop, not {other:?}"),
+            "refused" => refused_call(&client),
+            other => {
+                panic!("COGNITO_GATEWAY_BENCH_PATH: gateway, direct, hop or refused, not {other:?}")
+            }
         };
         sequential(100, &call, "callgrind warm-up").await;
+        let before = allocations::counted();
         sequential(calls, &call, "callgrind").await;
+        if counting {
+            let made = allocations::counted() - before;
+            println!(
+                "{path}: {:.1} allocations per call on the gateway's threads ({made} in {calls} calls)",
+                made as f64 / calls as f64
+            );
+        }
     }
     tokio::time::timeout(Duration::from_secs(30), app.stop())
         .await
         .expect("the gateway stops")
         .expect("the gateway stops cleanly");
+    if let Some(runtime) = gateway_runtime {
+        runtime.shutdown_background();
+    }
     eprintln!("callgrind harness: {calls} calls, logs {logs}");
+}
+
+/// The gateway as the tests build it, limits out of reach; for `refused`, with one caller whose
+/// token the measured calls do not send.
+fn harness_config(path: &str) -> Config {
+    let mut config = Config::with_listen("127.0.0.1:0".parse().expect("a literal address"));
+    config.limits = limits_out_of_reach();
+    if path == "refused" {
+        config.access = AccessConfig {
+            mode: AuthMode::Token,
+            callers: vec![CallerConfig {
+                name: "web".into(),
+                token_sha256: Some(sha2::Sha256::digest(b"the caller's token").into()),
+                user_pools: None,
+                rate_per_second: 10_000,
+                burst: 10_000,
+            }],
+            ..AccessConfig::none()
+        };
+    }
+    config
+}
+
+/// A reset with a token no caller has: UNAUTHENTICATED, before the body is decoded.
+fn refused_call(client: &UserAdminServiceClient<Channel>) -> Call {
+    let client = client.clone();
+    std::sync::Arc::new(move || {
+        let mut client = client.clone();
+        let mut request = tonic::Request::new(ResetUserPasswordRequest {
+            user_pool_id: cognito_gateway::local::DEMO_POOL_ID.to_owned(),
+            username: Who::Alice.username(),
+            ..Default::default()
+        });
+        request.metadata_mut().insert(
+            "authorization",
+            tonic::metadata::MetadataValue::from_static("Bearer nobody-has-this-token"),
+        );
+        Box::pin(async move {
+            matches!(client.reset_user_password(request).await, Err(status) if status.code() == Code::Unauthenticated)
+        })
+    })
+}
+
+/// Heap allocations made on the threads that asked to be counted: the bench binary's allocator is
+/// the system's, with a counter in front.
+#[allow(unsafe_code)] // `GlobalAlloc` is an unsafe trait; every call is passed on unchanged.
+pub(crate) mod allocations {
+    use std::{
+        alloc::{GlobalAlloc, Layout, System},
+        cell::Cell,
+        sync::atomic::{AtomicU64, Ordering},
+    };
+
+    thread_local! {
+        static COUNTED: Cell<bool> = const { Cell::new(false) };
+    }
+    static MADE: AtomicU64 = AtomicU64::new(0);
+
+    /// Counts this thread's allocations from now on (a runtime's `on_thread_start`).
+    pub(crate) fn count_this_thread() {
+        COUNTED.with(|counted| counted.set(true));
+    }
+
+    /// Allocations (and reallocations) on counted threads so far.
+    pub(crate) fn counted() -> u64 {
+        MADE.load(Ordering::Relaxed)
+    }
+
+    pub(crate) struct Counting;
+
+    fn count() {
+        // `try_with`: an allocation while the thread's locals are torn down is not counted.
+        if COUNTED.try_with(Cell::get).unwrap_or(false) {
+            MADE.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    // SAFETY: every call goes to the system allocator unchanged; only a counter is added.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            count();
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            count();
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) }
+        }
+    }
 }

@@ -85,6 +85,10 @@ mod tracing_cost;
 #[path = "../../tests/kit/kit.rs"]
 mod kit;
 
+// The system allocator, counting what the threads that ask are given (`COGNITO_GATEWAY_BENCH=allocations`).
+#[global_allocator]
+static ALLOCATOR: callgrind::allocations::Counting = callgrind::allocations::Counting;
+
 /// Rounds of each measurement but the binary's startup; figures are medians over rounds.
 const ROUNDS: usize = 5;
 /// Calls not measured before the first round of each path (connections, SDK caches, allocator).
@@ -130,7 +134,7 @@ fn main() {
             println!("{report}");
             return;
         }
-        Some("callgrind") => {
+        Some("callgrind" | "allocations") => {
             runtime.block_on(callgrind::run());
             return;
         }

@@ -25,8 +25,8 @@ use crate::{
     domain::UserPoolId,
     metrics::metrics,
     status::{
-        GatewayError, code_name, is_refusal, is_server_side, message_is_aws_text, reason,
-        rejection_attributes, to_status,
+        GatewayError, code_name, fixed_answer, is_refusal, is_server_side, message_is_aws_text,
+        reason, rejection_attributes, to_status_with,
     },
     telemetry::{REFUSED, current_ids},
 };
@@ -35,10 +35,17 @@ mod quota;
 
 pub(crate) use quota::LogQuota;
 
-/// The reply of a call that failed with `error`, for [`RescueLayer`] to turn into its status.
+/// The reply of a call that failed with `error`, for [`RescueLayer`] to turn into its status: an
+/// empty response that carries the error, so a refusal builds its status once, not twice.
 pub(crate) fn fail<B: Default>(error: GatewayError) -> Response<B> {
-    placeholder(error).into_http()
+    let mut response = Response::new(B::default());
+    response.extensions_mut().insert(Failed(error));
+    response
 }
+
+/// [`fail`]'s error, on its way up to [`RescueLayer`].
+#[derive(Debug, Clone)]
+struct Failed(GatewayError);
 
 /// A status that only carries `error` up to [`RescueLayer`] (the handler's `Err`).
 pub(crate) fn placeholder(error: GatewayError) -> Status {
@@ -129,20 +136,24 @@ struct CallLine {
 }
 
 impl CallLine {
-    fn rescue<B: Default>(&mut self, response: Response<B>) -> Response<B> {
+    fn rescue<B: Default>(&mut self, mut response: Response<B>) -> Response<B> {
         self.written = true;
-        let error = match response.extensions().get::<Status>() {
-            Some(status) if status.code() != Code::Ok => Some(
-                std::error::Error::source(status)
-                    .and_then(|source| source.downcast_ref::<GatewayError>())
-                    .cloned()
-                    .unwrap_or_else(|| protocol_error(status)),
-            ),
-            Some(_) => None,
-            // A status written into the headers without going through `Status::into_http`.
-            None => Status::from_header_map(response.headers())
-                .filter(|status| status.code() != Code::Ok)
-                .map(|status| protocol_error(&status)),
+        let error = if let Some(Failed(error)) = response.extensions_mut().remove::<Failed>() {
+            Some(error)
+        } else {
+            match response.extensions().get::<Status>() {
+                Some(status) if status.code() != Code::Ok => Some(
+                    std::error::Error::source(status)
+                        .and_then(|source| source.downcast_ref::<GatewayError>())
+                        .cloned()
+                        .unwrap_or_else(|| protocol_error(status)),
+                ),
+                Some(_) => None,
+                // A status written into the headers without going through `Status::into_http`.
+                None => Status::from_header_map(response.headers())
+                    .filter(|status| status.code() != Code::Ok)
+                    .map(|status| protocol_error(&status)),
+            }
         };
         if let Some(kind) = self.record.deduplicated() {
             metrics()
@@ -164,8 +175,20 @@ impl CallLine {
                     // sampler decides on what it has by then.
                     tracing::Span::current().record(REFUSED, true);
                 }
-                let status = to_status(&error, self.record.pool());
-                self.failed(&error, &status);
+                let ids = current_ids();
+                let pool = self.record.pool();
+                // A refusal whose answer is the same every time is not built again each time: a
+                // flood of them costs little (issue 11).
+                if ids.is_none()
+                    && pool.is_none()
+                    && let Some(answer) = fixed_answer(&error)
+                {
+                    self.failed(&error, answer.code, ids);
+                    return answer.response();
+                }
+                let trace_id = ids.as_ref().map(|(trace_id, _)| trace_id.as_str());
+                let status = to_status_with(&error, pool, trace_id);
+                self.failed(&error, status.code(), ids);
                 status.into_http()
             }
             None => {
@@ -203,9 +226,11 @@ impl CallLine {
 
     /// Counts a failed call and writes its line; server-side failures in full (with text a Lambda
     /// wrote left out), since their status is opaque.
-    fn failed(&self, error: &GatewayError, status: &Status) {
-        if let Some(attributes) = rejection_attributes(error) {
-            metrics().rejections.add(1, &attributes);
+    fn failed(&self, error: &GatewayError, code: Code, ids: Option<(String, String)>) {
+        match rejection_attributes(error) {
+            Some((reason, Some(limit))) => metrics().rejections.add(1, &[reason, limit]),
+            Some((reason, None)) => metrics().rejections.add(1, &[reason]),
+            None => {}
         }
         let reason = reason(error);
         // A call that never asked Cognito anything cost the gateway nothing but this line, and
@@ -216,15 +241,16 @@ impl CallLine {
         if !reached && !self.quota.admit(reason, self.record.caller_or_none()) {
             return;
         }
-        let code = code_name(status.code());
+        let server_side_code = is_server_side(code);
+        let code = code_name(code);
         let caller = self.record.caller_name();
         let pool = self.pool();
         let request_id = error.cognito_request_id().unwrap_or_default();
         let duration_ms = self.duration_ms();
-        let (trace_id, span_id) = current_ids().unwrap_or_default();
+        let (trace_id, span_id) = ids.unwrap_or_default();
         // A failure the caller caused before anything reached Cognito (an unknown method, a
         // malformed message, its own deadline) is no server error, whatever its code.
-        let server_side = is_server_side(status.code())
+        let server_side = server_side_code
             && (reached
                 || !matches!(
                     error,

@@ -609,3 +609,41 @@ fn an_unavailable_fleet_store_is_unavailable_with_retry() {
         "opaque: {status:?}"
     );
 }
+
+/// A refusal answered from [`fixed_answer`] reads exactly as the status built for it each time
+/// would (the same headers, so the same code, message and details), whichever check failed.
+#[test]
+fn fixed_answers_are_the_statuses_they_stand_for() {
+    for error in [
+        GatewayError::Unauthenticated("no credentials"),
+        GatewayError::Unauthenticated("unknown token"),
+        GatewayError::Overloaded,
+        GatewayError::Draining,
+    ] {
+        let answer = fixed_answer(&error).expect("a fixed answer");
+        let built = to_status(&error, None);
+        assert_eq!(answer.code, built.code(), "{error:?}");
+        let fixed = answer.response::<()>();
+        assert_eq!(
+            fixed.headers(),
+            built.clone().into_http::<()>().headers(),
+            "{error:?}"
+        );
+        let decoded = Status::from_header_map(fixed.headers()).expect("a status in the headers");
+        assert_eq!(decoded.message(), built.message());
+        assert_eq!(decoded.details(), built.details());
+    }
+    // Statuses that name the caller, the limit or the wait are built each time.
+    for error in [
+        GatewayError::CallerNotAllowed {
+            caller: "web".into(),
+        },
+        GatewayError::RateLimited {
+            limit: Limit::Backend,
+            wait: Duration::from_millis(200),
+        },
+        GatewayError::DeadlineExceeded,
+    ] {
+        assert!(fixed_answer(&error).is_none(), "{error:?}");
+    }
+}
