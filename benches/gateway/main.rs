@@ -134,6 +134,10 @@ fn main() {
             println!("{report}");
             return;
         }
+        Some("log_line") => {
+            callgrind::log_line();
+            return;
+        }
         Some("callgrind" | "allocations") => {
             runtime.block_on(callgrind::run());
             return;
