@@ -373,12 +373,9 @@ pub(crate) fn write(out: &mut String, s: &StackFigures) {
             let _ = writeln!(
                 out,
                 "Log output per sequential call: bare {:.2} lines, {:.0} B; stack {:.2} lines, \
-                 {:.0} B (the stack's line lists its `rpc` span with the caller and pool). \
-                 Likely contributors to the stack's larger cost with logs on (not profiled): \
-                 the JSON layer formats the `rpc` span's fields when it opens, and \
-                 tracing-subscriber's JSON formatter re-parses and re-serialises them at every \
-                 `Span::record` (4 per OK call: caller, pool, deduplicated, status code); the \
-                 longer line is formatted once more per call.\n",
+                 {:.0} B (the call's own line: caller, pool, outcome, ids; no span's fields). \
+                 The difference between the two runs' CPU under load is what that line costs \
+                 per call (`COGNITO_GATEWAY_BENCH=log_line` measures it alone).\n",
                 pair.log_lines_per_call.0,
                 pair.log_bytes_per_call.0,
                 pair.log_lines_per_call.1,
