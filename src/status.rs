@@ -462,16 +462,16 @@ pub(crate) fn to_status_with(
 
 /// The answer to an error whose status is the same every time it is given without a pool or a
 /// trace id, built once: a flood of refusals then costs a copy of its headers each, not a status,
-/// its details' encoding and their headers (issue 11). `None` for every other error.
+/// its details' encoding and their headers (issue 11). These are the refusals made before the
+/// request is decoded (so no pool is known yet): UNAUTHENTICATED, and OVERLOADED from load shedding
+/// or the request-bytes budget. `None` for every other error.
 pub(crate) fn fixed_answer(error: &GatewayError) -> Option<&'static FixedAnswer> {
     static UNAUTHENTICATED: OnceLock<FixedAnswer> = OnceLock::new();
     static OVERLOADED: OnceLock<FixedAnswer> = OnceLock::new();
-    static DRAINING: OnceLock<FixedAnswer> = OnceLock::new();
     let answer = match error {
         // Which check failed is for the log alone: the caller is told the same each time.
         GatewayError::Unauthenticated(_) => &UNAUTHENTICATED,
         GatewayError::Overloaded => &OVERLOADED,
-        GatewayError::Draining => &DRAINING,
         _ => return None,
     };
     Some(answer.get_or_init(|| FixedAnswer::of(to_status_with(error, None, None))))

@@ -1,11 +1,12 @@
 //! The one place a failed call becomes a gRPC status (in the manner of linkerd2-proxy's
 //! `ServerRescue`), and where every call's one log line is written and its outcome counted.
 //!
-//! Layers below and the handler fail with a typed [`GatewayError`], carried up as the source of a
-//! placeholder status ([`fail`]); tonic's own refusals (an undecodable or oversized message, an
-//! unknown method) arrive as plain statuses. Either way the status the caller gets is built here,
-//! from the error table ([`crate::status`]), with the pool and request ids the call's
-//! [`CallRecord`] holds.
+//! Layers below fail with a typed [`GatewayError`] carried up in an empty response ([`fail`]), the
+//! handler with one as the source of a placeholder status ([`placeholder`]); tonic's own refusals
+//! (an undecodable or oversized message, an unknown method) arrive as plain statuses. Either way
+//! the status the caller gets comes from here, from the error table ([`crate::status`]), with the
+//! pool and request ids the call's [`CallRecord`] holds: built for the call, or, for the few
+//! refusals whose status never varies, copied from one built once ([`fixed_answer`]).
 
 use std::{
     future::Future,
@@ -177,8 +178,9 @@ impl CallLine {
                 }
                 let ids = current_ids();
                 let pool = self.record.pool();
-                // A refusal whose answer is the same every time is not built again each time: a
-                // flood of them costs little (issue 11).
+                // A refusal whose answer is the same every time is not built again each time, so
+                // that a flood of them costs less (issue 11). Not when the call is traced (OTLP
+                // tracing on, or a caller's `traceparent`): its RequestInfo names the trace.
                 if ids.is_none()
                     && pool.is_none()
                     && let Some(answer) = fixed_answer(&error)

@@ -102,6 +102,49 @@ async fn the_right_token_passes_and_others_are_unauthenticated_alike() {
     assert_eq!(sends(&server).await, 1);
 }
 
+/// A refusal whose status never varies is answered from one built once, unless the call is
+/// traced: then its RequestInfo names the trace, as any other failed call's does.
+#[tokio::test]
+async fn a_traced_refusal_names_its_trace_and_an_untraced_one_is_the_same_each_time() {
+    // The binary installs this propagator at start; tests in process have none otherwise.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let server = fake_cognito(cognito_ok("rid")).await;
+    let app = app_for(
+        token_config(vec![caller("billing", "s3cret-billing", None)]),
+        &server,
+    )
+    .await;
+    let mut traced = with_token(request(POOL, "alice"), "wrong");
+    traced.metadata_mut().insert(
+        "traceparent",
+        format!("00-{TRACE_ID}-00f067aa0ba902b7-01")
+            .parse()
+            .unwrap(),
+    );
+    let traced = app.reset_request(traced).await.unwrap_err();
+    assert_eq!(traced.code(), Code::Unauthenticated);
+    let info = details(&traced).request_info().cloned();
+    assert_eq!(info.map(|info| info.request_id).as_deref(), Some(TRACE_ID));
+
+    let mut untraced = Vec::new();
+    for _ in 0..2 {
+        let status = app
+            .reset_request(with_token(request(POOL, "alice"), "wrong"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+        assert!(details(&status).request_info().is_none(), "{status:?}");
+        assert_eq!(error_info(&status).reason, "UNAUTHENTICATED");
+        assert_eq!(status.message(), traced.message());
+        untraced.push(status.details().to_vec());
+    }
+    assert_eq!(untraced[0], untraced[1]);
+    assert_eq!(sends(&server).await, 0);
+}
+
 #[tokio::test]
 async fn health_and_reflection_need_no_token() {
     let server = fake_cognito(cognito_ok("rid")).await;
