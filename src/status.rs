@@ -460,14 +460,22 @@ pub(crate) fn to_status_with(
     Status::with_error_details(row.code, message, details)
 }
 
-/// The answer to an error whose status is the same every time it is given without a pool or a
-/// trace id, built once: a flood of refusals then costs a copy of its headers each, not a status,
-/// its details' encoding and their headers (issue 11). These are the refusals made before the
-/// request is decoded (so no pool is known yet): UNAUTHENTICATED, and OVERLOADED from load shedding
-/// or the request-bytes budget. `None` for every other error.
-pub(crate) fn fixed_answer(error: &GatewayError) -> Option<&'static FixedAnswer> {
+/// The answer [`to_status_with`] would give, built once, for an error whose status is the same
+/// every time: a flood of refusals then costs a copy of its headers each, not a status, its
+/// details' encoding and their headers (issue 11). These are the refusals made before the request
+/// is decoded: UNAUTHENTICATED, and OVERLOADED from load shedding or the request-bytes budget, for
+/// a call with no pool and no trace id (a traced call's RequestInfo names its trace). `None` for
+/// everything else.
+pub(crate) fn fixed_answer(
+    error: &GatewayError,
+    pool: Option<&UserPoolId>,
+    trace_id: Option<&str>,
+) -> Option<&'static FixedAnswer> {
     static UNAUTHENTICATED: OnceLock<FixedAnswer> = OnceLock::new();
     static OVERLOADED: OnceLock<FixedAnswer> = OnceLock::new();
+    if pool.is_some() || trace_id.is_some() {
+        return None;
+    }
     let answer = match error {
         // Which check failed is for the log alone: the caller is told the same each time.
         GatewayError::Unauthenticated(_) => &UNAUTHENTICATED,

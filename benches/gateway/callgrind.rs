@@ -52,7 +52,8 @@ use crate::{
     load::{Call, Counter, Who, gateway_call, sequential},
 };
 
-pub(crate) async fn run() {
+/// `count_allocations`: `COGNITO_GATEWAY_BENCH=allocations` (see the module docs).
+pub(crate) async fn run(count_allocations: bool) {
     let calls: usize = std::env::var("COGNITO_GATEWAY_BENCH_CALLS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -80,8 +81,7 @@ pub(crate) async fn run() {
     }
     let path = std::env::var("COGNITO_GATEWAY_BENCH_PATH").unwrap_or_else(|_| "gateway".into());
     // Counting allocations, the gateway runs on a runtime of its own whose threads are counted.
-    let counting = std::env::var("COGNITO_GATEWAY_BENCH").as_deref() == Ok("allocations");
-    let gateway_runtime = counting.then(|| {
+    let gateway_runtime = count_allocations.then(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -128,7 +128,7 @@ pub(crate) async fn run() {
         sequential(100, &call, "callgrind warm-up").await;
         let before = allocations::counted();
         sequential(calls, &call, "callgrind").await;
-        if counting {
+        if count_allocations {
             let made = allocations::counted() - before;
             println!(
                 "{path}: {:.1} allocations per call on the gateway's threads ({made} in {calls} calls)",

@@ -138,8 +138,8 @@ fn main() {
             callgrind::log_line();
             return;
         }
-        Some("callgrind" | "allocations") => {
-            runtime.block_on(callgrind::run());
+        Some(mode @ ("callgrind" | "allocations")) => {
+            runtime.block_on(callgrind::run(mode == "allocations"));
             return;
         }
         Some("out_of_process") => {

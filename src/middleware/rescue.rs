@@ -178,17 +178,13 @@ impl CallLine {
                 }
                 let ids = current_ids();
                 let pool = self.record.pool();
+                let trace_id = ids.as_ref().map(|(trace_id, _)| trace_id.as_str());
                 // A refusal whose answer is the same every time is not built again each time, so
-                // that a flood of them costs less (issue 11). Not when the call is traced (OTLP
-                // tracing on, or a caller's `traceparent`): its RequestInfo names the trace.
-                if ids.is_none()
-                    && pool.is_none()
-                    && let Some(answer) = fixed_answer(&error)
-                {
+                // that a flood of them costs less (issue 11).
+                if let Some(answer) = fixed_answer(&error, pool, trace_id) {
                     self.failed(&error, answer.code, ids);
                     return answer.response();
                 }
-                let trace_id = ids.as_ref().map(|(trace_id, _)| trace_id.as_str());
                 let status = to_status_with(&error, pool, trace_id);
                 self.failed(&error, status.code(), ids);
                 status.into_http()
@@ -243,16 +239,9 @@ impl CallLine {
         if !reached && !self.quota.admit(reason, self.record.caller_or_none()) {
             return;
         }
-        let server_side_code = is_server_side(code);
-        let code = code_name(code);
-        let caller = self.record.caller_name();
-        let pool = self.pool();
-        let request_id = error.cognito_request_id().unwrap_or_default();
-        let duration_ms = self.duration_ms();
-        let (trace_id, span_id) = ids.unwrap_or_default();
         // A failure the caller caused before anything reached Cognito (an unknown method, a
         // malformed message, its own deadline) is no server error, whatever its code.
-        let server_side = server_side_code
+        let server_side = is_server_side(code)
             && (reached
                 || !matches!(
                     error,
@@ -260,6 +249,12 @@ impl CallLine {
                         | GatewayError::DeadlineExceeded
                         | GatewayError::DeadlineExceededUnsent
                 ));
+        let code = code_name(code);
+        let caller = self.record.caller_name();
+        let pool = self.pool();
+        let request_id = error.cognito_request_id().unwrap_or_default();
+        let duration_ms = self.duration_ms();
+        let (trace_id, span_id) = ids.unwrap_or_default();
         let detail = match error {
             // Server-side failures are logged in full, their status being opaque; but never the
             // text a Lambda (or an unknown exception) wrote, which may quote the request.

@@ -621,7 +621,10 @@ fn fixed_answers_are_the_statuses_they_stand_for() {
         GatewayError::Unauthenticated("token for another audience"),
         GatewayError::Overloaded,
     ] {
-        let answer = fixed_answer(&error).expect("a fixed answer");
+        let answer = fixed_answer(&error, None, None).expect("a fixed answer");
+        // With a pool or a trace id to name, the status is the call's own.
+        assert!(fixed_answer(&error, Some(&pool()), None).is_none());
+        assert!(fixed_answer(&error, None, Some("4bf92f3577b34da6a3ce929d0e0e4736")).is_none());
         let built = to_status(&error, None);
         assert_eq!(answer.code, built.code(), "{error:?}");
         let fixed = answer.response::<()>();
@@ -646,6 +649,6 @@ fn fixed_answers_are_the_statuses_they_stand_for() {
         },
         GatewayError::DeadlineExceeded,
     ] {
-        assert!(fixed_answer(&error).is_none(), "{error:?}");
+        assert!(fixed_answer(&error, None, None).is_none(), "{error:?}");
     }
 }
