@@ -103,11 +103,19 @@ pub(crate) struct Hop {
     gateway_cpu_us: f64,
 }
 
-/// The idle connections' figures, per idle period: (idle s, gateway first, gateway warm p50, direct first,
-/// direct warm p50), µs.
+/// One idle period's figures: the first call after it and the warm p50 that followed, µs.
+struct IdlePoint {
+    secs: u64,
+    gateway: (f64, f64),
+    direct: (f64, f64),
+    /// `Health/Check` on a second gateway process that sat idle as long: the bare hop.
+    hop: (f64, f64),
+}
+
+/// The idle connections' figures, per idle period.
 pub(crate) struct Idle {
     plan: IdlePlan,
-    points: Vec<(u64, f64, f64, f64, f64)>,
+    points: Vec<IdlePoint>,
     /// The direct client's first call on a new TLS connection, and its warm p50, µs.
     direct_cold: f64,
     /// Connections the TLS front accepted while the processes sat idle, and how long that was.
@@ -196,18 +204,27 @@ fn idle(runtime: &Runtime, plan: IdlePlan) -> Idle {
     let ca = dir.join("ca.pem");
     let mut cognito = Role::cognito(Some((&ca, plan.server_idle)));
     let gateway = start_gateway(&cognito.endpoint, plan.refresh, Some(&ca));
+    // A second gateway, asked only Health/Check: how much of a first call after idle is waking
+    // a process that sat idle and crossing the gRPC hop, with no Cognito call behind it.
+    let hop_gateway = start_gateway(&cognito.endpoint, plan.refresh, Some(&ca));
     let mut direct = Role::direct(&cognito.endpoint, Some(&ca));
-    let addr = gateway
-        .addr
-        .parse()
-        .expect("SERVING names a socket address");
+    let addr = |gateway: &Gateway| -> std::net::SocketAddr {
+        gateway
+            .addr
+            .parse()
+            .expect("SERVING names a socket address")
+    };
     runtime.block_on(async {
-        let client = connect(addr).await;
+        let client = connect(addr(&gateway)).await;
+        let check = health_call(tonic_health::pb::health_client::HealthClient::new(
+            kit::app::connect(addr(&hop_gateway)).await,
+        ));
         let none = Counter::default();
         let gw_alice = gateway_call(&client, Who::Alice, &none);
         let direct_first = direct.sequential(WARM_CALLS, "alice");
         let direct_cold = micros(direct_first[0]);
         sequential(WARM_CALLS, &gw_alice, "gateway warm-up").await;
+        sequential(WARM_CALLS, &check, "hop warm-up").await;
 
         let mut points = Vec::new();
         let accepted_before = cognito.accepted();
@@ -216,23 +233,25 @@ fn idle(runtime: &Runtime, plan: IdlePlan) -> Idle {
             let idle_started = Instant::now();
             tokio::time::sleep(Duration::from_secs(idle)).await;
             idle_total += idle_started.elapsed();
-            // Both waited the same; which is asked first alternates.
-            let (gw_first, direct_first) = if i % 2 == 0 {
-                let g = sequential(1, &gw_alice, "gateway after idle").await[0];
-                (g, direct.sequential(1, "alice")[0])
-            } else {
-                let d = direct.sequential(1, "alice")[0];
-                (sequential(1, &gw_alice, "gateway after idle").await[0], d)
-            };
+            // All three waited the same; which is asked first rotates.
+            let (mut gw_first, mut direct_first, mut hop_first) = (None, None, None);
+            for step in 0..3 {
+                match (i + step) % 3 {
+                    0 => gw_first = Some(sequential(1, &gw_alice, "gateway after idle").await[0]),
+                    1 => direct_first = Some(direct.sequential(1, "alice")[0]),
+                    _ => hop_first = Some(sequential(1, &check, "hop after idle").await[0]),
+                }
+            }
+            let first = |d: Option<Duration>| micros(d.expect("each path was asked once"));
             let gw_warm = Summary::of(sequential(WARM_CALLS, &gw_alice, "gateway warm").await);
             let direct_warm = Summary::of(direct.sequential(WARM_CALLS, "alice"));
-            points.push((
-                idle,
-                micros(gw_first),
-                gw_warm.p50,
-                micros(direct_first),
-                direct_warm.p50,
-            ));
+            let hop_warm = Summary::of(sequential(WARM_CALLS, &check, "hop warm").await);
+            points.push(IdlePoint {
+                secs: idle,
+                gateway: (first(gw_first), gw_warm.p50),
+                direct: (first(direct_first), direct_warm.p50),
+                hop: (first(hop_first), hop_warm.p50),
+            });
         }
         let accepted_while_idle = cognito.accepted() - accepted_before;
         Idle {
@@ -701,15 +720,15 @@ pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     let _ = writeln!(
         out,
         "## Cold and idle connections over TLS\n\n\
-         The same three processes, with the local Cognito behind a TLS front for `localhost` \
+         The same processes (and a second gateway for the bare hop), with the local Cognito behind a TLS front for `localhost` \
          (rustls; its own CA, given to the gateway and the direct client as `SSL_CERT_FILE`) \
          that closes a connection after **{} s** without a byte either way (with a close_notify), \
          as AWS endpoints close idle connections. The gateway renews its connections every \
          **{} s** (`cognito.connection_refresh_secs`; the default is 15 s, against 5–60 s \
          reported of AWS endpoints). The direct client is the SDK's own HTTP client (hyper's \
          pool, 90 s idle), which is what the gateway used before this change. After {WARM_CALLS} \
-         warm-up calls each, both sit idle for each period below, then make one call each (which \
-         goes first alternates), then {WARM_CALLS} warm calls each, whose p50 is the warm \
+         warm-up calls each, all sit idle for each period below, then make one call each (which \
+         goes first rotates), then {WARM_CALLS} warm calls each, whose p50 is the warm \
          figure. Idle periods, server limit and renewal are set with \
          `COGNITO_GATEWAY_BENCH_IDLE` (seconds, comma-separated), \
          `COGNITO_GATEWAY_BENCH_SERVER_IDLE` and `COGNITO_GATEWAY_BENCH_REFRESH`; the default is \
@@ -719,30 +738,36 @@ pub(crate) fn write(out: &mut String, hop: &Hop, idle: &Idle) {
     let rows: Vec<Vec<String>> = idle
         .points
         .iter()
-        .map(|&(secs, gw_first, gw_warm, d_first, d_warm)| {
-            vec![
-                format!("{secs} s"),
-                us(gw_first),
-                us(gw_warm),
-                format!("×{:.2}", gw_first / gw_warm),
-                us(d_first),
-                us(d_warm),
-                format!("×{:.2}", d_first / d_warm),
-            ]
+        .map(|point| {
+            let mut row = vec![format!("{} s", point.secs)];
+            for (first, warm) in [point.gateway, point.direct, point.hop] {
+                row.push(format!("{} / {}", us(first), us(warm)));
+                row.push(format!("×{:.2}", first / warm));
+            }
+            row.push(us(point.gateway.0 - point.direct.0 - point.hop.0));
+            row
         })
         .collect();
     table(
         out,
         &[
             "idle",
-            "gateway first call µs",
-            "gateway warm p50 µs",
-            "gateway first / warm (target ≤ 1.5)",
-            "direct first call µs",
-            "direct warm p50 µs",
-            "direct first / warm",
+            "gateway first / warm p50, µs",
+            "gateway ratio (target ≤ 1.5)",
+            "direct first / warm p50, µs",
+            "direct ratio",
+            "bare hop first / warm p50, µs",
+            "hop ratio",
+            "gateway first − direct first − hop first, µs",
         ],
         &rows,
+    );
+    let _ = writeln!(
+        out,
+        "The bare hop is `grpc.health.v1.Health/Check` on a second gateway process that sat idle \
+         as long and calls no Cognito: what waking an idle process and crossing the gRPC hop \
+         costs by itself. The last column is what the gateway's first call costs beyond the \
+         direct client's first call and that hop.\n"
     );
     let _ = writeln!(
         out,
