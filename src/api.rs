@@ -279,9 +279,6 @@ impl<B: Backend> UserAdmin<B> {
             })
             .await
             .map_err(|error| GatewayError::Lookup(error.scrubbed(&request)))?;
-        if !self.draining.admits(self.operation_timeout) {
-            return Err(GatewayError::Draining);
-        }
         let ticket = Ticket {
             user: self.gate.user_key(&request.user_pool_id, &identity),
             request: request
@@ -298,22 +295,36 @@ impl<B: Backend> UserAdmin<B> {
             claim: 0,
         };
         let start = || {
-            record.set_reached_cognito();
-            // The CLIENT span is made here, in the caller's span, and goes with the call (into a
-            // task of its own, if the caller stops waiting).
-            let span = client_span("AdminResetUserPassword");
-            let backend = Arc::clone(&self.backend);
-            let request = Arc::clone(&request);
+            // Asked here, where the reset would go out, rather than before the gate: a call that
+            // waited on another's may lead only now, and its reset must still end before the
+            // shutdown's grace does. Refused, it sent nothing, and its claim is released.
+            let send = self.draining.admits(self.operation_timeout).then(|| {
+                record.set_reached_cognito();
+                // The CLIENT span is made here, in the caller's span, and goes with the call (into
+                // a task of its own, if the caller stops waiting).
+                let span = client_span("AdminResetUserPassword");
+                let backend = Arc::clone(&self.backend);
+                let request = Arc::clone(&request);
+                async move {
+                    backend
+                        .reset_user_password(&request, bounds)
+                        .await
+                        .map_err(|error| GatewayError::Backend(error.scrubbed(&request)))
+                }
+                .instrument(span)
+            });
             async move {
-                backend
-                    .reset_user_password(&request, bounds)
-                    .await
-                    .map_err(|error| GatewayError::Backend(error.scrubbed(&request)))
+                match send {
+                    Some(send) => send.await,
+                    None => Err(GatewayError::Draining),
+                }
             }
-            .instrument(span)
         };
+        // A call waiting on another's may see the reset it asked for go out: its caller, should
+        // its deadline run out, is not told that nothing was sent.
+        let waits = || record.set_reached_cognito();
         self.gate
-            .reset(ticket, start)
+            .reset_noting(ticket, waits, start)
             .await
             .map_err(|error| match error {
                 GateError::Limited { limit, wait } => GatewayError::RateLimited { limit, wait },

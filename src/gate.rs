@@ -335,10 +335,27 @@ impl<R: FlightResult> UserGate<R> {
     /// must tie the id to the user, and its answer is its own. Calls without one share.
     pub async fn reset<F, Fut>(
         self: &Arc<Self>,
-        mut ticket: Ticket,
+        ticket: Ticket,
         start: F,
     ) -> Result<Answer<R>, GateError>
     where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = R> + Send + 'static,
+    {
+        self.reset_noting(ticket, || {}, start).await
+    }
+
+    /// [`UserGate::reset`], calling `waits` whenever this call waits on another's call for the
+    /// user (here or elsewhere), which may send the reset this caller asked for: a caller who
+    /// stops waiting then cannot be told that nothing was sent.
+    pub async fn reset_noting<W, F, Fut>(
+        self: &Arc<Self>,
+        mut ticket: Ticket,
+        waits: W,
+        start: F,
+    ) -> Result<Answer<R>, GateError>
+    where
+        W: Fn(),
         F: FnOnce() -> Fut,
         Fut: Future<Output = R> + Send + 'static,
     {
@@ -368,6 +385,7 @@ impl<R: FlightResult> UserGate<R> {
                     break;
                 }
                 let mut receiver = receiver.expect("a joiner has the leader's receiver");
+                waits();
                 match receiver.wait_for(Option::is_some).await {
                     Ok(shared) => {
                         return shared.clone().expect("waited for Some").map(Answer::shared);
@@ -384,7 +402,10 @@ impl<R: FlightResult> UserGate<R> {
             // The caller's rate is spent once per call, however often the store is asked.
             ticket.caller = None;
             match claim {
-                Ok(Claim::Busy) => self.wait_elsewhere(key, local.is_some()).await,
+                Ok(Claim::Busy) => {
+                    waits();
+                    self.wait_elsewhere(key, local.is_some()).await;
+                }
                 Ok(claim) => break claim,
                 Err(error) => return answer(local, Err(GateError::Store(error))),
             }

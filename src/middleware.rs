@@ -71,8 +71,9 @@ impl CallRecord {
         self.deduplicated.get().copied()
     }
 
-    /// Records that the call is about to ask Cognito something (a lookup or the reset): from here
-    /// its line is an audit trail, never held back, and its outcome may be unknown.
+    /// Records that the call is about to ask Cognito something (a lookup or the reset), or to
+    /// wait on another call's reset: from here its line is an audit trail, never held back, and
+    /// its outcome may be unknown.
     pub(crate) fn set_reached_cognito(&self) {
         let _ = self.reached_cognito.set(());
     }

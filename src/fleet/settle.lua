@@ -7,14 +7,12 @@
 local user, request, outcome = ARGV[1], ARGV[2], ARGV[3]
 local cooldown, request_ttl, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
 
--- The user's entry is this call's to change only while it holds this call's claim: a lapsed
--- claim may have gone to another call since, whose waiting request ids are its own too.
+-- The user's entry is this call's to change only while it holds this call's claim, or nobody
+-- holds the user: a lapsed claim may have gone to another call since, whose outcome (remembered,
+-- or in flight with its waiting request ids) is not this call's to replace.
 local state = redis.call('GET', KEYS[1])
 local ours = true
-if state then
-  local decoded = cjson.decode(state)
-  if decoded.c and decoded.c ~= ARGV[7] then ours = false end
-end
+if state then ours = cjson.decode(state).c == ARGV[7] end
 
 local waiting = {}
 local waited_on = false
@@ -36,7 +34,13 @@ if request ~= '' then table.insert(waiting, request) end
 for _, id in ipairs(waiting) do
   local key = ARGV[6] .. id
   if outcome ~= '' then
-    redis.call('SET', key, '{"u":"' .. user .. '","o":' .. outcome .. '}', 'PX', request_ttl)
+    -- Kept the request id's lifetime from the call's end, or what the id has left of its own
+    -- if that is longer. An outcome told late (after an outage) may find both lapsed: the id is
+    -- then not written again (and PX 0 would be an error, which retrying could never cure).
+    local ttl = math.max(request_ttl, redis.call('PTTL', key))
+    if ttl > 0 then
+      redis.call('SET', key, '{"u":"' .. user .. '","o":' .. outcome .. '}', 'PX', ttl)
+    end
   else
     -- Nothing happened: a retry of the id is processed anew.
     redis.call('DEL', key)

@@ -207,11 +207,13 @@ impl MemoryStore {
         // Settled entries must not pile up when nothing claims here (a fleet's fallback, while
         // the fleet's store answers).
         state.sweep(now);
-        // The user's entry is this call's to change only while it holds this call's claim: a
-        // lapsed claim may have gone to another call since.
+        // The user's entry is this call's to change only while it holds this call's claim, or
+        // nobody holds the user: a lapsed claim may have gone to another call since, whose
+        // outcome (remembered, or in flight) is not this call's to replace.
         let ours = match state.users.get(&ticket.user) {
+            None => true,
             Some(User::Claimed { claim, .. }) => *claim == ticket.claim,
-            _ => true,
+            Some(User::Remembered { until, .. }) => *until <= now,
         };
         let mut waiting = Vec::new();
         if ours {

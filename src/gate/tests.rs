@@ -508,6 +508,63 @@ async fn a_claim_held_elsewhere_is_waited_for_and_lapses_with_its_lease() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn only_calls_that_wait_on_another_are_noted_as_waiting() {
+    use std::sync::atomic::AtomicBool;
+    let store = store();
+    let gate = gate_on(&store);
+    let sends = Arc::new(AtomicUsize::new(0));
+    let noted = || {
+        let flag = Arc::new(AtomicBool::new(false));
+        let set = Arc::clone(&flag);
+        (flag, move || set.store(true, Ordering::SeqCst))
+    };
+    // A leader, and a caller here that joins its call.
+    let (leader_waited, leader_waits) = noted();
+    let leader = {
+        let gate = Arc::clone(&gate);
+        let start = counting(&sends, Duration::from_millis(100), ok("r1"));
+        let ticket = ticket(&gate, "alice");
+        tokio::spawn(async move { gate.reset_noting(ticket, leader_waits, start).await })
+    };
+    tokio::task::yield_now().await;
+    let (joiner_waited, joiner_waits) = noted();
+    let joined = gate
+        .reset_noting(
+            ticket(&gate, "alice"),
+            joiner_waits,
+            counting(&sends, Duration::ZERO, ok("r2")),
+        )
+        .await
+        .unwrap();
+    assert!(flown(joined).1, "it shared the leader's call");
+    leader.await.unwrap().unwrap();
+    assert!(joiner_waited.load(Ordering::SeqCst));
+    assert!(!leader_waited.load(Ordering::SeqCst));
+    // Remembered: nothing to wait on.
+    let (repeat_waited, repeat_waits) = noted();
+    gate.reset_noting(
+        ticket(&gate, "alice"),
+        repeat_waits,
+        counting(&sends, Duration::ZERO, ok("r3")),
+    )
+    .await
+    .unwrap();
+    assert!(!repeat_waited.load(Ordering::SeqCst));
+    // A claim held elsewhere (another replica): waited on too.
+    assert_eq!(store.claim_now(&ticket(&gate, "bob")), Claim::Granted);
+    let (busy_waited, busy_waits) = noted();
+    gate.reset_noting(
+        ticket(&gate, "bob"),
+        busy_waits,
+        counting(&sends, Duration::ZERO, ok("r4")),
+    )
+    .await
+    .unwrap();
+    assert!(busy_waited.load(Ordering::SeqCst));
+    assert_eq!(sends.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn memory_stays_bounded_under_many_distinct_users() {
     let store = store();
     let gate = gate_on(&store);
@@ -585,6 +642,32 @@ async fn a_late_settle_leaves_another_calls_claim_alone() {
         store.claim_now(&ticket(&gate, "alice")),
         Claim::Remembered { outcome, .. } if outcome == sent("r2")
     ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_settle_leaves_another_calls_outcome_alone() {
+    let store = store();
+    let gate = gate_on(&store);
+    let mut first = ticket(&gate, "alice");
+    first.claim = 1;
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    // Its lease lapses; another call is granted the user, sends, and is remembered.
+    tokio::time::advance(TIMES.lease).await;
+    let mut second = ticket(&gate, "alice");
+    second.claim = 2;
+    assert_eq!(store.claim_now(&second), Claim::Granted);
+    store.settle_now(&second, Some(&sent("r2")));
+    // The first call ends at last, failed or unknown: the second's send stays remembered.
+    for late in [None, Some(unknown())] {
+        store.settle_now(&first, late.as_ref());
+        assert!(
+            matches!(
+                store.claim_now(&ticket(&gate, "alice")),
+                Claim::Remembered { outcome, .. } if outcome == sent("r2")
+            ),
+            "after a late settle with {late:?}"
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

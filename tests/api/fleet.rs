@@ -554,3 +554,44 @@ async fn an_outage_around_a_calls_end_loses_nothing_once_the_store_is_back() {
     assert!(repeat.deduplicated, "no second code");
     assert_eq!(sends(&cognito).await, 1);
 }
+
+#[tokio::test]
+async fn a_call_that_waited_into_a_shutdown_sends_nothing_it_could_not_finish() {
+    let redis = Redis::start();
+    // A's call fails definitely (nothing to remember), 500 ms in.
+    let cognito = fake_cognito(
+        cognito_error(
+            400,
+            "UserNotFoundException",
+            "User does not exist.",
+            "rid-a",
+        )
+        .set_delay(Duration::from_millis(500)),
+    )
+    .await;
+    let mut config = fleet_config(&redis, OnUnavailable::Deny);
+    // A shutdown that must be over before a Cognito call could be.
+    config.server.shutdown_grace = Duration::from_secs(2);
+    config.cognito.operation_timeout = Duration::from_secs(5);
+    let mut apps = replicas(2, &config, &cognito.uri()).await;
+    let first = while_a_call_is_at_cognito(&apps[0], &cognito, "alice").await;
+    // B asks meanwhile, and waits on A's call; then B's shutdown begins.
+    let mut client = apps[1].client.clone();
+    let waiting =
+        tokio::spawn(async move { client.reset_user_password(request(POOL, "alice")).await });
+    eventually("B waits on A's call", || async {
+        redis
+            .dump()
+            .iter()
+            .any(|(key, value)| key.contains(":w:") && value.contains('*'))
+    })
+    .await;
+    apps[1].begin_shutdown();
+    // A's call ends with nothing sent: B could lead now, but its reset could be cut off.
+    let failed = first.await.unwrap().unwrap_err();
+    assert_eq!(failed.code(), Code::NotFound, "{failed:?}");
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert_eq!(error_info(&refused).reason, "OVERLOADED");
+    assert_eq!(sends(&cognito).await, 1);
+}

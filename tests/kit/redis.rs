@@ -165,6 +165,23 @@ impl Redis {
             .collect()
     }
 
+    /// Writes `value` at `key` as it is, as the gateway never would.
+    pub fn set_raw(&self, key: &str, value: &str) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query(&mut self.connection())
+            .expect("redis answers");
+    }
+
+    /// Deletes `key`, as its expiry would.
+    pub fn delete(&self, key: &str) {
+        let _: i64 = redis::cmd("DEL")
+            .arg(key)
+            .query(&mut self.connection())
+            .expect("redis answers");
+    }
+
     /// Ends every cooldown now, as time would: the users' entries go, request ids stay.
     pub fn end_cooldowns(&self) {
         let mut connection = self.connection();
