@@ -22,7 +22,7 @@ use tower::{Layer, Service};
 
 use super::{CallRecord, trace::known_method};
 use crate::{
-    cognito::BackendError,
+    cognito::{BackendError, CognitoFailure},
     domain::UserPoolId,
     metrics::metrics,
     status::{
@@ -262,11 +262,16 @@ impl CallLine {
             | GatewayError::Lookup(BackendError::Cognito(failure))
                 if server_side && !message_is_aws_text(&failure.code) =>
             {
+                unquoted(failure)
+            }
+            GatewayError::OutcomeUnknown {
+                exception,
+                cause: Some(BackendError::Cognito(failure)),
+                ..
+            } if !message_is_aws_text(&failure.code) => {
                 format!(
-                    "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
-                    failure.code,
-                    failure.http_status,
-                    failure.message.chars().count()
+                    "the reset's outcome is unknown ({exception}): {}",
+                    unquoted(failure)
                 )
             }
             // A caller-side Cognito error is the reason alone, as its message may quote the
@@ -328,6 +333,16 @@ impl Drop for CallLine {
             self.method,
         );
     }
+}
+
+/// Cognito's failure without its message, which may quote the request.
+fn unquoted(failure: &CognitoFailure) -> String {
+    format!(
+        "Cognito returned {} (HTTP {}); its message ({} characters) is not logged: it may quote the request",
+        failure.code,
+        failure.http_status,
+        failure.message.chars().count()
+    )
 }
 
 /// A status tonic wrote itself, before or instead of our handler.

@@ -13,7 +13,7 @@ use wiremock::{
 };
 
 use crate::{
-    helpers::{details, error_info, raw, with_deadline},
+    helpers::{details, error_info, eventually, raw, with_deadline},
     kit::{
         app::{request, sdk_backend, spawn_app, spawn_app_with, test_config, test_settings},
         binary::start_binary_against,
@@ -254,6 +254,30 @@ async fn the_callers_deadline_gives_deadline_exceeded_not_cancelled() {
         "the handler, not the layer, ended the call"
     );
     assert_eq!(sends(&server).await, 1);
+}
+
+#[tokio::test]
+async fn a_caller_that_joined_a_reset_is_not_told_nothing_was_sent() {
+    let server = fake_cognito(cognito_ok("rid").set_delay(Duration::from_secs(30))).await;
+    let app = spawn_app(&server.uri()).await;
+    let mut first = app.client.clone();
+    let leader =
+        tokio::spawn(async move { first.reset_user_password(request(POOL, "alice")).await });
+    eventually("the first call reaches Cognito", || async {
+        sends(&server).await == 1
+    })
+    .await;
+    // The second caller shares that reset, and its deadline runs out first.
+    let message = prost::Message::encode_to_vec(&request(POOL, "alice"));
+    let reply = raw::call(app.addr, RESET_PATH, &message, &[("grpc-timeout", "300m")]).await;
+    let status = reply.status.expect("a gRPC status");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        !status.message().contains("no reset happened"),
+        "the shared reset may go out: {status:?}"
+    );
+    assert_eq!(sends(&server).await, 1);
+    leader.abort();
 }
 
 #[tokio::test]
@@ -550,7 +574,8 @@ async fn no_credentials_is_backend_misconfigured_and_nothing_is_sent() {
 
 /// A Lambda whose error (of the exception named) quotes everything it was given, as a careless one
 /// might.
-struct EchoingLambda(&'static str);
+/// Cognito's error `.0` with HTTP status `.1`, whose message quotes the username and metadata.
+struct EchoingLambda(&'static str, u16);
 
 impl wiremock::Respond for EchoingLambda {
     fn respond(&self, request: &wiremock::Request) -> ResponseTemplate {
@@ -559,7 +584,7 @@ impl wiremock::Respond for EchoingLambda {
             "CustomMessage failed for {} with {}",
             body["Username"], body["ClientMetadata"]
         );
-        cognito_error(400, self.0, &quoted, "rid-lambda").set_delay(Duration::from_millis(300))
+        cognito_error(self.1, self.0, &quoted, "rid-lambda").set_delay(Duration::from_millis(300))
     }
 }
 
@@ -568,7 +593,7 @@ async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
     let server = MockServer::start().await;
     Mock::given(method("POST"))
         .and(header("x-amz-target", TARGET))
-        .respond_with(EchoingLambda("UserLambdaValidationException"))
+        .respond_with(EchoingLambda("UserLambdaValidationException", 400))
         .mount(&server)
         .await;
     let app = spawn_app(&server.uri()).await;
@@ -597,41 +622,59 @@ async fn a_shared_call_never_hands_one_callers_metadata_to_another() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn what_a_lambda_says_stays_out_of_the_log() {
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .and(header("x-amz-target", TARGET))
-        .respond_with(EchoingLambda("UnexpectedLambdaException"))
-        .mount(&server)
-        .await;
-    let (mut gateway, _files) = start_binary_against(&server.uri(), &[("RUST_LOG", "trace")]).await;
-    let mut client =
-        cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
-            format!("http://{}", gateway.addr),
-        )
+    // A Lambda's failure, and a server error Cognito might send some day: its outcome is
+    // unknown, and its message as likely to quote the request.
+    for (exception, http, reason, code) in [
+        (
+            "UnexpectedLambdaException",
+            400,
+            "LAMBDA_FAILED",
+            Code::Internal,
+        ),
+        (
+            "SomeFutureException",
+            503,
+            "RESET_OUTCOME_UNKNOWN",
+            Code::Unknown,
+        ),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .and(header("x-amz-target", TARGET))
+            .respond_with(EchoingLambda(exception, http))
+            .mount(&server)
+            .await;
+        let (mut gateway, _files) =
+            start_binary_against(&server.uri(), &[("RUST_LOG", "trace")]).await;
+        let mut client =
+            cognito_gateway::proto::user_admin_service_client::UserAdminServiceClient::connect(
+                format!("http://{}", gateway.addr),
+            )
+            .await
+            .unwrap();
+        let mut sent = request(POOL, "Zoë.Doe");
+        // A short value and a key: scrubbing lets both through, the log must not.
+        sent.client_metadata = HashMap::from([("tenantKey".to_owned(), "q7".to_owned())]);
+        let status = client.reset_user_password(sent).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+        assert_eq!(error_info(&status).reason, reason);
+        let log = tokio::task::spawn_blocking(move || {
+            assert_eq!(gateway.terminate(), Some(0));
+            gateway.rest_of_log()
+        })
         .await
         .unwrap();
-    let mut sent = request(POOL, "Zoë.Doe");
-    // A short value and a key: scrubbing lets both through, the log must not.
-    sent.client_metadata = HashMap::from([("tenantKey".to_owned(), "q7".to_owned())]);
-    let status = client.reset_user_password(sent).await.unwrap_err();
-    assert_eq!(status.code(), Code::Internal, "{status:?}");
-    assert_eq!(error_info(&status).reason, "LAMBDA_FAILED");
-    let log = tokio::task::spawn_blocking(move || {
-        assert_eq!(gateway.terminate(), Some(0));
-        gateway.rest_of_log()
-    })
-    .await
-    .unwrap();
-    let line = log
-        .iter()
-        .find(|l| l.contains("LAMBDA_FAILED"))
-        .unwrap_or_else(|| panic!("the call's log line: {log:?}"));
-    assert!(line.contains("is not logged"), "{line}");
-    for secret in ["Doe", "tenantKey", "q7"] {
-        assert!(
-            !log.iter().any(|l| l.contains(secret)),
-            "{secret} logged: {log:?}"
-        );
+        let line = log
+            .iter()
+            .find(|l| l.contains(reason))
+            .unwrap_or_else(|| panic!("the call's log line: {log:?}"));
+        assert!(line.contains("is not logged"), "{line}");
+        for secret in ["Doe", "tenantKey", "q7"] {
+            assert!(
+                !log.iter().any(|l| l.contains(secret)),
+                "{exception}: {secret} logged: {log:?}"
+            );
+        }
     }
 }
 
