@@ -133,6 +133,12 @@ impl WarmHttp {
         }))
     }
 
+    /// The endpoints kept warm (`scheme://authority`).
+    #[cfg(test)]
+    pub(crate) fn endpoints_kept(&self) -> Vec<String> {
+        self.connector.spares.lock().keys().cloned().collect()
+    }
+
     /// Connections opened so far for `endpoint` as spares, and taken by calls.
     #[cfg(test)]
     pub(crate) fn spare_counts(&self, endpoint: &Uri) -> (u64, u64) {
@@ -298,6 +304,9 @@ struct Slot {
     taken_signal: Arc<Notify>,
     opened: u64,
     taken: u64,
+    /// The tasks keeping it (regions may share an endpoint): it goes, spare and all, with the
+    /// last, so that endpoints a caller made up do not pile up.
+    keepers: usize,
 }
 
 impl Default for Slot {
@@ -308,6 +317,7 @@ impl Default for Slot {
             taken_signal: Arc::default(),
             opened: 0,
             taken: 0,
+            keepers: 0,
         }
     }
 }
@@ -319,6 +329,28 @@ impl std::fmt::Debug for Slot {
             .field("opened", &self.opened)
             .field("taken", &self.taken)
             .finish()
+    }
+}
+
+/// One task's hold on an endpoint's slot, released when the task ends or is aborted.
+struct Kept(String, Arc<Spares>);
+
+impl Kept {
+    fn new(spares: &Arc<Spares>, endpoint: String) -> Self {
+        spares.lock().entry(endpoint.clone()).or_default().keepers += 1;
+        Self(endpoint, Arc::clone(spares))
+    }
+}
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        let mut spares = self.1.lock();
+        if let Some(slot) = spares.get_mut(&self.0) {
+            slot.keepers -= 1;
+            if slot.keepers == 0 {
+                spares.remove(&self.0);
+            }
+        }
     }
 }
 
@@ -365,9 +397,10 @@ impl WarmConnector {
 
     /// Opens a spare for `endpoint` now, again whenever it is taken, and every `refresh`.
     async fn keep_warm(self, endpoint: Uri) {
+        let kept = Kept::new(&self.spares, key(&endpoint));
         let signal = {
             let mut spares = self.spares.lock();
-            Arc::clone(&spares.entry(key(&endpoint)).or_default().taken_signal)
+            Arc::clone(&spares.entry(kept.0.clone()).or_default().taken_signal)
         };
         let mut failures = 0_u32;
         loop {

@@ -5,7 +5,10 @@ use std::{
     cell::Cell,
     collections::{BTreeSet, HashMap},
     future::Future,
-    sync::{Arc, OnceLock, RwLock},
+    sync::{
+        Arc, OnceLock, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -48,6 +51,9 @@ pub struct SdkBackend {
     /// Shared with every region's client, including those built before it was given.
     send_budget: Arc<OnceLock<Arc<RateLimit>>>,
     clients: RwLock<HashMap<String, Regional>>,
+    /// A clock of calls: each region notes when it was last used, and the least recently used
+    /// goes first when there are too many (see [`SdkBackend::client_for`]).
+    uses: AtomicU64,
     /// The HTTP client every region's SDK client sends with.
     http: WarmHttp,
     /// The regions metrics name (see [`SdkBackend::region_label`]).
@@ -118,6 +124,7 @@ impl SdkBackend {
             settings,
             send_budget: Arc::default(),
             clients: RwLock::new(HashMap::new()),
+            uses: AtomicU64::new(0),
             http,
             region_labels: RwLock::new(BTreeSet::new()),
         };
@@ -143,6 +150,9 @@ impl SdkBackend {
     fn regional(&self, pool: &UserPoolId) -> Result<(String, Client), BackendError> {
         let prefix = pool.region_prefix();
         if let Some(regional) = self.read_clients().get(prefix) {
+            regional
+                .used
+                .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
             return Ok((prefix.to_owned(), regional.client.clone()));
         }
         let region = self.region_for(pool)?;
@@ -185,11 +195,16 @@ impl SdkBackend {
             return Ok(regional.client.clone());
         }
         // Without an allow-list, any region-shaped prefix is accepted; the cap keeps callers from
-        // growing this map (and its connection pools) without bound. Beyond it a client is
-        // dropped (and rebuilt if needed, about 2.5 ms) rather than a region refused, so made-up
-        // regions cannot lock the real ones out.
+        // growing this map (and its connection pools, its spare) without bound. Beyond it the
+        // least recently used client is dropped (and rebuilt if needed, about 2.5 ms) rather than
+        // a region refused, so made-up regions cannot lock the real ones out, and a region in use
+        // outlasts a flood of made-up ones.
         if clients.len() >= self.settings.max_regions
-            && let Some(evicted) = clients.keys().find(|r| **r != region).cloned()
+            && let Some(evicted) = clients
+                .iter()
+                .filter(|(r, _)| **r != region)
+                .min_by_key(|(_, regional)| regional.used.load(Ordering::Relaxed))
+                .map(|(r, _)| r.clone())
         {
             tracing::warn!(%evicted, %region, max = self.settings.max_regions, "cognito.max_regions reached: dropping a client");
             clients.remove(&evicted);
@@ -208,6 +223,7 @@ impl SdkBackend {
             region,
             Regional {
                 client: client.clone(),
+                used: AtomicU64::new(self.uses.fetch_add(1, Ordering::Relaxed)),
                 _warm: warm,
             },
         );
@@ -253,6 +269,8 @@ impl SdkBackend {
 #[derive(Debug)]
 struct Regional {
     client: Client,
+    /// When it was last used, on [`SdkBackend::uses`]' clock.
+    used: AtomicU64,
     _warm: WarmHandle,
 }
 

@@ -19,6 +19,52 @@ async fn metrics_name_at_most_max_regions_regions() {
     assert_eq!(backend.region_label("us-east-1"), "us-east-1");
 }
 
+#[tokio::test]
+async fn made_up_regions_neither_pile_up_nor_push_out_the_region_in_use() {
+    let settings = CognitoSettings {
+        max_regions: 2,
+        ..CognitoSettings::default()
+    };
+    // No endpoint set: each region has its own, as on AWS (the made-up ones resolve nowhere).
+    let base = SdkConfig::builder()
+        .region(aws_sdk_cognitoidentityprovider::config::Region::new(
+            "us-east-1",
+        ))
+        .behavior_version(BehaviorVersion::latest())
+        .build();
+    let backend = SdkBackend::new(base, settings);
+    let pool = |region: &str| UserPoolId::parse(format!("{region}_Pool")).expect("a pool id");
+    for i in 0..20 {
+        backend.regional(&pool("us-east-1")).expect("served");
+        let made_up = format!("xx-made-up-{i}");
+        backend
+            .regional(&pool(&made_up))
+            .expect("region-shaped, and no allow-list");
+        assert!(
+            backend.read_clients().contains_key("us-east-1"),
+            "the region in use was dropped for {made_up}"
+        );
+        kept_until(&backend.http, |kept| {
+            kept.iter().any(|endpoint| endpoint.contains(&made_up))
+        })
+        .await;
+    }
+    assert_eq!(backend.read_clients().len(), 2);
+    // The dropped regions' spares went with their tasks.
+    kept_until(&backend.http, |kept| kept.len() <= 2).await;
+}
+
+/// Waits until `check` holds of the endpoints kept warm.
+async fn kept_until(http: &WarmHttp, check: impl Fn(&[String]) -> bool) {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !check(&http.endpoints_kept()) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("kept: {:?}", http.endpoints_kept()));
+}
+
 /// A wire fake of Cognito that answers every call OK and counts the TCP connections it accepts.
 struct CountingCognito {
     url: String,
