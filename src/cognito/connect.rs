@@ -159,6 +159,11 @@ impl WarmHttp {
     }
 }
 
+/// The most of a reply that is read. Cognito's replies are a few kilobytes (a pool's description
+/// the largest), and the SDK reads a body whole before parsing it: a longer one (a fault, a
+/// hostile endpoint) is cut off here, as an unreadable reply, before it can grow the gateway.
+const MAX_REPLY_BYTES: usize = 1 << 20;
+
 // Not shown to the SDK as an `HttpClient` by itself: `shared` wraps it, so that the SDK's settings
 // (the same for every call here) never build a second pool.
 impl HttpConnector for WarmHttp {
@@ -181,8 +186,10 @@ impl HttpConnector for WarmHttp {
             let response = sent.await;
             health.answered = Some(response.is_ok());
             match response {
-                Ok(response) => HttpResponse::try_from(response.map(SdkBody::from_body_1_x))
-                    .map_err(|error| ConnectorError::other(error.into(), None)),
+                Ok(response) => HttpResponse::try_from(response.map(|body| {
+                    SdkBody::from_body_1_x(http_body_util::Limited::new(body, MAX_REPLY_BYTES))
+                }))
+                .map_err(|error| ConnectorError::other(error.into(), None)),
                 Err(error) => Err(connector_error(error)),
             }
         })

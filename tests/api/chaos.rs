@@ -133,6 +133,12 @@ async fn a_body_that_stalls_is_unknown_and_sent_once() {
 }
 
 #[tokio::test]
+async fn a_reply_longer_than_any_cognito_sends_is_cut_off_unknown_and_sent_once() {
+    // 8 MiB is read no further than its first MiB: unreadable, after a 200.
+    unknown_outcome(Fault::HugeBody, "ConnectionLost", "cognito-gateway").await;
+}
+
+#[tokio::test]
 async fn a_truncated_5xx_body_is_unknown_and_sent_once() {
     unknown_outcome(
         Fault::TruncatedJson { status: 500 },

@@ -50,6 +50,8 @@ pub enum Fault {
         /// The HTTP status.
         status: u16,
     },
+    /// A reset gets HTTP 200 and a valid JSON body of 8 MiB: more than any Cognito reply.
+    HugeBody,
     /// A reset gets Cognito's error reply: a 5xx storm or a throttling storm.
     Error {
         /// The HTTP status.
@@ -243,6 +245,11 @@ async fn serve(mut socket: TcpStream, state: Arc<State>) {
                 status,
                 &[("x-amzn-RequestId", "chaos-truncated")],
                 "{\"__ty",
+            ),
+            Fault::HugeBody => response(
+                200,
+                &[("x-amzn-RequestId", "chaos-huge")],
+                &format!("{{\"padding\":\"{}\"}}", "x".repeat(8 << 20)),
             ),
             Fault::Error { status, exception } => error_reply(status, exception, "chaos"),
         };
