@@ -279,6 +279,10 @@ impl<B: Backend> UserAdmin<B> {
             })
             .await
             .map_err(|error| GatewayError::Lookup(error.scrubbed(&request)))?;
+        // A shutdown that could cut a reset off starts nothing: no claim, no budget spent.
+        if !self.draining.admits(self.operation_timeout) {
+            return Err(GatewayError::Draining);
+        }
         let ticket = Ticket {
             user: self.gate.user_key(&request.user_pool_id, &identity),
             request: request
@@ -295,9 +299,9 @@ impl<B: Backend> UserAdmin<B> {
             claim: 0,
         };
         let start = || {
-            // Asked here, where the reset would go out, rather than before the gate: a call that
-            // waited on another's may lead only now, and its reset must still end before the
-            // shutdown's grace does. Refused, it sent nothing, and its claim is released.
+            // Asked again where the reset would go out: a call that waited on another's may lead
+            // only now, and its reset must still end before the shutdown's grace does. Refused,
+            // it sent nothing, and its claim is released.
             let send = self.draining.admits(self.operation_timeout).then(|| {
                 record.set_reached_cognito();
                 // The CLIENT span is made here, in the caller's span, and goes with the call (into

@@ -78,20 +78,6 @@ struct Unsettled {
     at: Instant,
 }
 
-/// Why a round trip to the store failed.
-struct Failure {
-    error: StoreError,
-    /// The store answered with an error (`ERR`, a script's error included), which the same
-    /// request would meet again; otherwise it did not answer, or not yet as it should.
-    refused: bool,
-}
-
-impl From<Failure> for StoreError {
-    fn from(failure: Failure) -> Self {
-        failure.error
-    }
-}
-
 /// Settles kept at most while the store is down (the oldest go first, and are logged).
 const MAX_UNSETTLED: usize = 10_000;
 
@@ -258,12 +244,10 @@ impl Shared {
         ticket: &Ticket,
         outcome: Option<&Outcome>,
         elapsed: Duration,
-    ) -> Result<(), Failure> {
+    ) -> Result<(), StoreError> {
         let outcome = match outcome {
-            Some(outcome) => serde_json::to_string(outcome).map_err(|error| Failure {
-                error: StoreError(format!("cannot encode an outcome: {error}")),
-                refused: true,
-            })?,
+            Some(outcome) => serde_json::to_string(outcome)
+                .map_err(|error| StoreError(format!("cannot encode an outcome: {error}")))?,
             None => String::new(),
         };
         let left = |time: Duration| millis(time.saturating_sub(elapsed));
@@ -306,9 +290,9 @@ impl Shared {
         });
     }
 
-    /// Tells the store every kept settle, oldest first; stops at the first that finds no answer.
-    /// One the store refuses outright would be refused again: it is dropped, and logged, rather
-    /// than keep the store from ever being used again.
+    /// Tells the store every kept settle, oldest first; stops at the first failure. A settle is
+    /// never dropped for failing: the script takes whatever it finds (`fleet/settle.lua`), so
+    /// what fails is the store, and an outcome dropped then could be a second code later.
     async fn flush(&self) -> Result<(), StoreError> {
         loop {
             let next = self
@@ -319,24 +303,15 @@ impl Shared {
             let Some(kept) = next else {
                 return Ok(());
             };
-            match self
+            if let Err(error) = self
                 .settle(&kept.ticket, kept.outcome.as_ref(), kept.at.elapsed())
                 .await
             {
-                Ok(()) => {}
-                Err(Failure {
-                    error,
-                    refused: true,
-                }) => {
-                    tracing::error!(%error, "the fleet store refused a missed outcome: it is dropped");
-                }
-                Err(Failure { error, .. }) => {
-                    self.unsettled
-                        .lock()
-                        .unwrap_or_else(|poison| poison.into_inner())
-                        .push_front(kept);
-                    return Err(error);
-                }
+                self.unsettled
+                    .lock()
+                    .unwrap_or_else(|poison| poison.into_inner())
+                    .push_front(kept);
+                return Err(error);
             }
         }
     }
@@ -346,22 +321,18 @@ impl Shared {
         &self,
         operation: &'static str,
         call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T, Failure> {
+    ) -> Result<T, StoreError> {
         let started = Instant::now();
         let result = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(Failure {
-                refused: error.kind()
-                    == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
-                error: StoreError(error.to_string()),
-            }),
-            Err(_) => Err(Failure {
-                error: StoreError(format!("no answer within {} ms", self.timeout.as_millis())),
-                refused: false,
-            }),
+            Ok(Err(error)) => Err(StoreError(error.to_string())),
+            Err(_) => Err(StoreError(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         };
         metrics::record_round_trip(operation, started.elapsed(), result.is_ok());
-        if let Err(Failure { error, .. }) = &result
+        if let Err(error) = &result
             && self.up.swap(false, Ordering::Relaxed)
         {
             tracing::error!(%error, "fleet store DOWN: calls no longer wait on it until it answers again");
@@ -396,10 +367,7 @@ impl GateStore for FleetStore {
                 fallback.settle_now(ticket, outcome);
             }
             let settled = if self.is_up() {
-                self.shared
-                    .settle(ticket, outcome, Duration::ZERO)
-                    .await
-                    .map_err(StoreError::from)
+                self.shared.settle(ticket, outcome, Duration::ZERO).await
             } else {
                 Err(StoreError("marked down".into()))
             };

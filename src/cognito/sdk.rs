@@ -150,10 +150,7 @@ impl SdkBackend {
     fn regional(&self, pool: &UserPoolId) -> Result<(String, Client), BackendError> {
         let prefix = pool.region_prefix();
         if let Some(regional) = self.read_clients().get(prefix) {
-            regional
-                .used
-                .store(self.uses.fetch_add(1, Ordering::Relaxed), Ordering::Relaxed);
-            return Ok((prefix.to_owned(), regional.client.clone()));
+            return Ok((prefix.to_owned(), self.used(regional)));
         }
         let region = self.region_for(pool)?;
         let client = self.client_for(region.clone())?;
@@ -183,9 +180,16 @@ impl SdkBackend {
         Ok(region)
     }
 
+    /// `regional`'s client, noting that it is used now.
+    fn used(&self, regional: &Regional) -> Client {
+        let now = self.uses.fetch_add(1, Ordering::Relaxed);
+        regional.used.store(now, Ordering::Relaxed);
+        regional.client.clone()
+    }
+
     fn client_for(&self, region: String) -> Result<Client, BackendError> {
         if let Some(regional) = self.read_clients().get(&region) {
-            return Ok(regional.client.clone());
+            return Ok(self.used(regional));
         }
         let mut clients = self
             .clients

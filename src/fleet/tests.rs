@@ -75,16 +75,27 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
     let second = ticket(1, None, 2);
     assert_eq!(claim(&store, &second).await, Claim::Granted);
     store.settle(&second, Some(&sent("r2"))).await.unwrap();
-    // The first call ends at last, failed or unknown: the second's send stays remembered.
+    // As time would have it: the second's cooldown is nearly over.
+    redis.expire_in(&store.shared.keys.user(&first.user), Duration::from_secs(2));
+    // The first call ends at last, failed or unknown: the second's send stays remembered, and
+    // after an unknown outcome the cooldown runs from the first call's end too.
     let unknown = Outcome::Unknown {
         exception: "InternalErrorException".into(),
         request_id: None,
         from_cognito: true,
     };
-    for late in [None, Some(unknown)] {
+    for (late, extended) in [(None, false), (Some(unknown), true)] {
         store.settle(&first, late.as_ref()).await.unwrap();
         let next = claim(&store, &ticket(1, None, 3)).await;
         assert_eq!(remembered(&next), Some(&sent("r2")), "after {late:?}");
+        let Claim::Remembered { left, .. } = next else {
+            unreachable!("checked above")
+        };
+        assert_eq!(
+            left > Duration::from_secs(2),
+            extended,
+            "{left:?} after {late:?}"
+        );
     }
 }
 
@@ -106,7 +117,6 @@ async fn an_outcome_told_after_its_request_ids_lifetime_is_still_told() {
         .shared
         .settle(&late, Some(&sent("r1")), Duration::from_secs(2))
         .await
-        .map_err(StoreError::from)
         .expect("the store takes it");
     let repeat = claim(&store, &ticket(2, None, 2)).await;
     assert_eq!(remembered(&repeat), Some(&sent("r1")));
@@ -117,23 +127,72 @@ async fn an_outcome_told_after_its_request_ids_lifetime_is_still_told() {
 }
 
 #[tokio::test]
-async fn missed_outcomes_the_store_refuses_do_not_keep_it_down() {
+async fn something_unreadable_at_a_users_key_keeps_no_outcome_from_the_store() {
     let redis = kit::Redis::start();
     let store = store(&redis, TIMES, OnUnavailable::Deny);
-    let (refused, told) = (ticket(3, None, 1), ticket(4, None, 1));
-    assert_eq!(claim(&store, &refused).await, Claim::Granted);
+    let (odd, told) = (ticket(3, Some(3), 1), ticket(4, None, 1));
+    assert_eq!(claim(&store, &odd).await, Claim::Granted);
     assert_eq!(claim(&store, &told).await, Claim::Granted);
-    // Something the settle script cannot read sits at one user's key.
-    redis.set_raw(&store.shared.keys.user(&refused.user), "not json");
+    // Something the gateway never wrote sits at one user's key, and at its request id's.
+    redis.set_raw(&store.shared.keys.user(&odd.user), "not json");
+    redis.set_raw(&store.shared.keys.request(odd.request.as_ref()), "[1]");
     store.shared.up.store(false, Ordering::Relaxed);
-    store.settle(&refused, Some(&sent("r3"))).await.unwrap();
+    store.settle(&odd, Some(&sent("r3"))).await.unwrap();
     store.settle(&told, Some(&sent("r4"))).await.unwrap();
     assert_eq!(store.shared.unsettled.lock().unwrap().len(), 2);
-    // The refused one is dropped, the other told: the store can be used again.
-    store.shared.flush().await.expect("nothing left unanswered");
+    // Both are told (what is unreadable is left alone): the store can be used again.
+    store.shared.flush().await.expect("the store takes both");
     assert!(store.shared.unsettled.lock().unwrap().is_empty());
-    // As the probe does once the flush is through.
+    let dump = redis.dump();
+    for (key, value) in [
+        (store.shared.keys.user(&odd.user), "not json"),
+        (store.shared.keys.request(odd.request.as_ref()), "[1]"),
+    ] {
+        assert!(dump.contains(&(key, value.to_owned())), "{dump:?}");
+    }
     store.shared.up.store(true, Ordering::Relaxed);
     let repeat = claim(&store, &ticket(4, None, 2)).await;
     assert_eq!(remembered(&repeat), Some(&sent("r4")));
+}
+
+#[tokio::test]
+async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
+    let redis = kit::Redis::start();
+    let times = Times {
+        cooldown: Duration::ZERO,
+        ..TIMES
+    };
+    let store = store(&redis, times, OnUnavailable::Deny);
+    // A call with request id 5 is granted; its lease lapses before it is told (an outage).
+    let first = ticket(5, Some(5), 1);
+    assert_eq!(claim(&store, &first).await, Claim::Granted);
+    redis.end_cooldowns();
+    // The caller's retry of the id is granted, sends, and is recorded.
+    let retry = ticket(5, Some(5), 2);
+    assert_eq!(claim(&store, &retry).await, Claim::Granted);
+    store.settle(&retry, Some(&sent("r5"))).await.unwrap();
+    // The first call ends at last with nothing sent, or unknown: the id keeps its outcome.
+    let unknown = Outcome::Unknown {
+        exception: "Timeout".into(),
+        request_id: None,
+        from_cognito: false,
+    };
+    for late in [None, Some(unknown)] {
+        store.settle(&first, late.as_ref()).await.unwrap();
+        let again = claim(&store, &ticket(5, Some(5), 3)).await;
+        assert_eq!(remembered(&again), Some(&sent("r5")), "after {late:?}");
+    }
+    // Nor is an id taken, once lapsed, for another user.
+    let lapsed = ticket(6, Some(6), 1);
+    assert_eq!(claim(&store, &lapsed).await, Claim::Granted);
+    redis.delete(&store.shared.keys.request(lapsed.request.as_ref()));
+    let other_user = ticket(7, Some(6), 2);
+    assert_eq!(claim(&store, &other_user).await, Claim::Granted);
+    store.settle(&lapsed, Some(&sent("r6"))).await.unwrap();
+    let again = claim(&store, &ticket(7, Some(6), 3)).await;
+    assert_eq!(
+        again,
+        Claim::Busy,
+        "the id is still the other user's, in flight"
+    );
 }

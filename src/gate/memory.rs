@@ -209,20 +209,24 @@ impl MemoryStore {
         state.sweep(now);
         // The user's entry is this call's to change only while it holds this call's claim, or
         // nobody holds the user: a lapsed claim may have gone to another call since, whose
-        // outcome (remembered, or in flight) is not this call's to replace.
+        // outcome (remembered, or in flight) is not this call's to replace. What has lapsed
+        // counts as nothing, as in Redis, where it has expired.
         let ours = match state.users.get(&ticket.user) {
             None => true,
-            Some(User::Claimed { claim, .. }) => *claim == ticket.claim,
+            Some(User::Claimed { claim, until, .. }) => *claim == ticket.claim || *until <= now,
             Some(User::Remembered { until, .. }) => *until <= now,
         };
         let mut waiting = Vec::new();
         if ours {
             let mut waited_on = false;
+            // The request ids waiting on a claim lapse with it (in Redis, their set expires).
             if let Some(User::Claimed {
                 waiting: w,
                 waited_on: watched,
+                until,
                 ..
             }) = state.users.remove(&ticket.user)
+                && until > now
             {
                 (waiting, waited_on) = (w, watched);
             }
@@ -238,6 +242,12 @@ impl MemoryStore {
                     },
                 );
             }
+        } else if outcome.is_some()
+            && let Some(User::Remembered { until, .. }) = state.users.get_mut(&ticket.user)
+        {
+            // Another call's outcome stays, but no reset goes out within the cooldown of this
+            // one's either.
+            *until = (*until).max(now + self.times.cooldown);
         }
         if let Some(key) = ticket.request
             && !waiting.contains(&key)
@@ -245,6 +255,15 @@ impl MemoryStore {
             waiting.push(key);
         }
         for key in waiting {
+            // A request id's entry is this call's only while it is absent or names this user
+            // with no outcome yet: an outcome told late must not replace what a retry of the id
+            // recorded since, nor an entry the id has since been given for another user.
+            let mine = state.requests.get(&key).is_none_or(|request| {
+                request.until <= now || (request.user == ticket.user && request.outcome.is_none())
+            });
+            if !mine {
+                continue;
+            }
             match outcome {
                 Some(outcome) => {
                     state.requests.insert(

@@ -657,12 +657,50 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
     second.claim = 2;
     assert_eq!(store.claim_now(&second), Claim::Granted);
     store.settle_now(&second, Some(&sent("r2")));
-    // The first call ends at last, failed or unknown: the second's send stays remembered.
-    for late in [None, Some(unknown())] {
+    tokio::time::advance(Duration::from_secs(10)).await;
+    // The first call ends at last, failed or unknown: the second's send stays remembered, and
+    // after an unknown outcome the cooldown runs from the first call's end too.
+    for (late, cooldown_left) in [
+        (None, TIMES.cooldown - Duration::from_secs(10)),
+        (Some(unknown()), TIMES.cooldown),
+    ] {
         store.settle_now(&first, late.as_ref());
         assert!(
             matches!(
                 store.claim_now(&ticket(&gate, "alice")),
+                Claim::Remembered { outcome, left } if outcome == sent("r2") && left == cooldown_left
+            ),
+            "after a late settle with {late:?}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
+    let times = Times {
+        cooldown: Duration::ZERO,
+        ..TIMES
+    };
+    let store = Arc::new(MemoryStore::new(times, (10_000_000, 10_000_000), (0, 0)));
+    let gate = gate_on(&store);
+    // A call with a request id is granted; its lease lapses before it is told.
+    let mut first = with_request(&gate, "alice", "7f0c5a1e-2b6d-4c3e-9a8f-1d2e3f4a5b6c");
+    first.claim = 1;
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    tokio::time::advance(TIMES.lease).await;
+    // The caller's retry of the id is granted, sends, and is recorded.
+    let retry = Ticket {
+        claim: 2,
+        ..first.clone()
+    };
+    assert_eq!(store.claim_now(&retry), Claim::Granted);
+    store.settle_now(&retry, Some(&sent("r2")));
+    // The first call ends at last, with nothing sent or unknown: the id keeps its outcome.
+    for late in [None, Some(unknown())] {
+        store.settle_now(&first, late.as_ref());
+        assert!(
+            matches!(
+                store.claim_now(&Ticket { claim: 3, ..first.clone() }),
                 Claim::Remembered { outcome, .. } if outcome == sent("r2")
             ),
             "after a late settle with {late:?}"

@@ -174,6 +174,15 @@ impl Redis {
             .expect("redis answers");
     }
 
+    /// Makes `key` expire `after` from now.
+    pub fn expire_in(&self, key: &str, after: Duration) {
+        let _: i64 = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(u64::try_from(after.as_millis()).expect("a short time"))
+            .query(&mut self.connection())
+            .expect("redis answers");
+    }
+
     /// Deletes `key`, as its expiry would.
     pub fn delete(&self, key: &str) {
         let _: i64 = redis::cmd("DEL")
