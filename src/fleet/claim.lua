@@ -28,6 +28,16 @@ local function spend(key, new_tat)
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
 
+-- What a key holds, decoded; nil if nothing, or what the gateway never writes (another type, not
+-- JSON), which this call then overwrites like a lapsed entry. (fleet/settle.lua reads alike.)
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if type(value) ~= 'string' then return nil end
+  local ok, decoded = pcall(cjson.decode, value)
+  if ok and type(decoded) == 'table' then return decoded end
+  return nil
+end
+
 local user, request = ARGV[1], ARGV[2]
 local lease, request_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -37,15 +47,13 @@ if tonumber(ARGV[6]) > 0 then
   spend(KEYS[4], tat)
 end
 
-local state = redis.call('GET', KEYS[1])
-if state then state = cjson.decode(state) end
+local state = read(KEYS[1])
 local left = 0
 if state and state.o then left = redis.call('PTTL', KEYS[1]) end
 
 if request ~= '' then
-  local known = redis.call('GET', KEYS[3])
+  local known = read(KEYS[3])
   if known then
-    known = cjson.decode(known)
     if known.u ~= user then return {'reused'} end
     if known.o then return {'remembered', cjson.encode(known.o), left} end
   end

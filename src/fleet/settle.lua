@@ -7,25 +7,32 @@
 local user, request, outcome = ARGV[1], ARGV[2], ARGV[3]
 local cooldown, request_ttl, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
 
--- What a key holds, or nil if it is not ours to read (nothing the gateway wrote).
-local function readable(value)
-  local ok, decoded = pcall(cjson.decode, value)
-  if ok and type(decoded) == 'table' then return decoded end
-  return nil
+-- What a key holds: false if nothing; its entry, decoded; or true if it holds what the gateway
+-- never writes (another type, not JSON), which is left alone.
+local function read(key)
+  local value = redis.pcall('GET', key)
+  if not value then return false end
+  if type(value) == 'string' then
+    local ok, decoded = pcall(cjson.decode, value)
+    if ok and type(decoded) == 'table' then return decoded end
+  end
+  return true
 end
 
 -- The user's entry is this call's to change only while it holds this call's claim, or nobody
 -- holds the user: a lapsed claim may have gone to another call since, whose outcome (remembered,
 -- or in flight with its waiting request ids) is not this call's to replace.
-local state = redis.call('GET', KEYS[1])
-local decoded = state and readable(state)
-local ours = not state or (decoded ~= nil and decoded.c == ARGV[7])
+local state = read(KEYS[1])
+local ours = not state or (type(state) == 'table' and state.c == ARGV[7])
 
 local waiting = {}
 local waited_on = false
 if ours then
-  for _, id in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-    if id == '*' then waited_on = true else table.insert(waiting, id) end
+  local members = redis.pcall('SMEMBERS', KEYS[2])
+  if members.err == nil then
+    for _, id in ipairs(members) do
+      if id == '*' then waited_on = true else table.insert(waiting, id) end
+    end
   end
   redis.call('DEL', KEYS[2])
   local kept = cooldown
@@ -35,9 +42,11 @@ if ours then
   else
     redis.call('DEL', KEYS[1])
   end
-elseif outcome ~= '' and decoded and decoded.o and redis.call('PTTL', KEYS[1]) < cooldown then
+elseif outcome ~= '' and type(state) == 'table' and state.o then
   -- Another call's outcome stays, but no reset goes out within the cooldown of this one's either.
-  redis.call('PEXPIRE', KEYS[1], cooldown)
+  -- (A call still in flight for the user is left to settle: see docs/operations.md.)
+  local left = redis.call('PTTL', KEYS[1])
+  if left >= 0 and left < cooldown then redis.call('PEXPIRE', KEYS[1], cooldown) end
 end
 if request ~= '' then table.insert(waiting, request) end
 
@@ -46,9 +55,8 @@ if request ~= '' then table.insert(waiting, request) end
 -- first outcome is the one it keeps), nor an entry the id has since been given for another user.
 for _, id in ipairs(waiting) do
   local key = ARGV[6] .. id
-  local known = redis.call('GET', key)
-  local entry = known and readable(known)
-  if not known or (entry and entry.u == user and entry.o == nil) then
+  local entry = read(key)
+  if not entry or (type(entry) == 'table' and entry.u == user and entry.o == nil) then
     if outcome ~= '' then
       -- Kept the request id's lifetime from the call's end, or what the id has left of its own
       -- if that is longer. An outcome told late (after an outage) may find both lapsed: the id
@@ -57,7 +65,7 @@ for _, id in ipairs(waiting) do
       if ttl > 0 then
         redis.call('SET', key, '{"u":"' .. user .. '","o":' .. outcome .. '}', 'PX', ttl)
       end
-    elseif known then
+    elseif entry then
       -- Nothing happened: a retry of the id is processed anew.
       redis.call('DEL', key)
     end

@@ -130,29 +130,49 @@ async fn an_outcome_told_after_its_request_ids_lifetime_is_still_told() {
 async fn something_unreadable_at_a_users_key_keeps_no_outcome_from_the_store() {
     let redis = kit::Redis::start();
     let store = store(&redis, TIMES, OnUnavailable::Deny);
-    let (odd, told) = (ticket(3, Some(3), 1), ticket(4, None, 1));
-    assert_eq!(claim(&store, &odd).await, Claim::Granted);
-    assert_eq!(claim(&store, &told).await, Claim::Granted);
-    // Something the gateway never wrote sits at one user's key, and at its request id's.
-    redis.set_raw(&store.shared.keys.user(&odd.user), "not json");
-    redis.set_raw(&store.shared.keys.request(odd.request.as_ref()), "[1]");
+    let (odd, wrong_type, told) = (
+        ticket(3, Some(3), 1),
+        ticket(5, Some(5), 1),
+        ticket(4, None, 1),
+    );
+    for call in [&odd, &wrong_type, &told] {
+        assert_eq!(claim(&store, call).await, Claim::Granted);
+    }
+    // What the gateway never writes sits at two users' keys, and at their request ids'.
+    let keys = &store.shared.keys;
+    redis.set_raw(&keys.user(&odd.user), "not json");
+    redis.set_raw(&keys.request(odd.request.as_ref()), "[1]");
+    redis.delete(&keys.user(&wrong_type.user));
+    redis.add_to_set(&keys.user(&wrong_type.user), "x");
+    redis.delete(&keys.request(wrong_type.request.as_ref()));
+    redis.add_to_set(&keys.request(wrong_type.request.as_ref()), "y");
     store.shared.up.store(false, Ordering::Relaxed);
-    store.settle(&odd, Some(&sent("r3"))).await.unwrap();
-    store.settle(&told, Some(&sent("r4"))).await.unwrap();
-    assert_eq!(store.shared.unsettled.lock().unwrap().len(), 2);
-    // Both are told (what is unreadable is left alone): the store can be used again.
-    store.shared.flush().await.expect("the store takes both");
+    for call in [&odd, &wrong_type, &told] {
+        store.settle(call, Some(&sent("r"))).await.unwrap();
+    }
+    assert_eq!(store.shared.unsettled.lock().unwrap().len(), 3);
+    // All are told (what is unreadable is left alone): the store can be used again.
+    store
+        .shared
+        .flush()
+        .await
+        .expect("the store takes them all");
     assert!(store.shared.unsettled.lock().unwrap().is_empty());
     let dump = redis.dump();
     for (key, value) in [
-        (store.shared.keys.user(&odd.user), "not json"),
-        (store.shared.keys.request(odd.request.as_ref()), "[1]"),
+        (keys.user(&odd.user), "not json"),
+        (keys.request(odd.request.as_ref()), "[1]"),
+        (keys.user(&wrong_type.user), "x"),
+        (keys.request(wrong_type.request.as_ref()), "y"),
     ] {
         assert!(dump.contains(&(key, value.to_owned())), "{dump:?}");
     }
     store.shared.up.store(true, Ordering::Relaxed);
     let repeat = claim(&store, &ticket(4, None, 2)).await;
-    assert_eq!(remembered(&repeat), Some(&sent("r4")));
+    assert_eq!(remembered(&repeat), Some(&sent("r")));
+    // A claim takes such a key for nothing, and overwrites it.
+    assert_eq!(claim(&store, &ticket(3, None, 2)).await, Claim::Granted);
+    assert_eq!(claim(&store, &ticket(5, None, 2)).await, Claim::Granted);
 }
 
 #[tokio::test]

@@ -174,6 +174,15 @@ impl Redis {
             .expect("redis answers");
     }
 
+    /// Adds `member` to the set at `key`, as the gateway never would for most keys.
+    pub fn add_to_set(&self, key: &str, member: &str) {
+        let _: i64 = redis::cmd("SADD")
+            .arg(key)
+            .arg(member)
+            .query(&mut self.connection())
+            .expect("redis answers");
+    }
+
     /// Makes `key` expire `after` from now.
     pub fn expire_in(&self, key: &str, after: Duration) {
         let _: i64 = redis::cmd("PEXPIRE")
