@@ -24,6 +24,9 @@ end
 -- or in flight with its waiting request ids) is not this call's to replace.
 local state = read(KEYS[1])
 local ours = not state or (type(state) == 'table' and state.c == ARGV[7])
+-- Redis' clock in ms: how long a late outcome left in a claim (below) is kept is told in it.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 local waiting = {}
 local waited_on = false
@@ -35,18 +38,35 @@ if ours then
     end
   end
   redis.call('DEL', KEYS[2])
-  local kept = cooldown
+  local remembered, kept = outcome, cooldown
+  -- An outcome a late settle left in this claim: remembered if this call sent nothing, and its
+  -- cooldown holds either way.
+  if type(state) == 'table' and state.l ~= nil and tonumber(state.lu) and state.lu > now then
+    if remembered == '' then
+      remembered, kept = cjson.encode(state.l), state.lu - now
+    elseif state.lu - now > kept then
+      kept = state.lu - now
+    end
+  end
   if waited_on and grace > kept then kept = grace end
-  if outcome ~= '' and kept > 0 then
-    redis.call('SET', KEYS[1], '{"o":' .. outcome .. '}', 'PX', kept)
+  if remembered ~= '' and kept > 0 then
+    redis.call('SET', KEYS[1], '{"o":' .. remembered .. '}', 'PX', kept)
   else
     redis.call('DEL', KEYS[1])
   end
 elseif outcome ~= '' and type(state) == 'table' and state.o then
   -- Another call's outcome stays, but no reset goes out within the cooldown of this one's either.
-  -- (A call still in flight for the user is left to settle: see docs/operations.md.)
   local left = redis.call('PTTL', KEYS[1])
   if left >= 0 and left < cooldown then redis.call('PEXPIRE', KEYS[1], cooldown) end
+elseif outcome ~= '' and type(state) == 'table' and state.c and cooldown > 0 then
+  -- Another call is in flight: this outcome is left in its claim, whose settle keeps it (should
+  -- that call send nothing, a reset may still have gone out, and its cooldown holds).
+  local left = redis.call('PTTL', KEYS[1])
+  if left > 0 and not (tonumber(state.lu) and state.lu >= now + cooldown) then
+    state.l = cjson.decode(outcome)
+    state.lu = now + cooldown
+    redis.call('SET', KEYS[1], cjson.encode(state), 'PX', left)
+  end
 end
 if request ~= '' then table.insert(waiting, request) end
 

@@ -100,6 +100,33 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
 }
 
 #[tokio::test]
+async fn a_late_outcome_told_while_another_call_is_in_flight_is_kept_by_it() {
+    let redis = kit::Redis::start();
+    let store = store(&redis, TIMES, OnUnavailable::Deny);
+    let first = ticket(8, None, 1);
+    assert_eq!(claim(&store, &first).await, Claim::Granted);
+    redis.end_cooldowns();
+    let second = ticket(8, None, 2);
+    assert_eq!(claim(&store, &second).await, Claim::Granted);
+    // The first call ends at last, and may have sent; the second is still in flight.
+    let unknown = Outcome::Unknown {
+        exception: "Timeout".into(),
+        request_id: None,
+        from_cognito: false,
+    };
+    store.settle(&first, Some(&unknown)).await.unwrap();
+    assert_eq!(claim(&store, &ticket(8, None, 3)).await, Claim::Busy);
+    // The second sends nothing: the first's outcome is remembered, its cooldown from its end.
+    store.settle(&second, None).await.unwrap();
+    let next = claim(&store, &ticket(8, None, 4)).await;
+    assert_eq!(remembered(&next), Some(&unknown));
+    let Claim::Remembered { left, .. } = next else {
+        unreachable!("checked above")
+    };
+    assert!(left > TIMES.cooldown - Duration::from_secs(5), "{left:?}");
+}
+
+#[tokio::test]
 async fn an_outcome_told_after_its_request_ids_lifetime_is_still_told() {
     let redis = kit::Redis::start();
     let times = Times {

@@ -38,12 +38,14 @@ struct State {
 #[derive(Debug)]
 enum User {
     /// Claimed by a call (`claim`), until it settles or `until`; the request ids waiting on it,
-    /// and whether any call waited on it from elsewhere.
+    /// whether any call waited on it from elsewhere, and an outcome a late settle left for it to
+    /// keep, until when.
     Claimed {
         claim: u64,
         until: Instant,
         waiting: Vec<RequestKey>,
         waited_on: bool,
+        late: Option<(Outcome, Instant)>,
     },
     /// Ended with `outcome`, which repeats are told until `until`.
     Remembered { outcome: Outcome, until: Instant },
@@ -192,6 +194,7 @@ impl MemoryStore {
                 until: now + self.times.lease,
                 waiting: ticket.request.into_iter().collect(),
                 waited_on: false,
+                late: None,
             },
         );
         if let Some(key) = ticket.request {
@@ -218,36 +221,61 @@ impl MemoryStore {
         };
         let mut waiting = Vec::new();
         if ours {
-            let mut waited_on = false;
+            let (mut waited_on, mut late) = (false, None);
             // The request ids waiting on a claim lapse with it (in Redis, their set expires).
             if let Some(User::Claimed {
                 waiting: w,
                 waited_on: watched,
                 until,
+                late: left,
                 ..
             }) = state.users.remove(&ticket.user)
                 && until > now
             {
-                (waiting, waited_on) = (w, watched);
+                (waiting, waited_on, late) = (w, watched, left);
             }
-            let kept = kept_for(self.times.cooldown, waited_on);
-            if let Some(outcome) = outcome
+            let (mut remembered, mut cooldown) = (outcome.cloned(), self.times.cooldown);
+            // An outcome a late settle left in this claim: remembered if this call sent nothing,
+            // and its cooldown holds either way.
+            if let Some((late, until)) = late
+                && until > now
+            {
+                if remembered.is_none() {
+                    (remembered, cooldown) = (Some(late), until - now);
+                } else {
+                    cooldown = cooldown.max(until - now);
+                }
+            }
+            let kept = kept_for(cooldown, waited_on);
+            if let Some(outcome) = remembered
                 && !kept.is_zero()
             {
                 state.users.insert(
                     ticket.user,
                     User::Remembered {
-                        outcome: outcome.clone(),
+                        outcome,
                         until: now + kept,
                     },
                 );
             }
-        } else if outcome.is_some()
-            && let Some(User::Remembered { until, .. }) = state.users.get_mut(&ticket.user)
-        {
-            // Another call's outcome stays, but no reset goes out within the cooldown of this
-            // one's either.
-            *until = (*until).max(now + self.times.cooldown);
+        } else if let Some(outcome) = outcome {
+            let cooldown_ends = now + self.times.cooldown;
+            match state.users.get_mut(&ticket.user) {
+                // Another call's outcome stays, but no reset goes out within the cooldown of this
+                // one's either.
+                Some(User::Remembered { until, .. }) => *until = (*until).max(cooldown_ends),
+                // Another call is in flight: this outcome is left in its claim, whose settle
+                // keeps it (should that call send nothing, a reset may still have gone out).
+                Some(User::Claimed { late, .. })
+                    if !self.times.cooldown.is_zero()
+                        && late
+                            .as_ref()
+                            .is_none_or(|(_, until)| *until < cooldown_ends) =>
+                {
+                    *late = Some((outcome.clone(), cooldown_ends));
+                }
+                _ => {}
+            }
         }
         if let Some(key) = ticket.request
             && !waiting.contains(&key)

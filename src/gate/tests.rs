@@ -676,6 +676,32 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_late_outcome_told_while_another_call_is_in_flight_is_kept_by_it() {
+    let store = store();
+    let gate = gate_on(&store);
+    let mut first = ticket(&gate, "alice");
+    first.claim = 1;
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    tokio::time::advance(TIMES.lease).await;
+    let mut second = ticket(&gate, "alice");
+    second.claim = 2;
+    assert_eq!(store.claim_now(&second), Claim::Granted);
+    // The first call ends at last, and may have sent; the second is still in flight.
+    store.settle_now(&first, Some(&unknown()));
+    assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Busy);
+    tokio::time::advance(Duration::from_secs(1)).await;
+    // The second sends nothing: the first's outcome is remembered, its cooldown from its end.
+    store.settle_now(&second, None);
+    assert_eq!(
+        store.claim_now(&ticket(&gate, "alice")),
+        Claim::Remembered {
+            outcome: unknown(),
+            left: TIMES.cooldown - Duration::from_secs(1),
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
     let times = Times {
         cooldown: Duration::ZERO,
