@@ -41,11 +41,12 @@ if ours then
   local remembered, kept = outcome, cooldown
   -- An outcome a late settle left in this claim: remembered if this call sent nothing, and its
   -- cooldown holds either way.
-  if type(state) == 'table' and state.l ~= nil and tonumber(state.lu) and state.lu > now then
+  local late_until = type(state) == 'table' and type(state.l) == 'table' and tonumber(state.lu)
+  if late_until and late_until > now then
     if remembered == '' then
-      remembered, kept = cjson.encode(state.l), state.lu - now
-    elseif state.lu - now > kept then
-      kept = state.lu - now
+      remembered, kept = cjson.encode(state.l), late_until - now
+    elseif late_until - now > kept then
+      kept = late_until - now
     end
   end
   if waited_on and grace > kept then kept = grace end
@@ -62,7 +63,8 @@ elseif outcome ~= '' and type(state) == 'table' and state.c and cooldown > 0 the
   -- Another call is in flight: this outcome is left in its claim, whose settle keeps it (should
   -- that call send nothing, a reset may still have gone out, and its cooldown holds).
   local left = redis.call('PTTL', KEYS[1])
-  if left > 0 and not (tonumber(state.lu) and state.lu >= now + cooldown) then
+  local late_until = type(state.l) == 'table' and tonumber(state.lu)
+  if left > 0 and not (late_until and late_until >= now + cooldown) then
     state.l = cjson.decode(outcome)
     state.lu = now + cooldown
     redis.call('SET', KEYS[1], cjson.encode(state), 'PX', left)

@@ -197,6 +197,17 @@ async fn something_unreadable_at_a_users_key_keeps_no_outcome_from_the_store() {
     store.shared.up.store(true, Ordering::Relaxed);
     let repeat = claim(&store, &ticket(4, None, 2)).await;
     assert_eq!(remembered(&repeat), Some(&sent("r")));
+    // A claim of ours holding a late outcome the gateway never writes: its own outcome is kept.
+    let oddly_late = ticket(9, None, 1);
+    assert_eq!(claim(&store, &oddly_late).await, Claim::Granted);
+    redis.set_raw(
+        &keys.user(&oddly_late.user),
+        r#"{"c":"1","l":null,"lu":"9999999999999"}"#,
+    );
+    store.settle(&oddly_late, Some(&sent("r9"))).await.unwrap();
+    assert!(store.is_up(), "the settle went through");
+    let repeat = claim(&store, &ticket(9, None, 2)).await;
+    assert_eq!(remembered(&repeat), Some(&sent("r9")));
     // A claim takes such a key for nothing, and overwrites it.
     assert_eq!(claim(&store, &ticket(3, None, 2)).await, Claim::Granted);
     assert_eq!(claim(&store, &ticket(5, None, 2)).await, Claim::Granted);

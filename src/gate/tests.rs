@@ -702,6 +702,35 @@ async fn a_late_outcome_told_while_another_call_is_in_flight_is_kept_by_it() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_in_flight_that_sends_is_remembered_over_a_late_outcome() {
+    let times = Times {
+        cooldown: Duration::from_secs(30),
+        lease: Duration::from_secs(60),
+        ..TIMES
+    };
+    let store = Arc::new(MemoryStore::new(times, (10_000_000, 10_000_000), (0, 0)));
+    let gate = gate_on(&store);
+    let mut first = ticket(&gate, "alice");
+    first.claim = 1;
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    tokio::time::advance(times.lease).await;
+    let mut second = ticket(&gate, "alice");
+    second.claim = 2;
+    assert_eq!(store.claim_now(&second), Claim::Granted);
+    store.settle_now(&first, Some(&unknown()));
+    // The second sends: repeats are told of its send, for its cooldown (the later to end).
+    tokio::time::advance(Duration::from_secs(10)).await;
+    store.settle_now(&second, Some(&sent("r2")));
+    assert_eq!(
+        store.claim_now(&ticket(&gate, "alice")),
+        Claim::Remembered {
+            outcome: sent("r2"),
+            left: times.cooldown,
+        }
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
     let times = Times {
         cooldown: Duration::ZERO,
