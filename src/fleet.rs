@@ -169,7 +169,10 @@ impl FleetStore {
             times,
             timeout: settings.timeout,
             up,
-            settle: Script::new(include_str!("fleet/settle.lua")),
+            settle: Script::new(concat!(
+                include_str!("fleet/read.lua"),
+                include_str!("fleet/settle.lua")
+            )),
             unsettled: Mutex::default(),
         });
         let probe = tokio::spawn(probe(Arc::clone(&shared)));
@@ -178,7 +181,10 @@ impl FleetStore {
             budgets,
             on_unavailable: settings.on_unavailable,
             fallback,
-            claim: Script::new(include_str!("fleet/claim.lua")),
+            claim: Script::new(concat!(
+                include_str!("fleet/read.lua"),
+                include_str!("fleet/claim.lua")
+            )),
             probe,
         })
     }

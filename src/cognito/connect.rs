@@ -339,13 +339,20 @@ impl std::fmt::Debug for Slot {
     }
 }
 
-/// One task's hold on an endpoint's slot, released when the task ends or is aborted.
+/// One task's hold on an endpoint's slot (which lives as long as one is held), released when the
+/// task ends or is aborted.
 struct Kept(String, Arc<Spares>);
 
 impl Kept {
-    fn new(spares: &Arc<Spares>, endpoint: String) -> Self {
-        spares.lock().entry(endpoint.clone()).or_default().keepers += 1;
-        Self(endpoint, Arc::clone(spares))
+    /// A hold on `endpoint`'s slot, and the slot's signal that its spare was taken.
+    fn new(spares: &Arc<Spares>, endpoint: String) -> (Self, Arc<Notify>) {
+        let signal = {
+            let mut slots = spares.lock();
+            let slot = slots.entry(endpoint.clone()).or_default();
+            slot.keepers += 1;
+            Arc::clone(&slot.taken_signal)
+        };
+        (Self(endpoint, Arc::clone(spares)), signal)
     }
 }
 
@@ -404,17 +411,13 @@ impl WarmConnector {
 
     /// Opens a spare for `endpoint` now, again whenever it is taken, and every `refresh`.
     async fn keep_warm(self, endpoint: Uri) {
-        let kept = Kept::new(&self.spares, key(&endpoint));
-        let signal = {
-            let mut spares = self.spares.lock();
-            Arc::clone(&spares.entry(kept.0.clone()).or_default().taken_signal)
-        };
+        let (kept, signal) = Kept::new(&self.spares, key(&endpoint));
         let mut failures = 0_u32;
         loop {
             let answering = self
                 .spares
                 .lock()
-                .get(&key(&endpoint))
+                .get(&kept.0)
                 .is_none_or(|slot| slot.answering);
             if !answering {
                 // Until a call there is answered (which signals).
@@ -426,12 +429,14 @@ impl WarmConnector {
                     failures = 0;
                     let stored = {
                         let mut spares = self.spares.lock();
-                        let slot = spares.entry(key(&endpoint)).or_default();
                         // A call failed while this one was connecting: not kept.
-                        slot.answering.then(|| {
-                            slot.spare = Some((conn, Instant::now()));
-                            slot.opened += 1;
-                        })
+                        spares
+                            .get_mut(&kept.0)
+                            .filter(|slot| slot.answering)
+                            .map(|slot| {
+                                slot.spare = Some((conn, Instant::now()));
+                                slot.opened += 1;
+                            })
                     };
                     if stored.is_some() {
                         self.spares.stored.send_modify(|n| *n += 1);

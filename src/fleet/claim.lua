@@ -28,16 +28,6 @@ local function spend(key, new_tat)
   redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 end
 
--- What a key holds, decoded; nil if nothing, or what the gateway never writes (another type, not
--- JSON), which this call then overwrites like a lapsed entry. (fleet/settle.lua reads alike.)
-local function read(key)
-  local value = redis.pcall('GET', key)
-  if type(value) ~= 'string' then return nil end
-  local ok, decoded = pcall(cjson.decode, value)
-  if ok and type(decoded) == 'table' then return decoded end
-  return nil
-end
-
 local user, request = ARGV[1], ARGV[2]
 local lease, request_ttl = tonumber(ARGV[3]), tonumber(ARGV[4])
 
@@ -47,6 +37,7 @@ if tonumber(ARGV[6]) > 0 then
   spend(KEYS[4], tat)
 end
 
+-- What the gateway never wrote reads as nothing (fleet/read.lua), and is overwritten.
 local state = read(KEYS[1])
 local left = 0
 if state and state.o then left = redis.call('PTTL', KEYS[1]) end

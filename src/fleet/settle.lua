@@ -7,23 +7,11 @@
 local user, request, outcome = ARGV[1], ARGV[2], ARGV[3]
 local cooldown, request_ttl, grace = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[8])
 
--- What a key holds: false if nothing; its entry, decoded; or true if it holds what the gateway
--- never writes (another type, not JSON), which is left alone.
-local function read(key)
-  local value = redis.pcall('GET', key)
-  if not value then return false end
-  if type(value) == 'string' then
-    local ok, decoded = pcall(cjson.decode, value)
-    if ok and type(decoded) == 'table' then return decoded end
-  end
-  return true
-end
-
 -- The user's entry is this call's to change only while it holds this call's claim, or nobody
 -- holds the user: a lapsed claim may have gone to another call since, whose outcome (remembered,
 -- or in flight with its waiting request ids) is not this call's to replace.
-local state = read(KEYS[1])
-local ours = not state or (type(state) == 'table' and state.c == ARGV[7])
+local state, held = read(KEYS[1])
+local ours = not held or (state ~= nil and state.c == ARGV[7])
 -- Redis' clock in ms: how long a late outcome left in a claim (below) is kept is told in it.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -41,7 +29,7 @@ if ours then
   local remembered, kept = outcome, cooldown
   -- An outcome a late settle left in this claim: remembered if this call sent nothing, and its
   -- cooldown holds either way.
-  local late_until = type(state) == 'table' and type(state.l) == 'table' and tonumber(state.lu)
+  local late_until = state and type(state.l) == 'table' and tonumber(state.lu)
   if late_until and late_until > now then
     if remembered == '' then
       remembered, kept = cjson.encode(state.l), late_until - now
@@ -55,11 +43,11 @@ if ours then
   else
     redis.call('DEL', KEYS[1])
   end
-elseif outcome ~= '' and type(state) == 'table' and state.o then
+elseif outcome ~= '' and state and state.o then
   -- Another call's outcome stays, but no reset goes out within the cooldown of this one's either.
   local left = redis.call('PTTL', KEYS[1])
   if left >= 0 and left < cooldown then redis.call('PEXPIRE', KEYS[1], cooldown) end
-elseif outcome ~= '' and type(state) == 'table' and state.c and cooldown > 0 then
+elseif outcome ~= '' and state and state.c and cooldown > 0 then
   -- Another call is in flight: this outcome is left in its claim, whose settle keeps it (should
   -- that call send nothing, a reset may still have gone out, and its cooldown holds).
   local left = redis.call('PTTL', KEYS[1])
@@ -77,8 +65,8 @@ if request ~= '' then table.insert(waiting, request) end
 -- first outcome is the one it keeps), nor an entry the id has since been given for another user.
 for _, id in ipairs(waiting) do
   local key = ARGV[6] .. id
-  local entry = read(key)
-  if not entry or (type(entry) == 'table' and entry.u == user and entry.o == nil) then
+  local entry, known = read(key)
+  if not known or (entry and entry.u == user and entry.o == nil) then
     if outcome ~= '' then
       -- Kept the request id's lifetime from the call's end, or what the id has left of its own
       -- if that is longer. An outcome told late (after an outage) may find both lapsed: the id
@@ -87,7 +75,7 @@ for _, id in ipairs(waiting) do
       if ttl > 0 then
         redis.call('SET', key, '{"u":"' .. user .. '","o":' .. outcome .. '}', 'PX', ttl)
       end
-    elseif entry then
+    elseif known then
       -- Nothing happened: a retry of the id is processed anew.
       redis.call('DEL', key)
     end

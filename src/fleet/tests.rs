@@ -53,6 +53,30 @@ fn sent(id: &str) -> Outcome {
     }
 }
 
+fn unknown() -> Outcome {
+    Outcome::Unknown {
+        exception: "Timeout".into(),
+        request_id: None,
+        from_cognito: false,
+    }
+}
+
+/// Two calls granted `user` in turn (claims 1 and 2), with `request`: the first's lease lapsed
+/// (as time would have it) before the second was, so a settle of the first is late.
+async fn overtaken(
+    store: &FleetStore,
+    redis: &kit::Redis,
+    user: u8,
+    request: Option<u8>,
+) -> (Ticket, Ticket) {
+    let first = ticket(user, request, 1);
+    assert_eq!(claim(store, &first).await, Claim::Granted);
+    redis.end_cooldowns();
+    let second = ticket(user, request, 2);
+    assert_eq!(claim(store, &second).await, Claim::Granted);
+    (first, second)
+}
+
 async fn claim(store: &FleetStore, ticket: &Ticket) -> Claim {
     store.claim(ticket).await.expect("the store answers")
 }
@@ -68,23 +92,14 @@ fn remembered(claim: &Claim) -> Option<&Outcome> {
 async fn a_late_settle_leaves_another_calls_outcome_alone() {
     let redis = kit::Redis::start();
     let store = store(&redis, TIMES, OnUnavailable::Deny);
-    let first = ticket(1, None, 1);
-    assert_eq!(claim(&store, &first).await, Claim::Granted);
-    // Its lease lapses; another call is granted the user, sends, and is remembered.
-    redis.end_cooldowns();
-    let second = ticket(1, None, 2);
-    assert_eq!(claim(&store, &second).await, Claim::Granted);
+    // A call's lease lapses; another is granted the user, sends, and is remembered.
+    let (first, second) = overtaken(&store, &redis, 1, None).await;
     store.settle(&second, Some(&sent("r2"))).await.unwrap();
     // As time would have it: the second's cooldown is nearly over.
     redis.expire_in(&store.shared.keys.user(&first.user), Duration::from_secs(2));
     // The first call ends at last, failed or unknown: the second's send stays remembered, and
     // after an unknown outcome the cooldown runs from the first call's end too.
-    let unknown = Outcome::Unknown {
-        exception: "InternalErrorException".into(),
-        request_id: None,
-        from_cognito: true,
-    };
-    for (late, extended) in [(None, false), (Some(unknown), true)] {
+    for (late, extended) in [(None, false), (Some(unknown()), true)] {
         store.settle(&first, late.as_ref()).await.unwrap();
         let next = claim(&store, &ticket(1, None, 3)).await;
         assert_eq!(remembered(&next), Some(&sent("r2")), "after {late:?}");
@@ -103,23 +118,14 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
 async fn a_late_outcome_told_while_another_call_is_in_flight_is_kept_by_it() {
     let redis = kit::Redis::start();
     let store = store(&redis, TIMES, OnUnavailable::Deny);
-    let first = ticket(8, None, 1);
-    assert_eq!(claim(&store, &first).await, Claim::Granted);
-    redis.end_cooldowns();
-    let second = ticket(8, None, 2);
-    assert_eq!(claim(&store, &second).await, Claim::Granted);
+    let (first, second) = overtaken(&store, &redis, 8, None).await;
     // The first call ends at last, and may have sent; the second is still in flight.
-    let unknown = Outcome::Unknown {
-        exception: "Timeout".into(),
-        request_id: None,
-        from_cognito: false,
-    };
-    store.settle(&first, Some(&unknown)).await.unwrap();
+    store.settle(&first, Some(&unknown())).await.unwrap();
     assert_eq!(claim(&store, &ticket(8, None, 3)).await, Claim::Busy);
     // The second sends nothing: the first's outcome is remembered, its cooldown from its end.
     store.settle(&second, None).await.unwrap();
     let next = claim(&store, &ticket(8, None, 4)).await;
-    assert_eq!(remembered(&next), Some(&unknown));
+    assert_eq!(remembered(&next), Some(&unknown()));
     let Claim::Remembered { left, .. } = next else {
         unreachable!("checked above")
     };
@@ -221,21 +227,12 @@ async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
         ..TIMES
     };
     let store = store(&redis, times, OnUnavailable::Deny);
-    // A call with request id 5 is granted; its lease lapses before it is told (an outage).
-    let first = ticket(5, Some(5), 1);
-    assert_eq!(claim(&store, &first).await, Claim::Granted);
-    redis.end_cooldowns();
-    // The caller's retry of the id is granted, sends, and is recorded.
-    let retry = ticket(5, Some(5), 2);
-    assert_eq!(claim(&store, &retry).await, Claim::Granted);
+    // A call with request id 5 is granted; its lease lapses before it is told (an outage). The
+    // caller's retry of the id is granted, sends, and is recorded.
+    let (first, retry) = overtaken(&store, &redis, 5, Some(5)).await;
     store.settle(&retry, Some(&sent("r5"))).await.unwrap();
     // The first call ends at last with nothing sent, or unknown: the id keeps its outcome.
-    let unknown = Outcome::Unknown {
-        exception: "Timeout".into(),
-        request_id: None,
-        from_cognito: false,
-    };
-    for late in [None, Some(unknown)] {
+    for late in [None, Some(unknown())] {
         store.settle(&first, late.as_ref()).await.unwrap();
         let again = claim(&store, &ticket(5, Some(5), 3)).await;
         assert_eq!(remembered(&again), Some(&sent("r5")), "after {late:?}");

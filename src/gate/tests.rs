@@ -622,18 +622,26 @@ async fn a_call_that_panics_after_it_may_have_sent_is_an_unknown_outcome() {
     assert_eq!(sends.load(Ordering::SeqCst), 0);
 }
 
+/// Two calls granted `base`'s user in turn (claims 1 and 2): the first's lease lapsed before the
+/// second, so a settle of the first is late.
+async fn overtaken(store: &MemoryStore, base: Ticket, lease: Duration) -> (Ticket, Ticket) {
+    let first = Ticket {
+        claim: 1,
+        ..base.clone()
+    };
+    assert_eq!(store.claim_now(&first), Claim::Granted);
+    tokio::time::advance(lease).await;
+    let second = Ticket { claim: 2, ..base };
+    assert_eq!(store.claim_now(&second), Claim::Granted);
+    (first, second)
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_late_settle_leaves_another_calls_claim_alone() {
     let store = store();
     let gate = gate_on(&store);
-    let mut first = ticket(&gate, "alice");
-    first.claim = 1;
-    assert_eq!(store.claim_now(&first), Claim::Granted);
-    // Its lease lapses; another call is granted the user.
-    tokio::time::advance(TIMES.lease).await;
-    let mut second = ticket(&gate, "alice");
-    second.claim = 2;
-    assert_eq!(store.claim_now(&second), Claim::Granted);
+    // A call's lease lapses; another is granted the user.
+    let (first, second) = overtaken(&store, ticket(&gate, "alice"), TIMES.lease).await;
     // The first call ends at last, with nothing sent: the second still holds the user.
     store.settle_now(&first, None);
     assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Busy);
@@ -648,14 +656,8 @@ async fn a_late_settle_leaves_another_calls_claim_alone() {
 async fn a_late_settle_leaves_another_calls_outcome_alone() {
     let store = store();
     let gate = gate_on(&store);
-    let mut first = ticket(&gate, "alice");
-    first.claim = 1;
-    assert_eq!(store.claim_now(&first), Claim::Granted);
-    // Its lease lapses; another call is granted the user, sends, and is remembered.
-    tokio::time::advance(TIMES.lease).await;
-    let mut second = ticket(&gate, "alice");
-    second.claim = 2;
-    assert_eq!(store.claim_now(&second), Claim::Granted);
+    // A call's lease lapses; another is granted the user, sends, and is remembered.
+    let (first, second) = overtaken(&store, ticket(&gate, "alice"), TIMES.lease).await;
     store.settle_now(&second, Some(&sent("r2")));
     tokio::time::advance(Duration::from_secs(10)).await;
     // The first call ends at last, failed or unknown: the second's send stays remembered, and
@@ -679,13 +681,7 @@ async fn a_late_settle_leaves_another_calls_outcome_alone() {
 async fn a_late_outcome_told_while_another_call_is_in_flight_is_kept_by_it() {
     let store = store();
     let gate = gate_on(&store);
-    let mut first = ticket(&gate, "alice");
-    first.claim = 1;
-    assert_eq!(store.claim_now(&first), Claim::Granted);
-    tokio::time::advance(TIMES.lease).await;
-    let mut second = ticket(&gate, "alice");
-    second.claim = 2;
-    assert_eq!(store.claim_now(&second), Claim::Granted);
+    let (first, second) = overtaken(&store, ticket(&gate, "alice"), TIMES.lease).await;
     // The first call ends at last, and may have sent; the second is still in flight.
     store.settle_now(&first, Some(&unknown()));
     assert_eq!(store.claim_now(&ticket(&gate, "alice")), Claim::Busy);
@@ -710,13 +706,7 @@ async fn a_call_in_flight_that_sends_is_remembered_over_a_late_outcome() {
     };
     let store = Arc::new(MemoryStore::new(times, (10_000_000, 10_000_000), (0, 0)));
     let gate = gate_on(&store);
-    let mut first = ticket(&gate, "alice");
-    first.claim = 1;
-    assert_eq!(store.claim_now(&first), Claim::Granted);
-    tokio::time::advance(times.lease).await;
-    let mut second = ticket(&gate, "alice");
-    second.claim = 2;
-    assert_eq!(store.claim_now(&second), Claim::Granted);
+    let (first, second) = overtaken(&store, ticket(&gate, "alice"), times.lease).await;
     store.settle_now(&first, Some(&unknown()));
     // The second sends: repeats are told of its send, for its cooldown (the later to end).
     tokio::time::advance(Duration::from_secs(10)).await;
@@ -739,16 +729,9 @@ async fn a_late_settle_leaves_a_request_ids_later_outcome_alone() {
     let store = Arc::new(MemoryStore::new(times, (10_000_000, 10_000_000), (0, 0)));
     let gate = gate_on(&store);
     // A call with a request id is granted; its lease lapses before it is told.
-    let mut first = with_request(&gate, "alice", "7f0c5a1e-2b6d-4c3e-9a8f-1d2e3f4a5b6c");
-    first.claim = 1;
-    assert_eq!(store.claim_now(&first), Claim::Granted);
-    tokio::time::advance(TIMES.lease).await;
+    let id = with_request(&gate, "alice", "7f0c5a1e-2b6d-4c3e-9a8f-1d2e3f4a5b6c");
     // The caller's retry of the id is granted, sends, and is recorded.
-    let retry = Ticket {
-        claim: 2,
-        ..first.clone()
-    };
-    assert_eq!(store.claim_now(&retry), Claim::Granted);
+    let (first, retry) = overtaken(&store, id, TIMES.lease).await;
     store.settle_now(&retry, Some(&sent("r2")));
     // The first call ends at last, with nothing sent or unknown: the id keeps its outcome.
     for late in [None, Some(unknown())] {

@@ -544,10 +544,7 @@ async fn an_outage_around_a_calls_end_loses_nothing_once_the_store_is_back() {
     redis.refuse_clients(false);
     // Once the store answers again, A tells it the outcome it missed, before it decides anything.
     eventually("A's outcome reaches the store", || async {
-        redis
-            .dump()
-            .iter()
-            .any(|(key, value)| key.contains(":u:") && value.contains("rid-a"))
+        redis.holds(":u:", "rid-a")
     })
     .await;
     let repeat = apps[1].reset(POOL, "alice").await.unwrap();
@@ -579,13 +576,7 @@ async fn a_call_that_waited_into_a_shutdown_sends_nothing_it_could_not_finish() 
     let mut client = apps[1].client.clone();
     let waiting =
         tokio::spawn(async move { client.reset_user_password(request(POOL, "alice")).await });
-    eventually("B waits on A's call", || async {
-        redis
-            .dump()
-            .iter()
-            .any(|(key, value)| key.contains(":w:") && value.contains('*'))
-    })
-    .await;
+    eventually("B waits on A's call", || async { redis.holds(":w:", "*") }).await;
     apps[1].begin_shutdown();
     // A's call ends with nothing sent: B could lead now, but its reset could be cut off.
     let failed = first.await.unwrap().unwrap_err();

@@ -200,6 +200,13 @@ impl Redis {
             .expect("redis answers");
     }
 
+    /// Whether a key whose name contains `key` holds a value that contains `value`.
+    pub fn holds(&self, key: &str, value: &str) -> bool {
+        self.dump()
+            .iter()
+            .any(|(k, v)| k.contains(key) && v.contains(value))
+    }
+
     /// Ends every cooldown now, as time would: the users' entries go, request ids stay.
     pub fn end_cooldowns(&self) {
         let mut connection = self.connection();
